@@ -24,7 +24,8 @@ from tqdm import tqdm
 from imagenet_prep import store
 from imagenet_prep.errors import ImgnetError
 
-COMMIT_EVERY = 256  # images per LMDB transaction: bounds the work a kill can lose
+# images per LMDB transaction: bounds the work a kill can lose (the variable lets tests commit often)
+COMMIT_EVERY = int(os.environ.get("IMGNET_COMMIT_EVERY", "256"))
 REPORT = "prep-report.json"
 
 

@@ -132,8 +132,8 @@ class LmdbWriter:
     def written(self) -> int:
         return self.progress["written"]
 
-    def _write_txn(self, fill) -> None:
-        """Run `fill(txn)` in one write transaction, growing the map when it is full."""
+    def _write_txn(self, fill, nbytes: int = 0) -> None:
+        """Run `fill(txn)` in one write transaction of about `nbytes`, growing the map when it is full."""
         import lmdb
 
         while True:
@@ -144,12 +144,13 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except (lmdb.Error, OSError) as e:
-                if _is_disk_full(e) or isinstance(e, lmdb.DiskError):
-                    free = shutil.disk_usage(self.path).free
+                # LMDB reports a failed write as EIO at commit: a near-full disk is the usual cause
+                free = shutil.disk_usage(self.path).free
+                if _is_disk_full(e) or isinstance(e, lmdb.DiskError) or free < 2 * nbytes + (1 << 20):
                     raise ImgnetError(
-                        f"disk full while writing {self.path} ({free / 1e9:.2f} GB free); the records "
+                        f"disk full while writing {self.path} ({free / 1e6:.1f} MB free); the records "
                         "committed so far are kept: free some space and rerun the same command") from e
-                raise
+                raise ImgnetError(f"cannot write {self.path}: {e}") from e
 
     def commit(self, records: Iterable[tuple[bytes, int, str]], consumed: int,
                rejected: Iterable[dict] = (), converted: Iterable[dict] = ()) -> None:
@@ -168,7 +169,7 @@ class LmdbWriter:
                 txn.put(_rec_key(start + j), int(label).to_bytes(4, "little", signed=True) + name.encode())
             txn.put(_PROGRESS, json.dumps(progress).encode())
 
-        self._write_txn(fill)
+        self._write_txn(fill, sum(len(r[0]) for r in records))
         self.progress = progress
 
     def finish(self, meta: dict) -> dict:
