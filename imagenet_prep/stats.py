@@ -17,28 +17,33 @@ import numpy as np
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import IMAGE_SHAPE, open_split
 
-BATCH = 64  # images per float64 matmul: 64 * 65,536 * 255^2 < 2^53, so each partial sum is exact
+BATCH = 64  # images per exact float64 partial sum: 64 * 65,536 * 255^2 < 2^53
+GRAM_IMAGES = 4  # images per float64 matmul, so the float copy stays in cache
 SAMPLE_SEED = 0
 
 
 def _sums(data_dir: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact int64 (sum_rgb (3,), sum_outer (3, 3), sum_image (256, 256, 3)) over `indices`."""
     split = open_split(data_dir, "train")
-    s1 = np.zeros(3, np.int64)
     s2 = np.zeros((3, 3), np.int64)
     simg = np.zeros(IMAGE_SHAPE, np.int64)
     buf = np.empty((BATCH, *IMAGE_SHAPE), np.uint8)
+    px = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    xf = np.empty((GRAM_IMAGES * px, 3), np.float64)  # cache-sized float64 copy for the Gram matrix
     for lo in range(0, len(indices), BATCH):
         chunk = indices[lo:lo + BATCH]
         b = buf[:len(chunk)]
         for j, i in enumerate(chunk):
             split.read_image(int(i), out=b[j])
-        simg += b.sum(axis=0, dtype=np.int64)
-        x = b.reshape(-1, 3).astype(np.float64)  # exact integers below 2^53
-        s1 += x.sum(axis=0).astype(np.int64)
-        s2 += (x.T @ x).astype(np.int64)
+        simg += b.sum(axis=0, dtype=np.uint32)  # <= 64 * 255: exact in uint32
+        gram = np.zeros((3, 3))
+        for g in range(0, len(chunk), GRAM_IMAGES):
+            x = xf[:min(GRAM_IMAGES, len(chunk) - g) * px]
+            np.copyto(x, b[g:g + GRAM_IMAGES].reshape(-1, 3))
+            gram += x.T @ x  # integer-valued and below 2^53 over a batch: exact in float64
+        s2 += gram.astype(np.int64)
     split.close()
-    return s1, s2, simg
+    return simg.sum(axis=(0, 1)), s2, simg
 
 
 def sample_indices(n_total: int, sample: int | None) -> np.ndarray:

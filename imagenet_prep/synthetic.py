@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-# ten easy-to-name classes (the Imagenette ones), in sorted-wnid order
-DEMO_WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
-              "n03394916", "n03417042", "n03425413", "n03445777", "n03888257"]
+# the first ten classes in sorted-wnid order, so that `imgnet prep --classes N` keeps exactly the first N
+DEMO_WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475",
+              "n01496331", "n01498041", "n01514668", "n01514859", "n01518878"]
 SIZES = [(500, 375), (375, 500), (500, 333), (640, 480), (400, 400), (333, 500), (800, 600), (300, 225)]
 
 

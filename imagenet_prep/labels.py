@@ -1,0 +1,266 @@
+"""Class metadata of the 1000 ILSVRC2012 classes, label maps and labels.json.
+
+The metadata (wnid, words, gloss, ILSVRC2012_ID and the WordNet parents up to the root n00001740 'entity')
+comes from the devkit's meta.mat when the source has one, otherwise from the derived file shipped in
+imagenet_prep/data/ (see data/SOURCES.md and scripts/make_class_metadata.py).
+
+Label orders: "sorted" (index = position of the wnid in sorted order; 0 = n01440764, as Caffe, Keras and
+torchvision) and "devkit" (index = ILSVRC2012_ID - 1; 0 = n02119789). Both renumber a subset from 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+from imagenet_prep.errors import ImgnetError
+
+ORDERS = ("sorted", "devkit")
+ROOT_WNID = "n00001740"  # WordNet 'entity'
+NUM_CLASSES = 1000
+SHIPPED_FILE = "ilsvrc2012_classes.json"
+LABELS_FILE = "labels.json"
+_WNID = re.compile(r"n\d{8}")
+
+
+def is_wnid(name: str) -> bool:
+    """True for a WordNet id such as n01440764."""
+    return _WNID.fullmatch(name) is not None
+
+
+# ------------------------------------------------------------------------------------ metadata
+@dataclass(frozen=True)
+class ClassMeta:
+    """The devkit's synset table: `synsets` in ILSVRC2012_ID order (dicts with ilsvrc2012_id, wnid, words,
+    gloss; IDs 1-1000 are the classes, 1001-1860 inner WordNet nodes) and `hierarchy` {wnid: sorted parent
+    wnids} for every synset (the root n00001740 has [])."""
+
+    synsets: tuple[dict, ...]
+    hierarchy: dict[str, list[str]]
+    origin: str  # the meta.mat it was read from, or the shipped file
+
+    @functools.cached_property
+    def classes(self) -> tuple[dict, ...]:
+        return self.synsets[:NUM_CLASSES]
+
+    @functools.cached_property
+    def by_wnid(self) -> dict[str, dict]:
+        return {c["wnid"]: c for c in self.classes}
+
+    @functools.cached_property
+    def wnid_of_id(self) -> dict[int, str]:
+        return {c["ilsvrc2012_id"]: c["wnid"] for c in self.classes}
+
+
+def parse_meta_mat(src: str | os.PathLike | bytes | BinaryIO, origin: str | None = None) -> ClassMeta:
+    """Read the devkit's data/meta.mat (a path, its bytes or a file object) with scipy.io.loadmat.
+
+    IDs 1-1000 are the leaf classes; the children lists of all 1860 synsets give the WordNet DAG."""
+    import numpy as np
+    import scipy.io
+
+    if origin is None:
+        origin = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "meta.mat"
+    if isinstance(src, bytes):
+        src = io.BytesIO(src)
+    try:
+        table = scipy.io.loadmat(src, squeeze_me=True, struct_as_record=False)["synsets"]
+        synsets = sorted(({"ilsvrc2012_id": int(s.ILSVRC2012_ID), "wnid": str(s.WNID), "words": str(s.words),
+                           "gloss": str(s.gloss)} for s in table), key=lambda s: s["ilsvrc2012_id"])
+        wnid_of = {s["ilsvrc2012_id"]: s["wnid"] for s in synsets}
+        parents: dict[str, set[str]] = {s["wnid"]: set() for s in synsets}
+        for s in table:
+            for child in np.atleast_1d(s.children):
+                parents[wnid_of[int(child)]].add(str(s.WNID))
+    except Exception as e:  # scipy raises ValueError, KeyError, TypeError, OSError, ... for other files
+        raise ImgnetError(f"{origin}: not a readable ILSVRC2012 devkit meta.mat ({type(e).__name__}: {e}); "
+                          "expected data/meta.mat from ILSVRC2012_devkit_t12") from e
+    if [s["ilsvrc2012_id"] for s in synsets[:NUM_CLASSES]] != list(range(1, NUM_CLASSES + 1)):
+        raise ImgnetError(f"{origin}: expected ILSVRC2012_IDs 1-{NUM_CLASSES} (the classes) among its "
+                          f"{len(synsets)} synsets")
+    hierarchy = {w: sorted(p) for w, p in sorted(parents.items())}
+    if ROOT_WNID not in hierarchy:  # a table of the 1000 classes alone: the WordNet DAG comes from the shipped file
+        hierarchy = {**{w: [] for w in wnid_of.values()}, **load_class_meta().hierarchy}
+    return ClassMeta(tuple(synsets), hierarchy, origin)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> ClassMeta:
+    d = json.loads(resources.files("imagenet_prep").joinpath("data", SHIPPED_FILE).read_text(encoding="utf-8"))
+    return ClassMeta(tuple(d["synsets"]), d["hierarchy"], f"imagenet_prep/data/{SHIPPED_FILE}")
+
+
+def load_class_meta() -> ClassMeta:
+    """The shipped metadata (the devkit's meta.mat table, its DAG cross-checked against WordNet is_a)."""
+    return _shipped()
+
+
+def load_ilsvrc_classes() -> list[dict]:
+    """The 1000 classes in ILSVRC2012_ID order: dicts with wnid, words, gloss, ilsvrc2012_id."""
+    return [dict(c) for c in _shipped().classes]
+
+
+def load_hierarchy() -> dict[str, list[str]]:
+    """{wnid: parent wnids} for the 1000 classes and all their WordNet ancestors; the root n00001740 has []."""
+    return {w: list(p) for w, p in _shipped().hierarchy.items()}
+
+
+def load_synset_words() -> dict[str, str]:
+    """{wnid: words} for all 1860 synsets of the devkit (classes and inner nodes), e.g. to name ancestors."""
+    return {s["wnid"]: s["words"] for s in _shipped().synsets}
+
+
+# ----------------------------------------------------------------------------------- label maps
+@dataclass(frozen=True)
+class LabelMap:
+    """Classes in label order (`classes[i]["index"] == i`), plus the WordNet parents of the kept classes.
+
+    `all_names` is the full class set in label order before `classes=N`; `index_of(name)` is None for a
+    class that `classes=N` dropped and raises KeyError for a name that is not a class at all."""
+
+    order: str
+    classes: tuple[dict, ...]
+    hierarchy: dict[str, list[str]]
+    all_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [c["wnid"] for c in self.classes]
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int | None]:
+        d: dict[str, int | None] = dict.fromkeys(self.all_names)
+        d.update((c["wnid"], c["index"]) for c in self.classes)
+        return d
+
+    def index_of(self, name: str) -> int | None:
+        return self._index[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def to_json(self) -> dict:
+        return {"order": self.order, "classes": [dict(c) for c in self.classes],
+                "hierarchy": {w: list(ps) for w, ps in self.hierarchy.items()}}
+
+
+def build_label_map(wnids_or_names, order: str = "sorted", classes: int | None = None,
+                    meta: ClassMeta | None = None) -> LabelMap:
+    """Label map of the given class names (wnids or ImageFolder folder names; duplicates are ignored).
+
+    order "sorted": names in sorted order; "devkit": by ILSVRC2012_ID (every name must be an ILSVRC2012
+    wnid). `classes=N` keeps the first N in label order, renumbered from 0, each with its `source_index`.
+    Names that are ILSVRC2012 wnids get words, gloss and ID from `meta` (default: the shipped metadata);
+    other names get words = name, gloss "", ilsvrc2012_id None."""
+    if order not in ORDERS:
+        raise ImgnetError(f"label order {order!r} is not supported; expected one of {', '.join(ORDERS)}")
+    meta = meta or load_class_meta()
+    names = sorted(set(wnids_or_names))
+    if not names:
+        raise ImgnetError("no classes found; expected at least one class (wnid or class folder)")
+    if order == "devkit":
+        unknown = [n for n in names if n not in meta.by_wnid]
+        if unknown:
+            raise ImgnetError(f"label order 'devkit' needs ILSVRC2012 wnids as class names, but "
+                              f"{len(unknown)} are not ({', '.join(map(repr, unknown[:5]))}); "
+                              "expected names such as n01440764, or --label-order sorted")
+        names.sort(key=lambda n: meta.by_wnid[n]["ilsvrc2012_id"])
+    if classes is not None:
+        if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= len(names):
+            raise ImgnetError(f"classes={classes!r} is out of range; expected 1 to {len(names)} "
+                              "(the number of classes in the source)")
+    kept = names if classes is None else names[:classes]
+    out = []
+    for i, name in enumerate(kept):
+        m = meta.by_wnid.get(name)
+        c = {"index": i, "wnid": name, "words": m["words"] if m else name, "gloss": m["gloss"] if m else "",
+             "ilsvrc2012_id": m["ilsvrc2012_id"] if m else None}
+        if classes is not None:
+            c["source_index"] = i  # the first N are kept, so the full-set index is the same number
+        out.append(c)
+    return LabelMap(order, tuple(out), _ancestry([n for n in kept if n in meta.by_wnid], meta.hierarchy),
+                    tuple(names))
+
+
+def _ancestry(wnids: list[str], hierarchy: dict[str, list[str]]) -> dict[str, list[str]]:
+    """{wnid: parents} restricted to `wnids` and all their ancestors, keys sorted."""
+    seen, stack = set(), list(wnids)
+    while stack:
+        w = stack.pop()
+        if w not in seen:
+            seen.add(w)
+            stack.extend(hierarchy.get(w, ()))
+    return {w: list(hierarchy.get(w, ())) for w in sorted(seen)}
+
+
+# ----------------------------------------------------------------------------------- labels.json
+def labels_sha256(labels_json: dict | LabelMap) -> str:
+    """Stable hash of the class list (index, wnid, words, gloss, ID, source_index) of a labels.json dict."""
+    if isinstance(labels_json, LabelMap):
+        labels_json = labels_json.to_json()
+    canon = json.dumps(labels_json["classes"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def write_labels_json(out_dir: str | os.PathLike, label_map: LabelMap) -> Path:
+    """Write OUT/labels.json atomically (a reader never sees half a file); returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LABELS_FILE
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".labels.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(label_map.to_json(), f, indent=1, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_labels_json(data_dir: str | os.PathLike) -> dict:
+    """Read and check DATA/labels.json; ImgnetError naming the path when it is missing or malformed."""
+    path = Path(data_dir) / LABELS_FILE
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImgnetError(f"{path} not found; expected the labels.json that `imgnet prep` writes") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImgnetError(f"{path} is not readable JSON ({e}); expected the labels.json that `imgnet prep` writes") from e
+    problem = _schema_problem(d)
+    if problem:
+        raise ImgnetError(f"{path} is not a valid labels.json: {problem}")
+    return d
+
+
+def _schema_problem(d) -> str | None:
+    if not isinstance(d, dict):
+        return "expected a JSON object"
+    if d.get("order") not in ORDERS:
+        return f"order is {d.get('order')!r}; expected one of {', '.join(ORDERS)}"
+    classes = d.get("classes")
+    if not isinstance(classes, list) or not classes:
+        return "expected a non-empty list under 'classes'"
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or not {"index", "wnid", "words", "gloss", "ilsvrc2012_id"} <= c.keys():
+            return f"classes[{i}] lacks index, wnid, words, gloss or ilsvrc2012_id"
+        if c["index"] != i:
+            return f"classes[{i}] has index {c['index']!r}; expected {i} (classes in index order)"
+    if not isinstance(d.get("hierarchy"), dict):
+        return "expected an object {wnid: [parent wnids]} under 'hierarchy'"
+    return None
