@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -100,6 +101,7 @@ class LmdbWriter:
 
         self.path = Path(path)
         self.fingerprint = fingerprint
+        _close_env(self.path)
         map_size = max(64 << 20, int(expected_images * bytes_per_image * 1.15) + (64 << 20))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -283,10 +285,7 @@ class Split:
     def _open(self):
         if self._pid != os.getpid():
             if self.format == "lmdb":
-                import lmdb
-
-                self._handle = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
-                                         meminit=False, max_readers=2048)
+                self._handle = _read_env(self.path)
             else:
                 import h5py
 
@@ -303,6 +302,22 @@ class Split:
                 return txn.get(_img_key(i))
         data = h[1][i]
         return data.tobytes()
+
+    @contextmanager
+    def raw_views(self):
+        """For raw LMDB splits: yields `view(i) -> uint8 (256, 256, 3)`, a zero-copy view of the memory map
+        valid only inside the block (one read transaction). Other splits have no such view: ValueError."""
+        if not (self.format == "lmdb" and self.encoding == "raw"):
+            raise ValueError(f"{self.path} is {self.format}/{self.encoding}; raw views need lmdb/raw")
+        n = len(self.labels)
+        with self._open().begin(buffers=True) as txn:
+            def view(i: int) -> np.ndarray:
+                buf = txn.get(_img_key(i)) if 0 <= i < n else None
+                if buf is None or len(buf) != RAW_BYTES:
+                    raise ImgnetError(f"record {i} of {self.path} is missing or not a raw 256x256x3 image")
+                return np.frombuffer(buf, np.uint8).reshape(IMAGE_SHAPE)
+
+            yield view
 
     def read_image(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 (256, 256, 3) RGB of record i, decoded into `out` when given."""
@@ -327,8 +342,38 @@ class Split:
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
-            (self._handle if self.format == "lmdb" else self._handle[0]).close()
+            if self.format == "lmdb":
+                _close_env(self.path)
+            else:
+                self._handle[0].close()
         self._handle, self._pid = None, None
+
+
+# LMDB allows one environment per path and process: readers share it, a writer first closes it.
+_ENVS: dict[tuple[int, str], object] = {}
+
+
+def _read_env(path: Path):
+    import lmdb
+
+    pid, real = os.getpid(), os.path.realpath(path)
+    key = (pid, real)
+    if key not in _ENVS:
+        # a forked child inherits its parent's environment: close that copy (never use it) and open its own
+        for inherited in [k for k in _ENVS if k[1] == real and k[0] != pid]:
+            try:
+                _ENVS.pop(inherited).close()
+            except Exception:  # noqa: BLE001 - best effort on a handle this process never used
+                pass
+        _ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
+                               max_readers=2048)
+    return _ENVS[key]
+
+
+def _close_env(path: Path) -> None:
+    env = _ENVS.pop((os.getpid(), os.path.realpath(path)), None)
+    if env is not None:
+        env.close()
 
 
 def open_split(data_dir, split: str) -> Split:
@@ -342,7 +387,7 @@ def open_split(data_dir, split: str) -> Split:
         import lmdb
 
         try:
-            env = lmdb.open(str(path), readonly=True, lock=False)
+            env = _read_env(path)
         except lmdb.Error as e:
             raise ImgnetError(f"cannot read {path}: {e}") from e
         with env.begin() as txn:
@@ -351,7 +396,8 @@ def open_split(data_dir, split: str) -> Split:
             if meta.get("complete"):
                 labels = np.frombuffer(txn.get(_LABELS), dtype="<i4").astype(np.int64)
                 names = txn.get(_NAMES).decode().split("\n") if len(labels) else []
-        env.close()
+        if not meta.get("complete"):
+            _close_env(path)  # a writer will open it next
     else:
         import h5py
 

@@ -1,0 +1,405 @@
+"""Evaluation: the ten test views, top-k error, WordNet mistake severity, `imgnet test` and `imgnet predict`.
+
+For the training loop (per-epoch validation):
+
+    from trainer.evaluate import evaluate
+    m = evaluate(model, val_loader)     # Loader(..., train=False, views="center", drop_last=False)
+    m["top1_err"], m["top5_err"], m["loss"], m["n"]     # fractions in [0, 1], mean NLL, images
+
+`evaluate` puts the model in eval mode and restores its previous mode; it runs under
+torch.inference_mode (and bf16 autocast on CUDA). With a views="ten" loader (rows 10*i..10*i+9 are image
+i) it averages the softmax of the ten views, section 4.1 of the paper; the view count is read from the
+batch shapes, `ten_crop=True` only asserts it.
+
+Network input at test time is the training input with alpha = 0 (no PCA lighting): x = crop(P - M), the
+mean image (or mean RGB) M taken from the checkpoint, cropped and mirrored together with the image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagenet_prep.errors import ImgnetError
+from trainer.data import CROP, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, ten_crop  # noqa: F401 - the contract's names
+
+VIEWS = 10
+_C = (256 - CROP) // 2  # 16: the center crop's offset
+TOP_CONFUSIONS = 20
+
+
+# ---------------------------------------------------------------------------------------- views
+def eval_views(image: np.ndarray, ten: bool) -> np.ndarray:
+    """uint8 (256, 256, 3) -> the ten views (10, 224, 224, 3), or the center crop as (1, 224, 224, 3)."""
+    return ten_crop(image) if ten else image[None, _C:_C + CROP, _C:_C + CROP]
+
+
+def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """logits (B*views, C), image-major -> log of the mean softmax over each image's views, (B, C).
+
+    log(mean_v softmax(z_v)) = logsumexp_v(log_softmax(z_v)) - log(views), computed without underflow."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    if views == 1:
+        return logp
+    b = logp.shape[0] // views
+    assert b * views == logp.shape[0], (logp.shape, views)
+    return torch.logsumexp(logp.view(b, views, -1), dim=1) - math.log(views)
+
+
+# -------------------------------------------------------------------------------------- metrics
+def topk_errors(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> tuple[float, ...]:
+    """Fraction of rows whose true class is not among the k highest scores, for each k in `ks`
+    (k is capped at the class count)."""
+    n, c = logits.shape
+    if n == 0:
+        raise ImgnetError("top-k error of an empty batch is undefined; expected at least one row")
+    top = logits.topk(min(max(ks), c), dim=1).indices
+    hit = top == y.view(-1, 1)
+    return tuple(1.0 - hit[:, :min(k, c)].any(dim=1).float().mean().item() for k in ks)
+
+
+def upward_distances(wnid: str, hierarchy: dict) -> dict[str, int]:
+    """{ancestor: length of the shortest upward path from `wnid`}, `wnid` itself at 0 (breadth first,
+    so a node reached along two parents keeps the shorter path)."""
+    dist = {wnid: 0}
+    queue = deque([wnid])
+    while queue:
+        w = queue.popleft()
+        for p in hierarchy.get(w, ()):
+            if p not in dist:
+                dist[p] = dist[w] + 1
+                queue.append(p)
+    return dist
+
+
+def wordnet_distance(a: str, b: str, hierarchy: dict, _up: dict | None = None) -> int | None:
+    """min over common ancestors c of max(d(a, c), d(b, c)), d the shortest upward path; WordNet is a DAG
+    (some classes have two parents), so every common ancestor is a candidate. None when a and b share
+    no ancestor in `hierarchy` (e.g. ImageFolder classes that are not wnids)."""
+    up = _up if _up is not None else {}
+    for w in (a, b):
+        if w not in up:
+            up[w] = upward_distances(w, hierarchy)
+    da, db = up[a], up[b]
+    common = da.keys() & db.keys()
+    return min(max(da[c], db[c]) for c in common) if common else None
+
+
+def mistake_severity(y_true: np.ndarray, y_pred: np.ndarray, wnids: list[str], hierarchy: dict) -> dict:
+    """Mean WordNet distance (`wordnet_distance`) between true and predicted class over the top-1 mistakes.
+
+    Returns {"mistake_severity": mean or None, "severity_n": mistakes with a defined distance,
+    "distances": {(t, p): distance}} for the distinct mistaken pairs."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    wrong = y_true != y_pred
+    pairs, counts = np.unique(np.stack([y_true[wrong], y_pred[wrong]], axis=1), axis=0, return_counts=True)
+    up: dict = {}
+    distances, total, n = {}, 0, 0
+    for (t, p), k in zip(pairs.tolist(), counts.tolist()):
+        d = wordnet_distance(wnids[t], wnids[p], hierarchy, up) if hierarchy else None
+        distances[(t, p)] = d
+        if d is not None:
+            total += d * k
+            n += k
+    return {"mistake_severity": total / n if n else None, "severity_n": n, "distances": distances}
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def _autocast(device: torch.device):
+    # bf16, not fp16: LRN squares activations of 0-255 scale inputs, which overflows fp16's 65504
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, device=None,
+             progress: bool = False, return_predictions: bool = False) -> dict:
+    """Top-1/top-5 error and mean loss of `model` over every batch of `loader` (yielding (x, y)).
+
+    Returns {"top1_err", "top5_err", "loss", "n", "views"}; with return_predictions also "y" (int64 (n,))
+    and "top5" (int64 (n, min(5, C)), best first) in loader order. `device` defaults to the model's."""
+    from tqdm import tqdm
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # running sums stay on the device: no host sync per batch
+    top1_wrong = torch.zeros((), dtype=torch.int64, device=device)
+    top5_wrong = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n, views, ys, tops = 0, None, [], []
+    bar = tqdm(total=len(loader), unit="batch", desc="test", dynamic_ncols=True, disable=None if progress else True)
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if views is None:
+                    views = x.shape[0] // max(1, y.shape[0])
+                    if ten_crop is not None and (views == VIEWS) != bool(ten_crop):
+                        raise ImgnetError(f"ten_crop={ten_crop} but the loader gives {views} view(s) per image; "
+                                          f"expected a Loader with views={'ten' if ten_crop else 'center'!r}")
+                if x.shape[0] != views * y.shape[0]:
+                    raise ImgnetError(f"loader batch of {x.shape[0]} inputs for {y.shape[0]} labels; expected "
+                                      f"{views} view(s) per image")
+                with _autocast(device):
+                    logits = model(x)
+                logp = average_views(logits, views)  # (B, C) float32
+                top = logp.topk(min(5, logp.shape[1]), dim=1).indices  # (B, k) best first
+                hit = top == y.view(-1, 1)
+                top1_wrong += (~hit[:, 0]).sum()
+                top5_wrong += (~hit.any(dim=1)).sum()
+                loss_sum += F.nll_loss(logp, y, reduction="sum").double()
+                n += y.shape[0]
+                if return_predictions:
+                    ys.append(y)
+                    tops.append(top)
+                bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if n == 0:
+        raise ImgnetError("the loader yielded no images; expected a non-empty labelled split")
+    out = {"top1_err": top1_wrong.item() / n, "top5_err": top5_wrong.item() / n, "loss": loss_sum.item() / n,
+           "n": n, "views": views}
+    if return_predictions:
+        out["y"] = torch.cat(ys).cpu().numpy().astype(np.int64)
+        out["top5"] = torch.cat(tops).cpu().numpy().astype(np.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def loader_workers(workers: int | None, device) -> int | None:
+    """Loader processes for evaluation: none on the CPU, where the forward pass (about 0.1 s per view for
+    AlexNet) dwarfs the crop copies and a worker would only compete with torch's threads for the cores;
+    the loader's default (all cores but one) on an accelerator."""
+    if workers is None and torch.device(device).type == "cpu":
+        return 0
+    return workers
+
+
+def _num_classes(ckpt: dict) -> int | None:
+    return (ckpt.get("model_kwargs") or {}).get("num_classes", 1000)
+
+
+def check_checkpoint_labels(ckpt: dict, ckpt_path, data_labels: dict | None = None, data_dir=None) -> None:
+    """The checkpoint's label map must fit its model and, when given, DATA/labels.json (same classes,
+    same order): otherwise an ImgnetError naming both sides."""
+    from imagenet_prep.labels import labels_sha256
+
+    labels = ckpt.get("labels")
+    if not isinstance(labels, dict) or not labels.get("classes"):
+        raise ImgnetError(f"{ckpt_path} holds no label map ('labels'); expected a checkpoint written by `imgnet train`")
+    n_model, n_labels = _num_classes(ckpt), len(labels["classes"])
+    if n_model != n_labels:
+        raise ImgnetError(f"{ckpt_path}: the model has {n_model} outputs but its label map lists {n_labels} classes")
+    if data_labels is None:
+        return
+    n_data = len(data_labels["classes"])
+    lj = Path(data_dir) / "labels.json"
+    if n_data != n_labels:
+        raise ImgnetError(f"{ckpt_path} was trained on {n_labels} classes but {lj} lists {n_data}; "
+                          "expected the DATA folder the checkpoint was trained from (same classes)")
+    a, b = labels_sha256(labels), labels_sha256(data_labels)
+    if a != b:
+        first = next((i for i, (c, d) in enumerate(zip(labels["classes"], data_labels["classes"]))
+                      if c.get("wnid") != d.get("wnid")), None)
+        where = (f" (index {first}: {labels['classes'][first]['wnid']} in the checkpoint, "
+                 f"{data_labels['classes'][first]['wnid']} in labels.json)" if first is not None else "")
+        raise ImgnetError(f"{ckpt_path} has another label map (labels_sha256 {a[:12]}) than {lj} "
+                          f"(labels_sha256 {b[:12]}){where}; expected the same classes in the same order")
+
+
+def _class_names(labels: dict) -> tuple[list[str], list[str]]:
+    return [c["wnid"] for c in labels["classes"]], [c.get("words") or c["wnid"] for c in labels["classes"]]
+
+
+def _mean_mode(ckpt: dict) -> str:
+    return (ckpt.get("config") or {}).get("mean", "image")
+
+
+def _write_text(path, text: str) -> None:
+    """Write atomically (tmp + rename); ImgnetError naming the path when it cannot be written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ImgnetError(f"cannot write {path} ({e.strerror or e}); expected a writable folder") from e
+
+
+# ------------------------------------------------------------------------------------ submission
+def write_submission(path, names: list[str], top5: np.ndarray, labels: dict) -> int:
+    """The devkit's classification format (devkit_t12/evaluation/demo.val.pred.txt): one line per image in
+    file-name order, five ILSVRC2012_IDs (1..1000) best first, each followed by a space. Returns the lines."""
+    ids = submission_ids(labels, path)
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    lines = ["".join(f"{ids[int(c)]} " for c in top5[i]) + "\n" for i in order]
+    _write_text(path, "".join(lines))
+    return len(lines)
+
+
+def submission_ids(labels: dict, path="the submission") -> list[int]:
+    """ILSVRC2012_ID of each label index; ImgnetError when the label map lacks them (ImageFolder classes)."""
+    ids = [c.get("ilsvrc2012_id") for c in labels["classes"]]
+    missing = [c["wnid"] for c, i in zip(labels["classes"], ids) if not isinstance(i, int)]
+    if missing:
+        raise ImgnetError(f"cannot write {path}: {len(missing)} classes have no ILSVRC2012_ID "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the devkit format "
+                          "needs ILSVRC2012 wnids as classes")
+    if len(ids) < 5:
+        raise ImgnetError(f"cannot write {path}: the devkit format needs five guesses per image but the "
+                          f"checkpoint has {len(ids)} classes")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------- report
+def summarize(y: np.ndarray, top5: np.ndarray, labels: dict) -> dict:
+    """per_class top-1 error, the most frequent confusions (with WordNet distances) and mistake severity."""
+    wnids, words = _class_names(labels)
+    c = len(wnids)
+    pred = top5[:, 0]
+    n_per = np.bincount(y, minlength=c)
+    wrong_per = np.bincount(y[pred != y], minlength=c)
+    per_class = [{"index": i, "wnid": wnids[i], "words": words[i], "n": int(n_per[i]),
+                  "top1_err": float(wrong_per[i] / n_per[i]) if n_per[i] else None} for i in range(c)]
+    sev = mistake_severity(y, pred, wnids, labels.get("hierarchy") or {})
+    wrong = pred != y
+    pairs, counts = np.unique(np.stack([y[wrong], pred[wrong]], axis=1), axis=0, return_counts=True)
+    order = sorted(range(len(counts)), key=lambda j: (-counts[j], *pairs[j]))[:TOP_CONFUSIONS]
+    confusions = [{"true": int(t), "true_wnid": wnids[t], "true_words": words[t],
+                   "pred": int(p), "pred_wnid": wnids[p], "pred_words": words[p], "count": int(counts[j]),
+                   "wordnet_distance": sev["distances"].get((int(t), int(p)))}
+                  for j in order for t, p in [pairs[j].tolist()]]
+    return {"mistake_severity": sev["mistake_severity"], "severity_n": sev["severity_n"],
+            "per_class": per_class, "confusions": confusions}
+
+
+def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", batch_size: int = 128,
+             workers: int | None = None, device: str | None = None, submission=None,
+             progress: bool = True) -> dict:
+    """`imgnet test`: evaluate a checkpoint on a whole packed split; writes test-center.json or
+    test-ten-crop.json beside the checkpoint (and the devkit submission file when asked); returns the report."""
+    from imagenet_prep import open_split
+    from imagenet_prep.labels import read_labels_json
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.data import Loader
+
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    data_labels = read_labels_json(data_dir)
+    check_checkpoint_labels(ckpt, ckpt_path, data_labels, data_dir)
+    labels = ckpt["labels"]
+    if submission is not None:
+        submission_ids(labels, submission)  # refuse before the long run, not after it
+    device = torch.device(device or default_device())
+    s = open_split(data_dir, split)
+    try:  # LMDB allows one open environment per path and process: close it so a later open_split succeeds
+        unlabelled = int((s.labels < 0).sum())
+        if unlabelled:
+            raise ImgnetError(f"the {split} split in {data_dir} has no labels for {unlabelled} of {len(s)} "
+                              "images; `imgnet test` needs a labelled split (`imgnet predict` takes unlabelled images)")
+        if len(s) == 0:
+            raise ImgnetError(f"the {split} split in {data_dir} is empty; expected labelled images")
+        model = model_from_checkpoint(ckpt, device=str(device))
+        with Loader(s, ckpt["stats"], batch_size=batch_size, train=False, views="ten" if ten_crop else "center",
+                    workers=loader_workers(workers, device), device=str(device), drop_last=False,
+                    mean=_mean_mode(ckpt), lighting_std=0.0, num_classes=len(labels["classes"]),
+                    labels=labels) as loader:
+            t0 = time.perf_counter()
+            r = evaluate(model, loader, ten_crop=ten_crop, device=device, progress=progress, return_predictions=True)
+            seconds = time.perf_counter() - t0
+    finally:
+        s.close()
+    assert r["n"] == len(s), (r["n"], len(s))  # drop_last is off: every image once
+    view = "ten-crop" if ten_crop else "center"
+    summary = summarize(r["y"], r["top5"], labels)
+    report = {"split": split, "view": view, "n": r["n"], "top1_err": r["top1_err"], "top5_err": r["top5_err"],
+              "loss": r["loss"], "mistake_severity": summary["mistake_severity"],
+              "severity_n": summary["severity_n"], "checkpoint": str(ckpt_path), "data": str(data_dir),
+              "epoch": ckpt.get("epoch"), "device": str(device), "seconds": seconds,
+              "images_per_s": r["n"] / seconds, "confusions": summary["confusions"],
+              "per_class": summary["per_class"]}
+    out = ckpt_path.parent / f"test-{view}.json"
+    _write_text(out, json.dumps(report, indent=1) + "\n")
+    report["report_path"] = str(out)
+    if submission is not None:
+        report["submission_lines"] = write_submission(submission, s.names, r["top5"], labels)
+        report["submission_path"] = str(submission)
+    return report
+
+
+# --------------------------------------------------------------------------------------- predict
+def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = None, topk: int = 5,
+            batch_images: int = 16) -> list[dict]:
+    """`imgnet predict`: classify image files of any size and colour mode, prepared with prep's resize
+    policy (shorter side 256, central 256x256, RGB), center crop or the ten views.
+
+    `ckpt`: a checkpoint path or a loaded checkpoint dict. Returns one dict per image, in input order:
+    {"file", "from_mode", "top": [{"rank", "index", "wnid", "words", "prob"}...]} or, for a file that cannot
+    be read or decoded, {"file", "error": reason}; one bad file never stops the others."""
+    from imagenet_prep.resize import BadImage, prepare_image
+    from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.data import InputTransform
+
+    ckpt_path = ckpt if not isinstance(ckpt, dict) else "checkpoint"
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt, map_location="cpu")
+    check_checkpoint_labels(ckpt, ckpt_path)
+    wnids, words = _class_names(ckpt["labels"])
+    device = torch.device(device or default_device())
+    model = model_from_checkpoint(ckpt, device=str(device))
+    transform = InputTransform(ckpt["stats"], mean=_mean_mode(ckpt), lighting_std=0.0)
+    k = min(topk, len(wnids))
+
+    results: list[dict] = [None] * len(images)  # type: ignore[list-item]
+    pending: list[tuple[int, np.ndarray]] = []  # (position, uint8 (V, 224, 224, 3))
+
+    def flush():
+        if not pending:
+            return
+        crops = np.concatenate([v for _, v in pending])  # uint8 (m * views, 224, 224, 3)
+        views, m = pending[0][1].shape[0], len(pending)
+        offsets = np.array(TEN_CROP_OFFSETS if views == VIEWS else ((_C, _C),)).reshape(-1, 2)
+        flips = np.array(TEN_CROP_FLIPS if views == VIEWS else (False,))
+        x = transform(torch.from_numpy(crops).to(device), np.tile(offsets[:, 0], m), np.tile(offsets[:, 1], m),
+                      np.tile(flips, m))  # alphas None: no lighting at test time
+        with torch.inference_mode(), _autocast(device):
+            logits = model(x)
+        probs = average_views(logits, views).exp().cpu()
+        p, idx = probs.topk(k, dim=1)
+        for (pos, _), pr, ix in zip(pending, p.tolist(), idx.tolist()):
+            results[pos]["top"] = [{"rank": r + 1, "index": i, "wnid": wnids[i], "words": words[i], "prob": q}
+                                   for r, (q, i) in enumerate(zip(pr, ix))]
+        pending.clear()
+
+    for pos, f in enumerate(images):
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+            img, from_mode = prepare_image(data)
+        except BadImage as e:
+            results[pos] = {"file": str(f), "error": f"cannot decode: {e}"}
+            continue
+        except OSError as e:
+            results[pos] = {"file": str(f), "error": f"cannot read: {e.strerror or e}"}
+            continue
+        results[pos] = {"file": str(f), "from_mode": from_mode}
+        pending.append((pos, eval_views(img, ten_crop)))
+        if len(pending) >= batch_images:
+            flush()
+    flush()
+    return results
