@@ -341,11 +341,10 @@ class Split:
         return Record(self.read_image(i), int(self.labels[i]), self.names[i])
 
     def close(self) -> None:
-        if self._handle is not None and self._pid == os.getpid():
-            if self.format == "lmdb":
-                _close_env(self.path)
-            else:
-                self._handle[0].close()
+        if self.format == "lmdb":
+            _close_env(self.path)  # the environment this process shares for the path (open_split opened it)
+        elif self._handle is not None and self._pid == os.getpid():
+            self._handle[0].close()
         self._handle, self._pid = None, None
 
 

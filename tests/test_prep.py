@@ -60,7 +60,9 @@ def messy_src(tmp_path):
 
 def _content(data_dir, split="train"):
     s = open_split(data_dir, split)
-    return [(s.read_bytes(i), int(s.labels[i]), s.names[i]) for i in range(len(s))]
+    content = [(s.read_bytes(i), int(s.labels[i]), s.names[i]) for i in range(len(s))]
+    s.close()
+    return content
 
 
 def test_messy_source_skips_and_converts(messy_src, tmp_path):
@@ -193,7 +195,7 @@ def test_unwritable_output_folder_is_refused(messy_src, tmp_path):
         with pytest.raises(ImgnetError, match="not writable"):
             run_prep(PrepConfig(src=str(messy_src), out=str(ro / "data"), workers=1))
     finally:
-        subprocess.run(["umount", str(ro)])
+        subprocess.run(["umount", "-l", str(ro)])
 
 
 def test_too_little_disk_is_refused_before_starting(messy_src, tmp_path):
@@ -204,7 +206,7 @@ def test_too_little_disk_is_refused_before_starting(messy_src, tmp_path):
             run_prep(PrepConfig(src=str(messy_src), out=str(small / "data"), workers=1))
         assert not (small / "data" / "train.lmdb").exists()
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch):
@@ -226,4 +228,4 @@ def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch)
         run_prep(PrepConfig(src=str(src), out=str(small / "data"), workers=1))
         assert _content(small / "data") == _content(clean)
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "-l", str(small)])
