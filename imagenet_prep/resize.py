@@ -1,0 +1,258 @@
+"""The paper's image policy: shorter side to 256, central 256x256 crop, RGB uint8 (DESIGN.md `imgnet prep`).
+
+`reference_resize` is the policy written plainly: open, convert("RGB"), resize the whole image so that
+the shorter side S becomes 256 (W' = round(W*256/S), H' = round(H*256/S), LANCZOS), crop at
+((W'-256)//2, (H'-256)//2). `prepare_image` computes the same pixels faster, in one pass and with no
+temporary files:
+
+- the crop and the resize are one `Image.resize(box=...)`: only the source region under the crop is
+  resampled, with the reference's scale and pixel centres (equal to the reference but for a level or
+  two in under 1% of the values, from the rounding of Pillow's fixed-point filter weights);
+- a large JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (draft mode) while the decoded shorter
+  side keeps at least `DRAFT_GAP` x 256 pixels for LANCZOS to finish the job;
+- greyscale is resized as one channel and replicated afterwards (identical to converting first).
+
+Decoding is by content (a PNG named .JPEG is a PNG). EXIF orientation and ICC profiles are ignored,
+as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import io
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, JpegImagePlugin
+
+RESAMPLE = Image.Resampling.LANCZOS  # the antialiasing filter of the reference and of the fast path
+
+# Draft mode decodes at scale 1/s only while the decoded shorter side stays >= DRAFT_GAP * size, the
+# rule Pillow's own thumbnail() uses (reducing_gap 2). libjpeg's scaled IDCT keeps detail up to the new
+# Nyquist limit that LANCZOS would soften, so the last resize must still reduce by about 2x: measured
+# against the reference on mosaics of real photos at full resolution, the mean absolute difference
+# (0-255 levels) is 0.3-1.1 with a 2x gap, 1.4-1.7 at 1.5x and 2.4-2.9 at 1x (over the 2-level tolerance).
+DRAFT_GAP = 2.0
+# Integer box reduction before LANCZOS when the remaining reduction is >= 2 * REDUCING_GAP (huge
+# non-JPEG images, or JPEGs beyond the 1/8 draft limit): Pillow's "indistinguishable" setting.
+REDUCING_GAP = 3.0
+
+_JPEG_MAGIC = b"\xff\xd8\xff"  # SOI followed by the first marker
+_WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit samples (PNG, TIFF, PGM), "I" holds them in int32
+_GREY = ("1", "L", "LA", "F")  # resized as one channel, replicated to RGB at the end
+
+
+class BadImage(Exception):
+    """The bytes are not an image this policy can decode; `reason` says why (one line, for the prep report)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def scaled_size(width: int, height: int, size: int = 256) -> tuple[int, int]:
+    """(W', H') with the shorter side `size`: (round(W*size/S), round(H*size/S)), S = min(W, H)."""
+    s = min(width, height)
+    return round(width * size / s), round(height * size / s)
+
+
+def crop_box(width: int, height: int, size: int = 256) -> tuple[float, float, float, float]:
+    """Region of the W x H source that the reference's resize-then-crop turns into the size x size output.
+
+    The reference crops the W' x H' resized image at ((W'-size)//2, (H'-size)//2); in source pixels that
+    window starts at x*W/W' and spans size*W/W' (the same scale, so LANCZOS sees the same support).
+    """
+    w, h = scaled_size(width, height, size)
+    x, y = (w - size) // 2, (h - size) // 2
+    # integer numerators: exact when the window reaches the border (x + size == w gives exactly W)
+    return x * width / w, y * height / h, (x + size) * width / w, (y + size) * height / h
+
+
+def draft_scale(width: int, height: int, size: int = 256, max_pixels: int | None = None) -> int:
+    """JPEG decode scale divisor s in (1, 2, 4, 8) for a W x H image.
+
+    Quality: the largest s that leaves the decoded shorter side >= DRAFT_GAP * size. Memory: when W*H is
+    over `max_pixels`, s is raised to the smallest divisor whose decoded size ceil(W/s) * ceil(H/s) fits
+    under it, but never so far that the decoded shorter side drops below `size`.
+    """
+    short = min(width, height)
+    s = next((s for s in (8, 4, 2) if short / s >= DRAFT_GAP * size), 1)
+    if max_pixels is not None and width * height > max_pixels:
+        for d in (2, 4, 8):
+            if -(-short // d) < size:
+                break
+            s = max(s, d)
+            if -(-width // d) * -(-height // d) <= max_pixels:
+                break
+    return s
+
+
+def prepare_image(data: bytes, size: int = 256) -> tuple[np.ndarray, str | None]:
+    """Encoded image bytes -> (uint8 (size, size, 3) RGB, original PIL mode or None when it was RGB).
+
+    Raises BadImage for empty, truncated, corrupt or non-image data, and for images over Pillow's
+    decompression-bomb limit that cannot be decoded at reduced scale (any format but baseline JPEG).
+    """
+    im = _open(data)
+    from_mode = None if im.mode == "RGB" else im.mode
+    width, height = im.size
+    box = crop_box(width, height, size)
+    if im.format == "JPEG":
+        box = _draft_jpeg(im, size, box)
+    _load(im, width, height)
+    im = _to_resizable(im)
+    out = im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    if out.mode != "RGB":
+        out = out.convert("RGB")  # L -> RGB replicates the channel, exactly as converting first would
+    arr = np.asarray(out)
+    assert arr.shape == (size, size, 3) and arr.dtype == np.uint8, (arr.shape, arr.dtype)
+    return arr, from_mode
+
+
+def reference_resize(data: bytes, size: int = 256) -> np.ndarray:
+    """The policy as a user would write it, with no shortcut: the baseline that tests and benchmarks compare to."""
+    im = Image.open(io.BytesIO(data))
+    if im.mode in _WIDE_GREY:
+        im = _wide_grey_to_l(im)  # Pillow's convert() would clip 16-bit values at 255
+    im = im.convert("RGB")
+    w, h = scaled_size(*im.size, size)
+    im = im.resize((w, h), RESAMPLE)
+    x, y = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((x, y, x + size, y + size)))
+
+
+def pillow_flavour() -> str:
+    """"pillow-simd" or "pillow": the distribution whose PIL/_imaging binary is the one imported.
+
+    Both distributions install into the same PIL folder and both may be listed as installed (matplotlib
+    pulls Pillow in), so the loaded extension file is hashed and compared with each RECORD's sha256.
+    """
+    so = Path(Image.core.__file__).resolve()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(so.read_bytes()).digest()).rstrip(b"=").decode()
+    installed = []
+    for dist_name, flavour in (("pillow-simd", "pillow-simd"), ("Pillow", "pillow")):
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(flavour)
+        for f in dist.files or ():
+            if f.name == so.name and f.hash is not None and f.hash.mode == "sha256" and f.hash.value == digest:
+                if Path(dist.locate_file(f)).resolve() == so:
+                    return flavour
+    if len(installed) == 1:  # no hash recorded (e.g. a conda install): the only candidate
+        return installed[0]
+    raise RuntimeError(
+        f"cannot tell which distribution provides {so}: its sha256 matches neither pillow-simd's nor "
+        f"Pillow's RECORD (installed: {installed or 'neither'}); reinstall with "
+        "`pip install --force-reinstall --no-deps pillow-simd`"
+    )
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """Read the header (no pixels yet). JPEGs skip Image.open's bomb check: prepare_image drafts them."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    if data[:3] == _JPEG_MAGIC:
+        try:
+            im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise BadImage(f"not a decodable JPEG ({len(data)} bytes): {type(e).__name__}: {e}") from e
+    else:
+        try:
+            with warnings.catch_warnings():
+                # between MAX_IMAGE_PIXELS and twice that: decoded, as Pillow allows; above, Pillow refuses
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise BadImage(f"too large, and only JPEG decodes at reduced scale: {e}") from e  # e names both numbers
+        except MemoryError:
+            raise
+        except Image.UnidentifiedImageError as e:
+            raise BadImage(f"not an image Pillow can identify ({len(data)} bytes, starting {data[:16]!r})") from e
+        except Exception as e:
+            raise BadImage(f"unreadable image header: {type(e).__name__}: {e}") from e
+    if 0 in im.size:
+        raise BadImage(f"image has a zero dimension ({im.size[0]}x{im.size[1]})")
+    return im
+
+
+def _draft_jpeg(im: JpegImagePlugin.JpegImageFile, size: int, box: tuple) -> tuple:
+    """Set the JPEG's decode scale (draft mode, before loading); returns the crop box in decoded pixels.
+
+    Pillow's bomb guard is read per call (a user's setting is respected, never changed): Pillow warns
+    above MAX_IMAGE_PIXELS and refuses above twice that. A JPEG is drafted under the first where it can
+    be; only what would still decode to more than the second is refused.
+    """
+    width, height = im.size
+    limit = Image.MAX_IMAGE_PIXELS
+    s = draft_scale(width, height, size, limit)
+    decoded = -(-width // s) * -(-height // s)
+    progressive = bool(im.info.get("progressive"))
+    if limit is not None and (decoded > 2 * limit or (progressive and width * height > 2 * limit)):
+        why = (  # libjpeg buffers a progressive JPEG's DCT coefficients at full size, 2 bytes per sample
+            "a progressive JPEG holds all its DCT coefficients at full resolution whatever the scale"
+            if progressive
+            else f"even at 1/{s} scale, the smallest that keeps the shorter side >= {size}"
+        )
+        raise BadImage(
+            f"JPEG of {width}x{height} = {width * height} pixels is over Pillow's decompression-bomb "
+            f"limit of {2 * limit} pixels and cannot be decoded safely: {why}"
+        )
+    if s == 1:
+        return box
+    im.draft(im.mode, (width // s, height // s))
+    assert im.size == (-(-width // s), -(-height // s)), (im.size, width, height, s)
+    return tuple(v / s for v in box)  # decoded pixel i covers source pixels [i*s, (i+1)*s)
+
+
+def _load(im: ImageFile.ImageFile, width: int, height: int) -> None:
+    """Decode the pixels; a truncated file is an error, never an image padded with grey."""
+    try:
+        with _strict_truncation():
+            im.load()
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise BadImage(f"cannot decode {im.format} {width}x{height} data: {type(e).__name__}: {e}") from e
+
+
+@contextmanager
+def _strict_truncation():
+    """ImageFile.LOAD_TRUNCATED_IMAGES off while loading, restored after.
+
+    Touched only when something in this process turned it on; process-global, as prep's workers are processes.
+    """
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+def _to_resizable(im: Image.Image) -> Image.Image:
+    """Any mode -> "RGB" or "L" (greyscale, replicated to RGB after the resize)."""
+    if im.mode in ("RGB", "L"):
+        return im
+    if im.mode in _WIDE_GREY:
+        return _wide_grey_to_l(im)
+    try:
+        # alpha is dropped as convert("RGB") drops it (LA, RGBA, PA); F clips to 0-255; 1 gives 0 or 255
+        return im.convert("L" if im.mode in _GREY else "RGB")
+    except ValueError as e:
+        raise BadImage(f"cannot convert image mode {im.mode} to RGB: {e}") from e
+
+
+def _wide_grey_to_l(im: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8 bits by v / 257 rounded (65535 -> 255), not clipped at 255 as convert() does."""
+    a = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)  # "I" (int32) holds 16-bit samples
+    return Image.fromarray(((a + 128) // 257).astype(np.uint8))
