@@ -77,5 +77,129 @@ def pca_stats(data, sample, workers):
     click.echo(f"wrote {os.path.join(data, 'stats.json')} and stats.h5")
 
 
+# --------------------------------------------------------------------------------------- train
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep` and `imgnet pca-stats`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: config.json, log.jsonl, checkpoints/, curves.png.")
+@click.option("--epochs", type=click.IntRange(1), default=90, help="Passes over the train split (section 5: about 90).")
+@click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per SGD step, all processes together (section 5).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, help="Initial learning rate (section 5).")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, help="SGD momentum (section 5).")
+@click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, help="L2 weight decay (section 5).")
+@click.option("--lr-schedule", default="plateau", help="plateau: divide by 10 when val top-1 error stops improving; step:30,60,80: after those epochs.")
+@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, help="Multiply the lr by this at each drop (section 5: divide by 10).")
+@click.option("--patience", type=click.IntRange(1), default=3, help="plateau: epochs without a new best val top-1 error before dividing the lr.")
+@click.option("--max-lr-drops", type=click.IntRange(0), default=3, help="plateau: divide at most this often (section 5: three times).")
+@click.option("--val-from-train", type=click.IntRange(0), default=0, help="Hold out N train images per class to steer the schedule and pick best.pt, leaving the val split for the final number [default: use val].")
+@click.option("--lrn", type=click.Choice(["paper", "caffe", "none"]), default="paper", help="Local response normalisation: the paper's alpha, Caffe's alpha/n, or none (section 3.3).")
+@click.option("--pool", type=click.Choice(["overlap", "nonoverlap"]), default="overlap", help="Max pooling 3/2 or 2/2 (section 3.4).")
+@click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", help="Section 3.1.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, help="Dropout in fc6 and fc7 (section 4.2); 0 turns it off.")
+@click.option("--lighting-std", type=click.FloatRange(0), default=0.1, help="Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.")
+@click.option("--towers", type=click.IntRange(1, 2), default=2, help="2: the two-GPU net; 1: the paper's one-GPU net.")
+@click.option("--bias-init", type=click.Choice(["paper", "caffe"]), default="paper", help="Bias of conv2, conv4, conv5, fc6, fc7: 1 (paper) or 0.1 (Caffe).")
+@click.option("--mean", type=click.Choice(["image", "rgb"]), default="image", help="Subtract the mean image or the mean RGB.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: the loader's choice].")
+@click.option("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", help="Mixed precision: bf16 autocast, or fp16 autocast with loss scaling (CUDA only).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on recent GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--model-parallel", is_flag=True, help="One tower per GPU on cuda:0 and cuda:1, as in the paper.")
+@click.option("--seed", type=int, default=0, help="Weights, loader order, augmentation, dropout.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (same options; --epochs may grow).")
+@_friendly
+def train(data, out, compile_, **options):
+    """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ..."""
+    from trainer.train import TrainConfig, train as run_train
+
+    s = run_train(TrainConfig(data=data, out=out, compile=compile_, **options))
+    if s["best_epoch"] is not None:
+        click.echo(f"best val top-1 error {s['best_val_top1_err']:.4f} at epoch {s['best_epoch']} of {s['epochs']}: "
+                   f"{s['checkpoint']}")
+    click.echo(f"wrote {out}")
+
+
+# ---------------------------------------------------------------------------------------- test
+@main.command("test")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax of the four corner and center 224 crops and their mirror images (section 4.1) [default: center crop].")
+@click.option("--split", default="val", help="Packed split to evaluate; it must be labelled.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
+@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order).")
+@_friendly
+def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission):
+    """Top-1/top-5 error of a checkpoint on a whole split; writes test-center.json or test-ten-crop.json beside it."""
+    from trainer.evaluate import run_test
+
+    r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
+                 device=device, submission=submission)
+    sev = r["mistake_severity"]
+    click.echo(f"{r['split']}: {r['n']:,} images, {r['view']}, {r['device']}, {r['images_per_s']:.0f} images/s")
+    click.echo(f"  top-1 error       {r['top1_err']:.4f}")
+    click.echo(f"  top-5 error       {r['top5_err']:.4f}")
+    click.echo(f"  loss              {r['loss']:.4f}")
+    click.echo("  mistake severity  " + (f"{sev:.3f} WordNet levels over {r['severity_n']:,} top-1 mistakes"
+                                          if sev is not None else "n/a (no WordNet hierarchy for these classes)"))
+    for c in r["confusions"][:3]:
+        click.echo(f"  confused {c['count']:>5}x  {c['true_words']} -> {c['pred_words']}")
+    click.echo(f"wrote {r['report_path']}")
+    if submission:
+        note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
+        click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines{note})")
+
+
+# ------------------------------------------------------------------------------------- predict
+@main.command()
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--ten-crop", is_flag=True, help="Average the softmax of the ten views [default: center crop].")
+@click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list (one object per image) instead of text.")
+@_friendly
+def predict(ckpt, images, ten_crop, device, as_json):
+    """Top-5 classes of image files (any format Pillow reads, any size or colour mode).
+
+    Exit status: 0 when every image was classified; 1 when some could not be read or decoded (each is
+    reported with its reason, the others are still classified); 2 for a bad checkpoint."""
+    import json
+
+    from trainer.evaluate import predict as run_predict
+
+    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device)
+    failed = [r for r in results if "error" in r]
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            click.echo(r["file"] + (f"  (converted from {r['from_mode']})" if r["from_mode"] else ""))
+            for t in r["top"]:
+                click.echo(f"  {t['rank']}. {t['prob']:6.4f}  {t['wnid']}  {t['words']}")
+    for r in failed:
+        click.echo(f"error: {r['file']}: {r['error']}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="demo", help="Folder for the source, DATA and RUN.")
+@click.option("--classes", type=click.IntRange(2, 10), default=4)
+@click.option("--epochs", type=click.IntRange(1), default=8)
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
+@_friendly
+def demo(out, classes, epochs, workers):
+    """Make a small ILSVRC2012-shaped source, then prep, pca-stats, train and test --ten-crop on it."""
+    from trainer.demo import DemoConfig, run_demo
+
+    r = run_demo(DemoConfig(out=out, classes=classes, epochs=epochs, workers=workers))
+    click.echo(f"top-1 error {r['test']['top1_err']:.3f}, top-5 error {r['test']['top5_err']:.3f} "
+               f"(ten-crop, {r['test']['n']} val images, {classes} classes) in {r['seconds']:.0f} s")
+
+
 if __name__ == "__main__":
     main()

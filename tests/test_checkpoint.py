@@ -1,0 +1,114 @@
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from imagenet_prep.errors import ImgnetError
+from trainer import checkpoint as ck
+
+
+def small_ckpt(**extra) -> dict:
+    return {"format": ck.FORMAT, "version": ck.VERSION, "model": {"w": torch.arange(6.0).view(2, 3)},
+            "model_kwargs": {"num_classes": 2}, "labels": {"classes": [{"wnid": "a"}, {"wnid": "b"}]},
+            "stats": {"eigval": [0.2, 0.02, 0.005], "mean_image": torch.zeros(256, 256, 3)},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0]}]}, "epoch": 3,
+            "config": {"lr": 0.01, "resume": False, "workers": None}, "rng": [ck.rng_state()],
+            "metrics": {"epoch": 3, "val_top1_err": 0.5}, **extra}
+
+
+def test_round_trip_loads_with_weights_only(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "c" / "last.pt", small_ckpt())
+    plain = torch.load(path, weights_only=True)  # what any consumer may do, not only load_checkpoint
+    assert torch.equal(plain["model"]["w"], torch.arange(6.0).view(2, 3))
+    back = ck.load_checkpoint(path)
+    assert back["epoch"] == 3 and back["config"]["workers"] is None
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt(epoch=1))
+
+    def dies_half_way(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(path, small_ckpt(epoch=2))
+    monkeypatch.undo()
+    assert ck.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_link_keeps_old_content_when_source_is_replaced(tmp_path):
+    last = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt(epoch=1))
+    ck.link_checkpoint(last, tmp_path / "best.pt")
+    ck.save_checkpoint(last, small_ckpt(epoch=2))
+    assert ck.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert ck.load_checkpoint(last)["epoch"] == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "not-a-checkpoint", "pickled-code", "future"])
+def test_refuses_bad_files_with_the_reason(tmp_path, damage):
+    path = tmp_path / "last.pt"
+    if damage != "missing":
+        ck.save_checkpoint(path, small_ckpt())
+    if damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\x01 this is not a torch file" * 10)
+    elif damage == "not-a-checkpoint":
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    elif damage == "pickled-code":  # an arbitrary object: weights_only=True must refuse to build it
+        torch.save({"format": ck.FORMAT, "version": 1, "x": pickle.PickleError("boom")}, path)
+    elif damage == "future":
+        ck.save_checkpoint(path, small_ckpt(version=ck.VERSION + 1))
+    expected = {"missing": "not found", "truncated": "corrupt", "garbage": "corrupt",
+                "not-a-checkpoint": "not an imgnet checkpoint", "pickled-code": "weights_only",
+                "future": "version"}[damage]
+    with pytest.raises(ImgnetError, match=expected) as e:
+        ck.load_checkpoint(path)
+    assert str(path) in str(e.value)
+
+
+def test_model_state_strips_wrapper_prefixes():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+
+    class Wrapper(torch.nn.Module):  # stands for DistributedDataParallel (attribute `module`)
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    wrapped = Wrapper(torch.compile(net))
+    assert any(k.startswith("module._orig_mod.") for k in wrapped.state_dict())
+    state = ck.model_state(wrapped)
+    assert list(state) == ["0.weight", "0.bias"]
+    assert ck.unwrap(wrapped) is net
+
+
+def test_rng_state_round_trip(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "r.pt", small_ckpt(rng=[ck.rng_state()]))
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(5), random.random()  # move every stream on
+    ck.set_rng_state(ck.load_checkpoint(path)["rng"][0])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_model_from_checkpoint_rebuilds_the_network(tmp_path):
+    from trainer.model import AlexNet
+
+    kw = {"num_classes": 3, "towers": 1, "dropout": 0.5}
+    torch.manual_seed(0)
+    net = AlexNet(**kw).eval()
+    path = ck.save_checkpoint(tmp_path / "m.pt", small_ckpt(model=ck.model_state(net), model_kwargs=kw))
+    rebuilt = ck.model_from_checkpoint(ck.load_checkpoint(path))
+    assert not rebuilt.training
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        assert torch.equal(net(x), rebuilt(x))
+    with pytest.raises(ImgnetError, match="do not fit"):
+        ck.model_from_checkpoint(dict(ck.load_checkpoint(path), model_kwargs={**kw, "num_classes": 4}))
