@@ -127,9 +127,10 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> torch.nn.Module:
     """Rebuild the AlexNet of a checkpoint dict (from `load_checkpoint`) in eval mode on `device`."""
     from trainer.model import AlexNet
 
-    model = AlexNet(**ckpt["model_kwargs"])
+    with torch.device("meta"):  # no time spent drawing the initial weights that are replaced at once
+        model = AlexNet(**ckpt["model_kwargs"])
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], assign=True)
     except RuntimeError as e:
         raise ImgnetError(f"checkpoint weights do not fit AlexNet({ckpt['model_kwargs']}): "
                           f"{str(e).splitlines()[0]}") from e

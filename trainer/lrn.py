@@ -52,11 +52,12 @@ def lrn_plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, g
     n, c, h, w = x.shape
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     cg = c // groups
-    # (N*G, 1, C/G, H, W): a window along the channel axis that never leaves its group;
-    # zero padding makes the window clip at the group's first and last maps.
-    sq = F.pad(xf.square().reshape(n * groups, 1, cg, h, w), (0, 0, 0, 0, size // 2, size // 2))
-    window_mean = F.avg_pool3d(sq, (size, 1, 1), stride=1)
-    d = window_mean.reshape(n, c, h, w).mul(alpha * size).add(k)  # k + alpha * window sum
+    # (N*G, C/G + size - 1, H, W): the squares of each group with zero maps around them, so a window
+    # clips at the group's first and last maps and never leaves its group; the window sum is a sum of
+    # `size` shifted slices (plain ops that torch.compile handles too)
+    sq = F.pad(xf.square().reshape(n * groups, cg, h, w), (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    window = sum(sq[:, j:j + cg] for j in range(size))
+    d = window.reshape(n, c, h, w).mul(alpha).add(k)  # k + alpha * window sum
     return (xf * d.pow(-beta)).to(x.dtype)
 
 
