@@ -189,7 +189,7 @@ def predict(ckpt, images, ten_crop, device, as_json):
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="demo", help="Folder for the source, DATA and RUN.")
 @click.option("--classes", type=click.IntRange(2, 10), default=4)
-@click.option("--epochs", type=click.IntRange(1), default=8)
+@click.option("--epochs", type=click.IntRange(1), default=6)
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 @_friendly
 def demo(out, classes, epochs, workers):
