@@ -574,7 +574,9 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
                         lv = lv / d.world
                     lv = lv.item()
                     if not math.isfinite(lv):
-                        raise ImgnetError(_diverged_message(lv, step, epoch, i + 1, len(train_loader), lr, ckdir))
+                        if bar is not None:
+                            bar.close()  # the message then starts on a line of its own
+                        raise ImgnetError(_diverged_message(lv, step, epoch, i + 1, len(train_loader), lr, ckdir, cfg))
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -639,7 +641,8 @@ def _gather_rng(d: Dist) -> list:
     return out
 
 
-def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: int, lr: float, ckdir: Path) -> str:
+def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: int, lr: float, ckdir: Path,
+                      cfg: TrainConfig) -> str:
     last = ckdir / "last.pt"
     if last.is_file():
         try:
@@ -649,8 +652,10 @@ def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: 
         good = f"last good checkpoint {last} (after epoch {e})"
     else:
         good = "no checkpoint yet (it diverged in the first epoch)"
+    hints = [f"a lower --lr (it was {lr:g})"] + ["--amp off"] * (cfg.amp != "off") \
+        + ["--bias-init caffe"] * (cfg.bias_init == "paper")
     return (f"training loss became {value} at step {step} (epoch {epoch}, batch {batch}/{batches}) and training "
-            f"stopped; {good}. Try a lower --lr (it was {lr:g}), --amp off, or --bias-init caffe, in a new --out")
+            f"stopped; {good}. Try {', or '.join(hints)}, in a new --out")
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
