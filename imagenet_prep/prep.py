@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from imagenet_prep import store
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
 
 # images per LMDB transaction: bounds the work a kill can lose (the variable lets tests commit often)
 COMMIT_EVERY = int(os.environ.get("IMGNET_COMMIT_EVERY", "256"))
@@ -166,15 +167,15 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     return len(todo)
 
 
-def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels_sha: str, layout: str,
+def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, layout: str,
                 workers: int) -> dict:
     final, work = _paths(out, name, cfg.format)
+    labels_sha = labels_sha256(labels)
     fingerprint = _fingerprint(cfg, items, labels_sha, layout)
     t0 = time.perf_counter()
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
     try:
-        if writer.complete and cfg.format == "lmdb":  # cannot happen: checked by the caller
-            raise AssertionError(f"{work} is complete")
+        assert not (writer.complete and cfg.format == "lmdb"), f"{work} is complete: the caller skips it"
         n_done = 0 if writer.complete else _pack(items, writer, cfg, workers, name)
         seconds = time.perf_counter() - t0
         report = {"found": len(items) + len(skipped), "written": writer.written,
@@ -183,9 +184,8 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels_sh
                   "images_per_s": n_done / seconds if seconds > 0 else 0.0}
         meta = {"split": name, "format": cfg.format, "encoding": cfg.encoding,
                 "quality": cfg.quality if cfg.encoding == "jpeg" else None,
-                "num_classes": None, "label_order": cfg.label_order, "labels_sha256": labels_sha,
+                "num_classes": len(labels["classes"]), "label_order": cfg.label_order, "labels_sha256": labels_sha,
                 "layout": layout, "report": report}
-        meta["num_classes"] = json.loads((out / "labels.json").read_text())["classes"].__len__()
         meta = writer.finish(meta) if not writer.complete else dict(meta, **_staged_meta(writer))
         if cfg.format == "hdf5":
             bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
@@ -206,7 +206,6 @@ def _staged_meta(writer: store.LmdbWriter) -> dict:
 def run_prep(cfg: PrepConfig) -> dict:
     """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
     prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}})."""
-    from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
     from imagenet_prep.sources import discover
 
     for field, allowed in (("split", ("train", "val", "all")), ("format", ("lmdb", "hdf5")),
@@ -261,7 +260,7 @@ def run_prep(cfg: PrepConfig) -> dict:
     _check_disk(out, todo, cfg)
     for name in todo:
         report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
-                                             labels_sha, source.layout, workers)
+                                             new_labels, source.layout, workers)
         report["config"] = asdict(cfg)
         os.replace(_write_tmp(out, report, REPORT), report_path)
     os.replace(_write_tmp(out, report, REPORT), report_path)
