@@ -7,7 +7,7 @@ Ours is the real `run_prep` on the same files as an ImageFolder tree, at 1 and 2
 `--encoding jpeg` (the same work: decode, resize, encode) and the default `--encoding raw`. The same run
 times `pca-stats` over the packed raw split with one worker.
 
-    python bench/prep_throughput.py [--images 600] [--repeat 2]
+    python bench/prep_throughput.py [--images 2000] [--repeat 2]
 
 Last line: JSON with ours_img_s, baseline_img_s (one worker each, jpeg output), ratio,
 scaling_2_workers, raw_img_s, stats_img_s.
@@ -90,7 +90,7 @@ def time_prep(src: Path, workers: int, encoding: str, repeat: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=2, help="best of N runs for each configuration")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")

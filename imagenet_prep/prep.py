@@ -139,7 +139,7 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     pool = None
     if workers > 1:
         pool = _pool(workers, cfg)
-        results = pool.imap(process_item, todo, chunksize=8)
+        results = pool.imap(process_item, todo, chunksize=32)
     else:
         _init_worker(cfg.encoding, cfg.quality)
         results = map(process_item, todo)
