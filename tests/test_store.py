@@ -70,3 +70,15 @@ def test_codec_rejects_unknown_encoding():
     with pytest.raises(ImgnetError, match="encoding"):
         encode_image(img, "png")
     np.testing.assert_array_equal(decode_image(encode_image(img, "raw"), "raw"), img)
+
+
+def test_lmdb_map_grows_as_needed(tmp_path):
+    from imagenet_prep.store import LmdbWriter
+
+    w = LmdbWriter(tmp_path / "grow.lmdb", {"t": 1}, expected_images=1, bytes_per_image=1)  # a 64 MB map
+    start = w.env.info()["map_size"]
+    img = encode_image(np.full((256, 256, 3), 7, np.uint8))
+    for k in range(4):  # 4 x 100 raw images: about 79 MB
+        w.commit([(img, 0, f"{k}_{j}") for j in range(100)], consumed=100 * (k + 1))
+    assert w.env.info()["map_size"] > start and w.written == 400
+    w.close()
