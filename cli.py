@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 
@@ -129,13 +130,14 @@ def train(data, out, compile_, **options):
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
 @click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order).")
+@click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @_friendly
-def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission):
+def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission, amp):
     """Top-1/top-5 error of a checkpoint on a whole split; writes test-center.json or test-ten-crop.json beside it."""
     from trainer.evaluate import run_test
 
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission)
+                 device=device, submission=submission, amp=amp)
     sev = r["mistake_severity"]
     click.echo(f"{r['split']}: {r['n']:,} images, {r['view']}, {r['device']}, {r['images_per_s']:.0f} images/s")
     click.echo(f"  top-1 error       {r['top1_err']:.4f}")
@@ -149,6 +151,7 @@ def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submissio
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
         click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines{note})")
+    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", "top1_err", "top5_err", "mistake_severity")}))
 
 
 # ------------------------------------------------------------------------------------- predict

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -229,7 +230,7 @@ def test_bf16_autocast_and_channels_last_train_float32_weights(data, tmp_path):
 
 
 class _LossHook:
-    """Stands in for F.cross_entropy: on call `at` it returns NaN or raises Ctrl-C."""
+    """Stands in for F.cross_entropy: on call `at` it returns NaN or sends this process Ctrl-C (SIGINT)."""
 
     def __init__(self, at: int, what: str):
         import torch.nn.functional as F
@@ -241,37 +242,42 @@ class _LossHook:
         loss = self.real(*args, **kwargs)
         if self.calls == self.at:
             if self.what == "ctrl-c":
-                raise KeyboardInterrupt
-            return loss * float("nan")
+                os.kill(os.getpid(), signal.SIGINT)  # the handler asks the loop to stop after this step
+            else:
+                return loss * float("nan")
         return loss
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_nan_stops_naming_step_and_checkpoint(data, tmp_path, monkeypatch):
+def test_ctrl_c_mid_epoch_resumes_exactly_and_nan_stops_naming_step_and_checkpoint(data, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
+    train(tiny(data, tmp_path / "straight", epochs=2))  # 2 steps per epoch
     run = tmp_path / "run"
-    cfg = tiny(data, run, epochs=2, bias_init="caffe")  # 2 steps per epoch
     monkeypatch.setattr(F, "cross_entropy", _LossHook(3, "ctrl-c"))  # the first batch of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train(cfg)
+        train(tiny(data, run, epochs=2))
     saved = ck.load_checkpoint(run / "checkpoints" / "last.pt")
-    assert saved["epoch"] == 1 and saved["interrupted"] == {"epoch": 2, "step": 0}
+    assert saved["epoch"] == 1 and saved["interrupted"]["epoch"] == 2 and saved["interrupted"]["batch"] == 1
 
-    monkeypatch.setattr(F, "cross_entropy", _LossHook(1, "nan"))  # the first step after resuming: step 3
+    monkeypatch.setattr(F, "cross_entropy", _LossHook(1, "nan"))  # the first step after resuming: step 4
     with pytest.raises(ImgnetError) as e:
-        train(tiny(data, run, epochs=2, bias_init="caffe", resume=True))
+        train(tiny(data, run, epochs=2, resume=True))
     msg = str(e.value)
-    assert "loss became nan at step 3 (epoch 2, batch 1/2)" in msg
+    assert "loss became nan at step 4 (epoch 2, batch 2/2)" in msg
     assert f"last good checkpoint {run / 'checkpoints' / 'last.pt'} (after epoch 1)" in msg and "--lr" in msg
-    assert ck.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # untouched by the failure
+    assert ck.load_checkpoint(run / "checkpoints" / "last.pt")["interrupted"]["batch"] == 1  # untouched
 
     monkeypatch.undo()
-    summary = train(tiny(data, run, epochs=2, bias_init="caffe", resume=True))
+    summary = train(tiny(data, run, epochs=2, resume=True))
     assert summary["epochs"] == 2
     rows = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert "restarts from its first batch" in rows[1]["note"]
+    assert [r["epoch"] for r in rows] == [1, 2] and "resumed inside epoch 2" in rows[1]["note"]
+    a = ck.load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = ck.load_checkpoint(run / "checkpoints" / "last.pt")
+    assert _weights_equal(a["model"], b["model"]) and _optimizer_equal(a["optimizer"], b["optimizer"])
+    straight = [json.loads(s) for s in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in straight]
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ Data path of `Loader`:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import mmap
@@ -580,7 +581,7 @@ class Loader:
         self.prefetch = max(2, int(prefetch or (4 if v == 1 else 2)))  # batches in flight: slots of shared memory
         self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         self.timeout = float(timeout)
-        self._epoch = 0
+        self._epoch, self._start_batch = 0, 0
         self._pool: _Pool | None = None
         self._finalizer = None
 
@@ -602,9 +603,10 @@ class Loader:
         """Images of each epoch left out by drop_last (over all ranks)."""
         return self._shares()[1]
 
-    def set_epoch(self, epoch: int) -> None:
-        """The next iteration delivers this epoch (its permutation and random choices)."""
-        self._epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration delivers this epoch (its permutation and random choices), from batch
+        `start_batch` on (a run resumed inside an epoch gets exactly the batches it had not seen)."""
+        self._epoch, self._start_batch = int(epoch), int(start_batch)
 
     # ---- the plan
     def plan(self, epoch: int) -> EpochPlan:
@@ -662,9 +664,11 @@ class Loader:
 
     # ---- iteration
     def __iter__(self):
-        epoch = self._epoch
-        self._epoch += 1
+        epoch, start = self._epoch, self._start_batch
+        self._epoch, self._start_batch = epoch + 1, 0
         plan = self.plan(epoch)
+        if start:
+            plan = dataclasses.replace(plan, batches=plan.batches[start:])
         if plan.dropped:
             log.info("epoch %d: %d of %d images left out by drop_last (%d batches of %d x %d ranks)",
                      epoch, plan.dropped, plan.total, len(plan.batches), self.batch_size, self.world_size)

@@ -17,6 +17,7 @@ mean image (or mean RGB) M taken from the checkpoint, cropped and mirrored toget
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -113,15 +114,15 @@ def mistake_severity(y_true: np.ndarray, y_pred: np.ndarray, wnids: list[str], h
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def _autocast(device: torch.device):
-    # bf16, not fp16: LRN squares activations of 0-255 scale inputs, which overflows fp16's 65504
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def _autocast(device: torch.device, amp: str):
+    """amp "off": float32; "bf16" or "fp16": autocast on the device (what the run trained with)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, device=None,
-             progress: bool = False, return_predictions: bool = False) -> dict:
+             progress: bool = False, return_predictions: bool = False, amp: str = "off") -> dict:
     """Top-1/top-5 error and mean loss of `model` over every batch of `loader` (yielding (x, y)).
 
     Returns {"top1_err", "top5_err", "loss", "n", "views"}; with return_predictions also "y" (int64 (n,))
@@ -150,7 +151,7 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
                 if x.shape[0] != views * y.shape[0]:
                     raise ImgnetError(f"loader batch of {x.shape[0]} inputs for {y.shape[0]} labels; expected "
                                       f"{views} view(s) per image")
-                with _autocast(device):
+                with _autocast(device, amp):
                     logits = model(x)
                 logp = average_views(logits, views)  # (B, C) float32
                 top = logp.topk(min(5, logp.shape[1]), dim=1).indices  # (B, k) best first
@@ -290,7 +291,7 @@ def summarize(y: np.ndarray, top5: np.ndarray, labels: dict) -> dict:
 
 def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", batch_size: int = 128,
              workers: int | None = None, device: str | None = None, submission=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, amp: str = "off") -> dict:
     """`imgnet test`: evaluate a checkpoint on a whole packed split; writes test-center.json or
     test-ten-crop.json beside the checkpoint (and the devkit submission file when asked); returns the report."""
     from imagenet_prep import open_split
@@ -320,7 +321,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
                     mean=_mean_mode(ckpt), lighting_std=0.0, num_classes=len(labels["classes"]),
                     labels=labels) as loader:
             t0 = time.perf_counter()
-            r = evaluate(model, loader, ten_crop=ten_crop, device=device, progress=progress, return_predictions=True)
+            r = evaluate(model, loader, ten_crop=ten_crop, device=device, progress=progress, return_predictions=True, amp=amp)
             seconds = time.perf_counter() - t0
     finally:
         s.close()
@@ -377,7 +378,7 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
         flips = np.array(TEN_CROP_FLIPS if views == VIEWS else (False,))
         x = transform(torch.from_numpy(crops).to(device), np.tile(offsets[:, 0], m), np.tile(offsets[:, 1], m),
                       np.tile(flips, m))  # alphas None: no lighting at test time
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), _autocast(device, "off"):
             logits = model(x)
         probs = average_views(logits, views).exp().cpu()
         p, idx = probs.topk(k, dim=1)

@@ -20,6 +20,7 @@ Two implementations of one function:
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -176,9 +177,12 @@ def _launch(kernel, tensors, x: torch.Tensor, size, alpha, beta, k, groups):
     assert rows < 2**31, "row index is int32 in the kernels"
     block_r = 128  # 4 warps, one 8-map row per thread
     grid = (-(-rows // block_r),)
-    kernel[grid](*tensors, rows, float(alpha), float(beta), float(k),
-                 QC=c // BLOCK_MAPS, QG=c // groups // BLOCK_MAPS, HALF=size // 2, BLOCK_R=block_r,
-                 FAST=not _interpreting(), num_warps=4, enable_fp_fusion=True)
+    # Triton launches on the current device: make it the tensor's (model parallel: tower 1 on cuda:1)
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        kernel[grid](*tensors, rows, float(alpha), float(beta), float(k),
+                     QC=c // BLOCK_MAPS, QG=c // groups // BLOCK_MAPS, HALF=size // 2, BLOCK_R=block_r,
+                     FAST=not _interpreting(), num_warps=4, enable_fp_fusion=True)
 
 
 def _interpreting() -> bool:
@@ -242,8 +246,10 @@ class LocalResponseNorm(nn.Module):
         self.use_triton = True  # False forces the plain path (as does IMGNET_LRN=plain)
 
     def fused(self, x: torch.Tensor) -> bool:
-        """Whether forward(x) takes the Triton path."""
+        """Whether forward(x) takes the Triton path: CUDA, channels_last (the kernels' layout; an NCHW
+        input would cost a copy each way, so it takes the plain path), a supported shape."""
         return (self.use_triton and x.is_cuda and os.environ.get("IMGNET_LRN", "") != "plain"
+                and x.is_contiguous(memory_format=torch.channels_last)
                 and fused_supported(x, self.size, self.groups) and triton_available())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,7 @@ class TrainConfig:
 
 # settings that may differ between a run and its --resume; the others define the run
 RUNTIME_FIELDS = {"data", "out", "epochs", "workers", "device", "amp", "channels_last", "compile", "resume", "progress"}
+SYNC_EVERY = 16  # CUDA: steps between host syncs (NaN check, stop request, progress bar)
 CHOICES = {"lrn": ("paper", "caffe", "none"), "pool": ("overlap", "nonoverlap"), "activation": ("relu", "tanh"),
            "bias_init": ("paper", "caffe"), "mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"),
            "towers": (1, 2)}
@@ -399,14 +400,16 @@ def check_model_parallel(cfg: TrainConfig, device: torch.device, d: Dist) -> Non
 
 
 def _wrap(model, cfg: TrainConfig, device: torch.device, d: Dist):
-    """(module the loop trains: compiled and/or DistributedDataParallel around `model`, module to validate)."""
-    if cfg.compile:
-        model = torch.compile(model)
-    if d.world == 1:
-        return model, model
-    from torch.nn.parallel import DistributedDataParallel
+    """(module the loop trains: DistributedDataParallel and/or compiled around `model`, module to validate).
+    Compile outside DDP, so that DDP's gradient all-reduce still overlaps the compiled backward."""
+    net = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None), model
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net, model
 
 
 def _seed_process(seed: int, rank: int) -> None:
@@ -419,30 +422,40 @@ def _seed_process(seed: int, rank: int) -> None:
     random.seed(int(s[1]))
 
 
-def _validate(model, loader, d: Dist, device: torch.device) -> dict:
+def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off") -> dict:
     from trainer.evaluate import evaluate
 
-    m = evaluate(model, loader)
+    m = evaluate(model, loader, amp=amp)
     n = m["n"]
     top1, top5, loss, n = _all_sum([m["top1_err"] * n, m["top5_err"] * n, m["loss"] * n, n], d, device)
     return {"top1_err": top1 / n, "top5_err": top5 / n, "loss": loss / n, "n": int(n)}
 
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM (cluster pre-emption, `kill`) stops training like Ctrl-C: the checkpoint is saved first."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
+class _StopRequest:
+    """Ctrl-C or SIGTERM (cluster pre-emption, `kill`) asks training to stop: the loop finishes the step
+    in flight, saves an exact checkpoint and stops. A second signal stops at once, without saving."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def __init__(self):
+        self.signum = None
+        self._old = {}
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(again to stop at once, without one)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -487,7 +500,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
     sched = LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     _seed_process(cfg.seed, d.rank)
-    done, best_err, best_epoch, note = 0, math.inf, None, None
+    done, best_err, best_epoch, note, inside = 0, math.inf, None, None, None
     if resume_from is not None:
         c = resume_from
         optimizer.load_state_dict(c["optimizer"])
@@ -499,11 +512,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
         rngs = c.get("rng") or []
         if len(rngs) == d.world:
             ck.set_rng_state(rngs[d.rank])
-        if c.get("interrupted"):
-            it = c["interrupted"]
-            note = (f"resumed from a checkpoint saved by an interrupt at epoch {it['epoch']} step {it['step']}: "
-                    f"epoch {it['epoch']} restarts from its first batch with those weights (not bit-exact)")
-        elif len(rngs) != d.world:
+        inside = c.get("interrupted")
+        if inside:
+            note = (f"resumed inside epoch {inside['epoch']} after batch {inside['batch']} of "
+                    f"{len(train_loader)}, from the checkpoint its interrupt saved")
+        if len(rngs) != d.world:
             note = f"resumed with {d.world} processes from a run with {len(rngs)}: random streams reseeded"
     net, eval_net = _wrap(model, cfg, device, d)
 
@@ -542,89 +555,114 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
                 "interrupted": interrupted}
 
     last_metrics = resume_from.get("metrics") if resume_from is not None else None
-    step = done * len(train_loader)
-    epoch, i = done + 1, 0
-    sched_state = sched.state_dict()
-    with _sigterm_as_ctrl_c():
-        try:
-            for epoch in range(done + 1, cfg.epochs + 1):
-                # the run's state as of `done` epochs (what an interrupt checkpoint must hold) is
-                # (weights, optimizer, sched_state, best_err, best_epoch, last_metrics) until the epoch is saved
-                sched_state = sched.state_dict()
-                lr = sched.lr
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                train_loader.set_epoch(epoch)
-                net.train()
-                t0 = time.perf_counter()
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                wrong = torch.zeros((), dtype=torch.int64, device=device)
-                seen = 0
-                bar = _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main)
-                for i, (x, y) in enumerate(train_loader):
-                    y = y.to(device, non_blocking=True)
-                    with _autocast(cfg.amp, device.type):
-                        logits = net(x)  # (B, num_classes)
-                    y = y.to(logits.device)
-                    loss = F.cross_entropy(logits.float(), y)
-                    step += 1
-                    lv = loss.detach().clone()  # all_reduce works in place: keep `loss` intact
-                    if d.world > 1:  # the mean over all processes, so that every process stops at the same step
-                        dist.all_reduce(lv)
-                        lv = lv / d.world
-                    lv = lv.item()
-                    if not math.isfinite(lv):
-                        if bar is not None:
-                            bar.close()  # the message then starts on a line of its own
-                        raise ImgnetError(_diverged_message(lv, step, epoch, i + 1, len(train_loader), lr, ckdir, cfg))
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    loss_sum += loss.detach().double().to(device) * y.shape[0]
-                    wrong += (logits.detach().argmax(1) != y).sum().to(device)
-                    seen += y.shape[0]
+    step = inside["step"] if inside else done * len(train_loader)
+    # one host sync (NaN check, stop request, bar) every `sync_every` steps: each is a GPU pipeline stall
+    sync_every = SYNC_EVERY if device.type == "cuda" else 1
+    with _StopRequest() as stop:
+        for epoch in range(done + 1, cfg.epochs + 1):
+            # the state of the run as of `done` epochs: weights, optimizer, sched, best, last_metrics
+            sched_state = sched.state_dict()
+            lr = sched.lr
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            start = inside["batch"] if inside else 0  # resumed inside this epoch: the batches it had not seen
+            train_loader.set_epoch(epoch, start)
+            net.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.tensor(inside["loss_sum"] if inside else 0.0, dtype=torch.float64, device=device)
+            wrong = torch.tensor(inside["wrong"] if inside else 0, dtype=torch.int64, device=device)
+            seen = seen0 = inside["seen"] if inside else 0
+            inside = None
+            bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss: step
+            bad_val = torch.zeros((), dtype=torch.float64, device=device)  # and value
+            window = torch.zeros((), dtype=torch.float64, device=device)  # loss sum since the last sync
+            bar = _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start)
+            for i, (x, y) in enumerate(train_loader, start=start + 1):  # i: batches of the epoch done after this one
+                with _autocast(cfg.amp, device.type):
+                    logits = net(x)  # (B, num_classes)
+                y = y.to(logits.device)
+                loss = F.cross_entropy(logits.float(), y)
+                step += 1
+                lv = loss.detach().double()
+                first = (bad_step < 0) & ~lv.isfinite()
+                bad_step, bad_val = torch.where(first, step, bad_step), torch.where(first, lv, bad_val)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                window += lv.to(device)
+                loss_sum += lv.to(device) * y.shape[0]
+                wrong += (logits.detach().argmax(1) != y).sum().to(device)
+                seen += y.shape[0]
+                if i % sync_every and i < len(train_loader):
+                    continue
+                # every process learns whether any of them diverged or was asked to stop
+                flags = torch.stack([(bad_step >= 0).double(), torch.tensor(float(stop.signum is not None),
+                                    dtype=torch.float64, device=device), window])
+                if d.world > 1:
+                    dist.all_reduce(flags)
+                diverged, stopping, window_sum = flags.tolist()
+                window.zero_()
+                if diverged:
                     if bar is not None:
-                        dt = time.perf_counter() - t0
-                        bar.set_postfix_str(f"loss {lv:.3f} lr {lr:g} {seen * d.world / dt:.0f} img/s", refresh=False)
-                        bar.update(1)
+                        bar.close()  # the message then starts on a line of its own
+                    at, value = int(bad_step.item()), bad_val.item()
+                    if at < 0:  # another process diverged (here it shows from the next step on)
+                        at, value = step, float("nan")
+                    raise ImgnetError(_diverged_message(value, at, epoch, i - (step - at), len(train_loader), lr,
+                                                        ckdir, cfg))
                 if bar is not None:
-                    bar.close()
-                i = len(train_loader)
-                t_train = time.perf_counter() - t0
-                loss_total, wrong_total, n_total = _all_sum([loss_sum.item(), float(wrong.item()), float(seen)], d, device)
-                val = _validate(eval_net, val_loader, d, device)
-                t_epoch = time.perf_counter() - t0
-                is_best = val["top1_err"] < best_err
-                best = (val["top1_err"], epoch) if is_best else (best_err, best_epoch)
-                sched.step(epoch, val["top1_err"])
-                metrics = {"epoch": epoch, "lr": lr, "train_loss": loss_total / n_total,
-                           "train_top1_err": wrong_total / n_total, "val_top1_err": val["top1_err"],
-                           "val_top5_err": val["top5_err"], "val_loss": val["loss"],
-                           "images_per_s": n_total / t_train, "seconds": t_epoch, "train_seconds": t_train,
-                           "val_seconds": t_epoch - t_train, "step": step, "lr_drops": sched.drops,
-                           "next_lr": sched.lr, "best_val_top1_err": best[0], "is_best": is_best,
-                           "n_train": int(n_total), "n_val": val["n"], "val_source": data["val_source"],
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                if note:
-                    metrics["note"], note = note, None
-                rng = _gather_rng(d)
-                if d.main:
-                    last = ck.save_checkpoint(ckdir / "last.pt", checkpoint(epoch, metrics, sched.state_dict(), best, rng))
-                    if is_best:
-                        ck.link_checkpoint(last, ckdir / "best.pt")
-                    _append_line(log_path, metrics)
-                    _plot(run)
-                done, last_metrics, (best_err, best_epoch) = epoch, metrics, best
-                say(_epoch_line(metrics, cfg.epochs))
-        except KeyboardInterrupt:
+                    dt = time.perf_counter() - t0
+                    n_win = (i - 1) % sync_every + 1
+                    bar.set_postfix_str(f"loss {window_sum / d.world / n_win:.3f} lr {lr:g} "
+                                        f"{(seen - seen0) * d.world / dt:.0f} img/s", refresh=False)
+                    bar.update(n_win)
+                if stopping and i < len(train_loader):
+                    if bar is not None:
+                        bar.close()
+                    inner = {"epoch": epoch, "batch": i, "step": step, "loss_sum": float(loss_sum.item()),
+                             "wrong": int(wrong.item()), "seen": seen}
+                    rng = _gather_rng(d)
+                    if d.main:
+                        path = ck.save_checkpoint(ckdir / "last.pt", checkpoint(
+                            done, last_metrics, sched_state, (best_err, best_epoch), rng, interrupted=inner))
+                        print(f"stopped in epoch {epoch} after batch {i}/{len(train_loader)}: saved {path}; "
+                              "the same command with --resume continues exactly", file=sys.stderr)
+                    raise KeyboardInterrupt("stop requested")
+            if bar is not None:
+                bar.close()
+            t_train = time.perf_counter() - t0
+            loss_total, wrong_total, n_total = _all_sum([loss_sum.item(), float(wrong.item()), float(seen)], d, device)
+            val = _validate(eval_net, val_loader, d, device, cfg.amp)
+            t_epoch = time.perf_counter() - t0
+            is_best = val["top1_err"] < best_err
+            best = (val["top1_err"], epoch) if is_best else (best_err, best_epoch)
+            sched.step(epoch, val["top1_err"])
+            metrics = {"epoch": epoch, "lr": lr, "train_loss": loss_total / n_total,
+                       "train_top1_err": wrong_total / n_total, "val_top1_err": val["top1_err"],
+                       "val_top5_err": val["top5_err"], "val_loss": val["loss"],
+                       "images_per_s": (n_total - seen0 * d.world) / t_train, "seconds": t_epoch,
+                       "train_seconds": t_train, "val_seconds": t_epoch - t_train, "step": step,
+                       "lr_drops": sched.drops, "next_lr": sched.lr, "best_val_top1_err": best[0],
+                       "is_best": is_best, "n_train": int(n_total), "n_val": val["n"],
+                       "val_source": data["val_source"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if note:
+                metrics["note"], note = note, None
+            rng = _gather_rng(d)
             if d.main:
-                path = ck.save_checkpoint(ckdir / "last.pt", checkpoint(
-                    done, last_metrics, sched_state, (best_err, best_epoch), [ck.rng_state()],
-                    interrupted={"epoch": epoch, "step": i}))
-                print(f"\ninterrupted at epoch {epoch} step {i}: saved {path}; continue with the same command "
-                      "and --resume", file=sys.stderr)
-            raise
+                last = ck.save_checkpoint(ckdir / "last.pt", checkpoint(epoch, metrics, sched.state_dict(), best, rng))
+                if is_best:
+                    ck.link_checkpoint(last, ckdir / "best.pt")
+                _append_line(log_path, metrics)
+                _plot(run)
+            done, last_metrics, (best_err, best_epoch) = epoch, metrics, best
+            say(_epoch_line(metrics, cfg.epochs))
+            stopping = torch.tensor(float(stop.signum is not None), dtype=torch.float64, device=device)
+            if d.world > 1:
+                dist.all_reduce(stopping)
+            if stopping.item() and epoch < cfg.epochs:
+                say(f"stopped after epoch {epoch}: {ckdir / 'last.pt'}; the same command with --resume continues")
+                raise KeyboardInterrupt("stop requested")
     return {"run": str(run), "epochs": done, "best_val_top1_err": best_err if best_epoch else None,
             "best_epoch": best_epoch, "last": last_metrics, "checkpoint": str(ckdir / "best.pt"),
             "seconds": time.perf_counter() - t_start}
@@ -674,12 +712,13 @@ def _printer(enabled: bool):
     return say
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
+                file=sys.stderr)
 
 
 _plot_failed = False
