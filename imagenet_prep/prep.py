@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -54,6 +55,11 @@ def _init_worker(encoding: str, quality: int) -> None:
     _ENCODING = (encoding, quality)
 
 
+def _init_pool_worker(encoding: str, quality: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the main process stops us
+    _init_worker(encoding, quality)
+
+
 def process_item(item) -> tuple[bytes | None, str | None, str | None]:
     """Source item -> (encoded 256x256 image, None, from_mode) or (None, reason, None) when skipped."""
     from imagenet_prep.resize import BadImage, prepare_image
@@ -66,6 +72,8 @@ def process_item(item) -> tuple[bytes | None, str | None, str | None]:
         return None, str(e), None
     except OSError as e:  # unreadable file: permissions, I/O error
         return None, f"cannot read: {e}", None
+    except Exception as e:  # noqa: BLE001 - one odd file must not stall every rerun at the same place
+        return None, f"cannot decode ({type(e).__name__}: {e})", None
     return store.encode_image(img, *_ENCODING), None, from_mode
 
 
@@ -99,10 +107,7 @@ def _paths(out: Path, name: str, fmt: str) -> tuple[Path, Path]:
 
 def _complete_meta(out: Path, name: str) -> dict | None:
     """Metadata of a finished split in `out` (either format), else None."""
-    try:
-        return store.open_split(out, name).meta
-    except ImgnetError:
-        return None
+    return store.split_meta(out, name)
 
 
 def _remove(path: Path) -> None:
@@ -112,20 +117,43 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _check_disk(out: Path, todo: dict, cfg: PrepConfig) -> None:
+def _check_disk(out: Path, remaining: dict, cfg: PrepConfig, freed: int = 0) -> None:
+    """Refuse before starting when the images still to write (name -> (to process, whole split)) cannot fit;
+    `freed`: bytes that --force is about to delete."""
     per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality)
-    n = sum(todo.values())
-    need = n * per_image * (2 if cfg.format == "hdf5" else 1)  # hdf5: staging + final file
-    free = shutil.disk_usage(out).free
+    n = sum(todo for todo, _ in remaining.values())
+    need = n * per_image
+    if cfg.format == "hdf5":  # the staged LMDB, then the .h5 file beside it
+        need += sum(whole for _, whole in remaining.values()) * per_image
+    free = shutil.disk_usage(out).free + freed
     if need > free:
         raise ImgnetError(f"not enough free disk in {out}: {n} images as {cfg.encoding}"
                           f"{' (staged, then HDF5)' if cfg.format == 'hdf5' else ''} need about "
                           f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def _pool(workers: int, cfg: PrepConfig):
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(cfg.encoding, cfg.quality))
+    return mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(cfg.encoding, cfg.quality))
+
+
+def _windowed(pool, todo, window: int):
+    """pool.imap over `todo` in order with at most two windows in flight: results wait in memory only
+    while the writer is behind by less than 2 * window images (imap alone would queue them all)."""
+    pending = None
+    for lo in range(0, len(todo), window):
+        nxt = pool.imap(process_item, todo[lo:lo + window], chunksize=32)
+        if pending is not None:
+            yield from pending
+        pending = nxt
+    if pending is not None:
+        yield from pending
 
 
 def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: str) -> int:
@@ -139,7 +167,7 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     pool = None
     if workers > 1:
         pool = _pool(workers, cfg)
-        results = pool.imap(process_item, todo, chunksize=32)
+        results = _windowed(pool, todo, window=max(256, 64 * workers))
     else:
         _init_worker(cfg.encoding, cfg.quality)
         results = map(process_item, todo)
@@ -167,26 +195,27 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     return len(todo)
 
 
-def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, layout: str,
+def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
                 workers: int) -> dict:
     final, work = _paths(out, name, cfg.format)
-    labels_sha = labels_sha256(labels)
-    fingerprint = _fingerprint(cfg, items, labels_sha, layout)
     t0 = time.perf_counter()
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
     try:
         assert not (writer.complete and cfg.format == "lmdb"), f"{work} is complete: the caller skips it"
-        n_done = 0 if writer.complete else _pack(items, writer, cfg, workers, name)
-        seconds = time.perf_counter() - t0
-        report = {"found": len(items) + len(skipped), "written": writer.written,
-                  "rejected": list(skipped) + writer.progress["rejected"],
-                  "converted": writer.progress["converted"], "seconds": round(seconds, 3),
-                  "images_per_s": n_done / seconds if seconds > 0 else 0.0}
-        meta = {"split": name, "format": cfg.format, "encoding": cfg.encoding,
-                "quality": cfg.quality if cfg.encoding == "jpeg" else None,
-                "num_classes": len(labels["classes"]), "label_order": cfg.label_order, "labels_sha256": labels_sha,
-                "layout": layout, "report": report}
-        meta = writer.finish(meta) if not writer.complete else dict(meta, **_staged_meta(writer))
+        if writer.complete:  # killed while converting to HDF5: the staged split is done, convert again
+            meta = writer.meta
+        else:
+            n_done = _pack(items, writer, cfg, workers, name)
+            seconds = time.perf_counter() - t0
+            report = {"found": len(items) + len(skipped), "written": writer.written,
+                      "rejected": list(skipped) + writer.progress["rejected"],
+                      "converted": writer.progress["converted"], "seconds": round(seconds, 3),
+                      "images_per_s": n_done / seconds if seconds > 0 else 0.0}
+            meta = writer.finish({
+                "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
+                "num_classes": len(labels["classes"]), "label_order": cfg.label_order,
+                "labels_sha256": fingerprint["labels_sha256"], "layout": fingerprint["layout"],
+                "fingerprint": fingerprint, "report": report})
         if cfg.format == "hdf5":
             bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
             store.lmdb_to_hdf5(writer, final, meta, bar)
@@ -195,12 +224,7 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
         writer.close()
     if cfg.format == "hdf5":
         shutil.rmtree(work)
-    return report
-
-
-def _staged_meta(writer: store.LmdbWriter) -> dict:
-    with writer.env.begin() as txn:
-        return json.loads(txn.get(b"__meta__"))
+    return meta["report"]
 
 
 def run_prep(cfg: PrepConfig) -> dict:
@@ -215,59 +239,95 @@ def run_prep(cfg: PrepConfig) -> dict:
     out = Path(cfg.out)
     _check_writable(out)
     workers = cfg.workers or os.cpu_count() or 1
-    source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class)
     wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
+    # list only the splits asked for (the label map depends on the whole source either way)
+    source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class,
+                      splits=None if cfg.split == "all" else wanted)
     names = [s for s in wanted if s in source.splits]
     if not names:
         raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")
+    labels = source.label_map.to_json()
+    labels_sha = labels_sha256(labels)
+    other_fmt = "hdf5" if cfg.format == "lmdb" else "lmdb"
 
-    # labels.json: the label map every later stage checks against
+    # what DATA already holds: complete splits (either format) and unfinished runs
+    complete = {s: _complete_meta(out, s) for s in ("train", "val")}
+    unfinished = {(s, f): _paths(out, s, f)[1] for s in ("train", "val") for f in ("lmdb", "hdf5")
+                  if complete[s] is None and _paths(out, s, f)[1].exists()}
     lj_path = out / "labels.json"
-    tmp = out / ".labels.json.new"
-    tmp.mkdir(exist_ok=True)
-    write_labels_json(tmp, source.label_map)
-    new_labels = read_labels_json(tmp)
-    shutil.rmtree(tmp)
-    labels_sha = labels_sha256(new_labels)
-    if lj_path.is_file() and not cfg.force:
-        old_sha = labels_sha256(read_labels_json(out))
-        if old_sha != labels_sha and any(_complete_meta(out, s) or _paths(out, s, cfg.format)[1].exists()
-                                         for s in ("train", "val")):
+    old_sha = _labels_sha_of(out)
+    if old_sha is not None and old_sha != labels_sha:
+        if not cfg.force and (any(complete.values()) or unfinished):
             raise ImgnetError(f"{lj_path} holds another label map (other --classes or --label-order?) than this "
                               "run; use a new --out folder, or --force to redo the splits")
-    os.replace(_write_tmp(out, new_labels), lj_path)
+        stale = [s for s in ("train", "val") if s not in names and (complete[s] or any(k[0] == s for k in unfinished))]
+        if stale:
+            raise ImgnetError(f"--force with a new label map would leave {' and '.join(stale)} in {out} packed with "
+                              "the old one; add --split all, or remove it first")
+
+    fingerprints, todo, freed = {}, {}, 0
+    for name in names:
+        items = source.splits[name]
+        fingerprints[name] = fp = _fingerprint(cfg, items, labels_sha, source.layout)
+        meta = complete[name]
+        if meta is not None and not cfg.force:
+            old = meta.get("fingerprint") or {}
+            diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
+            if diff:
+                raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
+                                  f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
+            print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
+            continue
+        if (name, other_fmt) in unfinished and not cfg.force:
+            raise ImgnetError(f"{out} holds an unfinished --format {other_fmt} run of {name}; rerun with "
+                              f"--format {other_fmt} to finish it, or --force to discard it")
+        doomed = [*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"] if cfg.force else []
+        freed += sum(_size(p) for p in set(doomed))
+        consumed = 0 if cfg.force else store.progress_of(_paths(out, name, cfg.format)[1])
+        todo[name] = (len(items) - consumed, len(items))
+    _check_disk(out, todo, cfg, freed)  # before --force deletes anything
+    if cfg.force:
+        for name in todo:
+            for p in {*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"}:
+                _remove(p)
+    write_labels_json(out, source.label_map)
 
     report_path = out / REPORT
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {"splits": {}}
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):  # none yet, or torn by a crash: each split's meta keeps its own report
+        report = {"splits": {}}
     report["layout"] = source.layout
-    todo = {}
     for name in names:
-        final, work = _paths(out, name, cfg.format)
-        meta = _complete_meta(out, name)
-        if meta is not None and not cfg.force:
-            if meta.get("labels_sha256") != labels_sha or meta.get("encoding") != cfg.encoding \
-                    or meta.get("format") != cfg.format:
-                raise ImgnetError(f"{final if final.exists() else out / name} is complete but was made with other "
-                                  "settings; pass --force to redo it or use a new --out folder")
-            print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
-            report["splits"][name] = meta.get("report", report["splits"].get(name, {}))
-            continue
-        if cfg.force:
-            for p in {*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5")}:
-                _remove(p)
-            _remove(out / f"{name}.h5.tmp")
-        todo[name] = len(source.splits[name])
-    _check_disk(out, todo, cfg)
+        if name not in todo:
+            report["splits"][name] = complete[name].get("report", report["splits"].get(name, {}))
     for name in todo:
         report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
-                                             new_labels, source.layout, workers)
+                                             labels, fingerprints[name], workers)
         report["config"] = asdict(cfg)
-        os.replace(_write_tmp(out, report, REPORT), report_path)
-    os.replace(_write_tmp(out, report, REPORT), report_path)
+        _write_json(report_path, report)
+    _write_json(report_path, report)
     return report
 
 
-def _write_tmp(out: Path, obj: dict, name: str = "labels.json") -> Path:
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(json.dumps(obj, indent=1))
-    return tmp
+def _labels_sha_of(out: Path) -> str | None:
+    """The label map DATA was packed with: labels.json's, or a packed split's where labels.json is unreadable."""
+    try:
+        return labels_sha256(read_labels_json(out))
+    except ImgnetError:
+        pass
+    for name in ("train", "val"):
+        meta = _complete_meta(out, name)
+        if meta is not None:
+            return meta.get("labels_sha256")
+    return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Atomic and durable: a crash leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -223,9 +223,35 @@ def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch)
         monkeypatch.setattr(prep, "COMMIT_EVERY", 4)
         with pytest.raises(ImgnetError, match="disk full"):
             run_prep(PrepConfig(src=str(src), out=str(small / "data"), workers=1))
-        subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)
+        # room for the rest of the split but not for all of it: the check counts what remains
+        subprocess.run(["mount", "-o", "remount,size=7m", str(small)], check=True)
         monkeypatch.setattr(prep, "_check_disk", check_disk)
         run_prep(PrepConfig(src=str(src), out=str(small / "data"), workers=1))
         assert _content(small / "data") == _content(clean)
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_settings_changes_are_refused_with_what_differs(messy_src, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(messy_src / "train", messy_src / "val")  # class folders: an ImageFolder val
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, encoding="jpeg", quality=50))
+    with pytest.raises(ImgnetError, match=r"quality 50 \(this run: 90\)"):
+        run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, encoding="jpeg", quality=90))
+    with pytest.raises(ImgnetError, match="would leave val"):  # --force with a new label map, train only
+        run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, split="train", classes=1, force=True))
+    img = open_split(out, "train")[0].image
+    img[0, 0, 0] = 1  # jpeg records decode to writable arrays, like raw ones
+
+
+def test_unfinished_lmdb_run_does_not_hide_a_finished_hdf5_split(messy_src, tmp_path):
+    out = tmp_path / "data"
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, format="hdf5"))
+    from imagenet_prep.store import LmdbWriter
+
+    LmdbWriter(out / "train.lmdb", {"an": "unfinished run"}).close()
+    assert open_split(out, "train").format == "hdf5"
+    shutil.rmtree(out / "train.h5", ignore_errors=True)
+    (out / "train.h5").unlink()
+    with pytest.raises(ImgnetError, match="unfinished --format lmdb run of train"):
+        run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, format="hdf5"))
