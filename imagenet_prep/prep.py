@@ -277,6 +277,8 @@ def run_prep(cfg: PrepConfig) -> dict:
                 raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
                                   f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
             print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
+            if meta.get("format") == "hdf5":  # a kill between the .h5 rename and the staging's removal
+                _remove(_paths(out, name, "hdf5")[1])
             continue
         if (name, other_fmt) in unfinished and not cfg.force:
             raise ImgnetError(f"{out} holds an unfinished --format {other_fmt} run of {name}; rerun with "

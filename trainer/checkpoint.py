@@ -127,8 +127,11 @@ def model_from_checkpoint(ckpt: dict, device="cpu") -> torch.nn.Module:
     """Rebuild the AlexNet of a checkpoint dict (from `load_checkpoint`) in eval mode on `device`."""
     from trainer.model import AlexNet
 
-    with torch.device("meta"):  # no time spent drawing the initial weights that are replaced at once
-        model = AlexNet(**ckpt["model_kwargs"])
+    try:
+        with torch.device("meta"):  # no time spent drawing the initial weights that are replaced at once
+            model = AlexNet(**ckpt["model_kwargs"])
+    except TypeError as e:  # a keyword AlexNet does not take
+        raise ImgnetError(f"checkpoint model settings {ckpt['model_kwargs']} do not fit AlexNet: {e}") from e
     try:
         model.load_state_dict(ckpt["model"], assign=True)
     except RuntimeError as e:

@@ -30,17 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from imagenet_prep.errors import ImgnetError
-from trainer.data import CROP, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, ten_crop  # noqa: F401 - the contract's names
+from trainer.data import CENTER, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, center_crop, ten_crop  # noqa: F401 - ten_crop: the contract's name
 
 VIEWS = 10
-_C = (256 - CROP) // 2  # 16: the center crop's offset
 TOP_CONFUSIONS = 20
 
 
 # ---------------------------------------------------------------------------------------- views
 def eval_views(image: np.ndarray, ten: bool) -> np.ndarray:
     """uint8 (256, 256, 3) -> the ten views (10, 224, 224, 3), or the center crop as (1, 224, 224, 3)."""
-    return ten_crop(image) if ten else image[None, _C:_C + CROP, _C:_C + CROP]
+    return ten_crop(image) if ten else center_crop(image)[None]
 
 
 def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
@@ -374,7 +373,7 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
             return
         crops = np.concatenate([v for _, v in pending])  # uint8 (m * views, 224, 224, 3)
         views, m = pending[0][1].shape[0], len(pending)
-        offsets = np.array(TEN_CROP_OFFSETS if views == VIEWS else ((_C, _C),)).reshape(-1, 2)
+        offsets = np.array(TEN_CROP_OFFSETS if views == VIEWS else ((CENTER, CENTER),)).reshape(-1, 2)
         flips = np.array(TEN_CROP_FLIPS if views == VIEWS else (False,))
         x = transform(torch.from_numpy(crops).to(device), np.tile(offsets[:, 0], m), np.tile(offsets[:, 1], m),
                       np.tile(flips, m))  # alphas None: no lighting at test time

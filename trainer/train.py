@@ -104,8 +104,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise ImgnetError(f"{name}={v}; expected a positive number")
     if not 0 <= cfg.dropout < 1:
         raise ImgnetError(f"dropout={cfg.dropout}; expected a probability in [0, 1)")
-    if cfg.lighting_std < 0 or cfg.val_from_train < 0 or cfg.weight_decay < 0 or cfg.max_lr_drops < 0:
-        raise ImgnetError("lighting_std, val_from_train, weight_decay and max_lr_drops must not be negative")
+    for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
+        if getattr(cfg, name) < 0:
+            raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
     if not 0 < cfg.lr_factor < 1:
         raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
     parse_schedule(cfg.lr_schedule)
