@@ -187,6 +187,11 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
                 records, rejected, converted = [], [], []
             bar.update(1)
         writer.commit(records, consumed, rejected, converted)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: the {writer.written} images committed to {writer.path} are kept; rerun the same "
+              "command to continue", file=sys.stderr)
+        raise
     finally:
         bar.close()
         if pool is not None:
@@ -240,9 +245,10 @@ def run_prep(cfg: PrepConfig) -> dict:
     _check_writable(out)
     workers = cfg.workers or os.cpu_count() or 1
     wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
-    # list only the splits asked for (the label map depends on the whole source either way)
+    # list only the splits asked for (the label map depends on the whole source either way); the tars'
+    # listings are kept in DATA so that a resumed run or a rerun does not read their headers again
     source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class,
-                      splits=None if cfg.split == "all" else wanted)
+                      splits=None if cfg.split == "all" else wanted, cache_dir=out)
     names = [s for s in wanted if s in source.splits]
     if not names:
         raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")

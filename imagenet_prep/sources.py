@@ -10,6 +10,9 @@ Layouts (DESIGN.md `imgnet prep`):
 An Item names a byte range: a whole file, or a member of a tar located by its absolute offset in the
 outer file (members of the per-class tars too), so any process can read it with `read_item`.
 
+Listing the train tar reads 1.28M tar headers; with a `cache_dir`, each official tar's listing is kept in
+cache_dir/.listing-<key>.npz, keyed by the tar's absolute path, size and mtime, and reused while those match.
+
 Classes: a source with a flat val has the classes of the ground truth that labels it (the 1000 of the
 devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; any other source has
 the class folders (or class tars) it holds, as ImageFolder does.
@@ -18,13 +21,17 @@ the class folders (or class tars) it holds, as ImageFolder does.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import ClassMeta, LabelMap, build_label_map, is_wnid, load_class_meta, parse_meta_mat
@@ -36,6 +43,7 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+LISTING_VERSION = 1  # of the cached tar listings; a new value makes every older cache file unused
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
 # candidate, whatever its extension: decoding by content happens in resize.py.
@@ -205,12 +213,16 @@ def _dir_split(root: Path) -> _Split:
     return _Split(str(root), sorted(dirs), walk)
 
 
-def _train_tar_split(path: Path) -> _Split:
+def _train_tar_split(path: Path, cache_dir=None) -> _Split:
     """ILSVRC2012_img_train.tar: the outer tar lists the class tars; their members are found at
     outer offset_data + inner offset_data."""
-    limit = path.stat().st_size
+    st = path.stat()
+    cache = _listing_file(cache_dir, path, st)
+    cached = _load_listing(cache, path)
+    if cached is not None:
+        return _Split(str(path), cached[0], lambda: (cached[1], list(cached[2])))  # discover sorts `skipped` in place
     with _open_tar(path) as tf:
-        members, skipped = _tar_files(tf, str(path), limit)
+        members, skipped = _tar_files(tf, str(path), st.st_size)
     class_tars = {}
     for m in members:
         base = m.name.rsplit("/", 1)[-1]
@@ -233,17 +245,103 @@ def _train_tar_split(path: Path) -> _Split:
                     inner, sk = _tar_files(inner_tf, where, m.size)
                 skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
                 out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
+        _save_listing(cache, path, sorted(class_tars), out, skipped_all)
         return out, skipped_all
     return _Split(str(path), sorted(class_tars), entries)
 
 
-def _val_tar_split(path: Path) -> _Split:
+def _val_tar_split(path: Path, cache_dir=None) -> _Split:
     def entries():
+        st = path.stat()
+        cache = _listing_file(cache_dir, path, st)
+        cached = _load_listing(cache, path)
+        if cached is not None:
+            return cached[1:]
         with _open_tar(path) as tf:
-            members, skipped = _tar_files(tf, str(path), path.stat().st_size)
+            members, skipped = _tar_files(tf, str(path), st.st_size)
         p = str(path)
-        return [(m.name.rsplit("/", 1)[-1], None, p, m.offset_data, m.size) for m in members], skipped
+        out = [(m.name.rsplit("/", 1)[-1], None, p, m.offset_data, m.size) for m in members]
+        _save_listing(cache, path, None, out, skipped)
+        return out, skipped
     return _Split(str(path), None, entries)
+
+
+# -------------------------------------------------------------------------------- listing cache
+# One .npz per tar: names and skipped entries as newline-joined UTF-8 blobs (uint8), each entry's class
+# as an index into `classes` (int32, -1: flat), offsets and sizes in bytes (int64). 1.28M entries: ~8 MB.
+def _listing_file(cache_dir, path: Path, st: os.stat_result) -> Path | None:
+    """Where the listing of the tar at `path` (as it is now: `st`) is cached; None without a cache_dir."""
+    if cache_dir is None:
+        return None
+    key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{LISTING_VERSION}"
+    return Path(cache_dir) / f".listing-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}.npz"
+
+
+def _join(strings) -> np.ndarray:
+    """Strings -> one uint8 blob; ValueError when one holds a newline (it could not be split back)."""
+    strings = list(strings)
+    blob = "\n".join(strings).encode("utf-8", "surrogatepass")  # surrogatepass: tar names with undecodable bytes
+    if blob.count(b"\n") != max(len(strings) - 1, 0):
+        raise ValueError("a name holds a newline")
+    return np.frombuffer(blob, np.uint8)
+
+
+def _split(blob: np.ndarray, n: int) -> list[str]:
+    strings = blob.tobytes().decode("utf-8", "surrogatepass").split("\n") if n else []
+    if len(strings) != n:
+        raise ValueError(f"{len(strings)} strings, expected {n}")
+    return strings
+
+
+def _save_listing(file: Path | None, path: Path, classes: list[str] | None, entries: list[tuple],
+                  skipped: list[dict]) -> None:
+    """Write the listing atomically (tmp + rename); best effort: a listing that cannot be written (full disk,
+    a name with a newline) is only rescanned next time."""
+    if file is None:
+        return
+    index = {c: i for i, c in enumerate(classes or ())}
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    try:
+        arrays = {
+            "classes": _join(classes or ()), "names": _join(e[0] for e in entries),
+            "labels": np.array([-1 if e[1] is None else index[e[1]] for e in entries], np.int32),
+            "offsets": np.array([e[3] for e in entries], np.int64), "sizes": np.array([e[4] for e in entries], np.int64),
+            "skipped_names": _join(s["name"] for s in skipped), "skipped_reasons": _join(s["reason"] for s in skipped)}
+        head = {"version": LISTING_VERSION, "tar": os.path.abspath(path), "flat": classes is None,
+                "counts": [len(classes or ()), len(entries), len(skipped)]}
+        arrays["head"] = np.frombuffer(json.dumps(head).encode("utf-8", "surrogatepass"), np.uint8)
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, file)
+    except (OSError, ValueError):
+        tmp.unlink(missing_ok=True)
+
+
+def _load_listing(file: Path | None, path: Path) -> tuple[list[str] | None, list[tuple], list[dict]] | None:
+    """(classes, entries, skipped) as the scan gives them, or None when `file` is absent or unreadable."""
+    if file is None or not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            head = json.loads(z["head"].tobytes().decode("utf-8", "surrogatepass"))
+            n_classes, n, n_skipped = head["counts"]
+            if head["version"] != LISTING_VERSION or head["tar"] != os.path.abspath(path):
+                return None
+            classes = _split(z["classes"], n_classes)
+            names = _split(z["names"], n)
+            labels, offsets, sizes = z["labels"], z["offsets"], z["sizes"]
+            if not (labels.dtype == np.int32 and offsets.dtype == sizes.dtype == np.int64
+                    and len(labels) == len(offsets) == len(sizes) == n
+                    and (n == 0 or (labels.min() >= -1 and labels.max() < n_classes))):
+                return None
+            lookup = [*classes, None]  # label -1 (flat) -> None
+            skipped = [_skip(a, b) for a, b in zip(_split(z["skipped_names"], n_skipped),
+                                                   _split(z["skipped_reasons"], n_skipped))]
+    except Exception:  # noqa: BLE001 - a damaged cache (truncated, overwritten, another format) is only rescanned
+        return None
+    p = str(path)
+    entries = list(zip(names, [lookup[i] for i in labels.tolist()], [p] * n, offsets.tolist(), sizes.tolist()))
+    return (None if head["flat"] else classes), entries, skipped
 
 
 # --------------------------------------------------------------------------------- ground truth
@@ -370,7 +468,7 @@ def _layout_help(src: Path) -> str:
             "(train/<class>/..., val/<class>/...)")
 
 
-def _detect(src: Path) -> tuple[str, dict[str, _Split]]:
+def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]]:
     kaggle = src / KAGGLE_ROOT
     if kaggle.is_dir():
         return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}
@@ -378,7 +476,7 @@ def _detect(src: Path) -> tuple[str, dict[str, _Split]]:
         splits = {}
         for s, tar, make in (("train", TRAIN_TAR, _train_tar_split), ("val", VAL_TAR, _val_tar_split)):
             if (src / tar).is_file():
-                splits[s] = make(src / tar)
+                splits[s] = make(src / tar, cache_dir)
             elif (src / s).is_dir():  # one archive kept, the other already extracted
                 splits[s] = _dir_split(src / s)
         return "archives", splits
@@ -400,19 +498,20 @@ def _first_per_class(items: list[Item], n: int) -> list[Item]:
 
 
 def discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
-             splits=None) -> Source:
+             splits=None, cache_dir=None) -> Source:
     """Find the layout of `src` and list its images.
 
     label_order "sorted" | "devkit"; `classes=N` keeps the first N classes in label order (renumbered from 0);
     `per_class=N` the first N names of each class in each split; `splits` limits the listing to those splits
     (default: every split found). The classes depend on the whole source, whatever `splits` is, so that
-    every run over the same source gets the same label map (see the module docstring)."""
+    every run over the same source gets the same label map (see the module docstring). `cache_dir`: a writable
+    folder where the listings of the official tars are kept for the next run over the same unchanged tars."""
     src = Path(src)
     if not src.is_dir():
         raise ImgnetError(f"source {src} is not a folder; expected the folder holding the ILSVRC2012 download")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
         raise ImgnetError(f"per_class={per_class!r}; expected a positive number of images per class")
-    layout, found = _detect(src)
+    layout, found = _detect(src, cache_dir)
     wanted = list(found) if splits is None else list(splits)
     for s in wanted:
         if s not in SPLITS:

@@ -191,6 +191,101 @@ def test_read_item_whole_file_and_short_read(tmp_path):
         read_item(Item("a", 0, str(tmp_path / "a"), offset=8, size=5))
 
 
+# ------------------------------------------------------------------------------- listing cache
+@pytest.fixture
+def tar_opens(monkeypatch) -> list:
+    """Every tarfile.open call from here on: none means no tar header was read."""
+    calls, real = [], tarfile.open
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("name", kwargs.get("fileobj")))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tarfile, "open", counting)
+    return calls
+
+
+def small_archives(shared: Path, dest: Path, first: str = "n01440764_0.JPEG") -> Path:
+    """Train tar of 2 class tars and a stray file, val tar of 3 images, junk in both, made-up bytes; devkit folder."""
+    dest.mkdir(exist_ok=True)
+    with tarfile.open(dest / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid, names in (("n01440764", [first, "n01440764_1.JPEG", "._n01440764_1.JPEG"]),
+                            ("n01751748", ["n01751748_5.JPEG"])):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for k, name in enumerate(names):
+                    add_bytes(inner, name, bytes([k]) * (100 + k))
+            add_bytes(outer, f"{wnid}.tar", buf.getvalue())
+        add_bytes(outer, "README.txt", b"not a class tar")
+    with tarfile.open(dest / "ILSVRC2012_img_val.tar", "w") as tar:
+        for n in range(1, 4):
+            add_bytes(tar, val_name(n), bytes([n]) * 50)
+        add_bytes(tar, ".DS_Store", b"junk")
+    if not (dest / "devkit_t12").exists():
+        (dest / "devkit_t12").symlink_to(shared / "devkit_t12", target_is_directory=True)
+    return dest
+
+
+def test_tar_listings_are_cached_and_reused(shared_data, tmp_path, tar_opens):
+    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+    cache.mkdir()
+    first = discover(src, cache_dir=cache)
+    assert tar_opens and len(list(cache.glob(".listing-*.npz"))) == 2 and not list(cache.glob("*.tmp"))
+    assert discover(src) == first  # the cache changes nothing
+    assert len(first.splits["train"]) == 3 and len(first.splits["val"]) == 3
+    assert {s["name"] for s in first.skipped["train"]} == {"README.txt", "n01440764/._n01440764_1.JPEG"}
+    tar_opens.clear()
+    second = discover(src, cache_dir=cache)
+    assert second == first and tar_opens == []  # no tar header read
+    assert [read_item(i) for i in second.splits["train"]] == [read_item(i) for i in first.splits["train"]]
+    only_val = discover(src, splits=["val"], cache_dir=cache)
+    assert only_val.splits == {"val": first.splits["val"]} and tar_opens == []
+
+
+def test_a_changed_tar_is_listed_again(shared_data, tmp_path, tar_opens):
+    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+    cache.mkdir()
+    first = discover(src, cache_dir=cache)
+    train_tar = src / "ILSVRC2012_img_train.tar"
+    before = train_tar.stat()
+    # the same size, another member name: only the modification time tells the listing is stale
+    small_archives(shared_data, src, first="n01440764_9.JPEG")
+    os.utime(train_tar, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert train_tar.stat().st_size == before.st_size
+    tar_opens.clear()
+    again = discover(src, cache_dir=cache)
+    assert tar_opens and again == discover(src) != first
+    assert [i.name for i in again.splits["train"]][:2] == ["n01440764_1.JPEG", "n01440764_9.JPEG"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "folder"])
+def test_a_damaged_listing_is_ignored_and_rewritten(shared_data, tmp_path, tar_opens, damage):
+    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+    cache.mkdir()
+    first = discover(src, cache_dir=cache)
+    for f in cache.glob(".listing-*.npz"):
+        whole = f.read_bytes()
+        f.unlink()
+        if damage == "folder":
+            f.mkdir()  # cannot be read nor replaced: listed each run, never an error
+        else:
+            f.write_bytes({"garbage": os.urandom(len(whole)), "truncated": whole[:len(whole) // 2], "empty": b""}[damage])
+    tar_opens.clear()
+    assert discover(src, cache_dir=cache) == first and tar_opens
+    tar_opens.clear()
+    assert discover(src, cache_dir=cache) == first and (tar_opens == []) == (damage != "folder")
+
+
+def test_only_archives_are_cached(shared_data, tmp_path):
+    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+    cache.mkdir()
+    (src / "ILSVRC2012_img_train.tar").unlink()
+    for name in ("n01440764_0.JPEG", "n01440764_1.JPEG"):
+        (src / "train" / "n01440764").mkdir(parents=True, exist_ok=True)
+        (src / "train" / "n01440764" / name).write_bytes(b"x")
+    src_info = discover(src, cache_dir=cache)
+    assert len(src_info.splits["train"]) == 2 and len(list(cache.iterdir())) == 1  # the val tar's listing
+
+
 # --------------------------------------------------------------------------- folder layouts
 def test_extracted_train_with_flat_val(shared_data, tmp_path):
     shutil.copytree(imagenette(shared_data), tmp_path / "train", symlinks=True)
