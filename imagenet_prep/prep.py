@@ -8,6 +8,7 @@ with exactly the content of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -235,14 +236,39 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
 def run_prep(cfg: PrepConfig) -> dict:
     """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
     prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}})."""
-    from imagenet_prep.sources import discover
-
     for field, allowed in (("split", ("train", "val", "all")), ("format", ("lmdb", "hdf5")),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
     out = Path(cfg.out)
     _check_writable(out)
+    with _exclusive(out):
+        return _run_prep(cfg, out)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """One prep at a time per DATA folder: two would race on labels.json, the report and --force. A POSIX
+    record lock: held by this process only (forked workers do not inherit it), released when it dies."""
+    import fcntl
+
+    with open(out / ".prep.lock", "a+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise ImgnetError(f"another `imgnet prep` is writing {out} (pid {f.read().strip() or '?'}); wait for it "
+                              "to finish, or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def _run_prep(cfg: PrepConfig, out: Path) -> dict:
+    from imagenet_prep.sources import discover
+
     workers = cfg.workers or os.cpu_count() or 1
     wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
     # list only the splits asked for (the label map depends on the whole source either way); the tars'

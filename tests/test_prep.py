@@ -255,3 +255,19 @@ def test_unfinished_lmdb_run_does_not_hide_a_finished_hdf5_split(messy_src, tmp_
     (out / "train.h5").unlink()
     with pytest.raises(ImgnetError, match="unfinished --format lmdb run of train"):
         run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, format="hdf5"))
+
+
+def test_a_second_prep_on_the_same_data_is_refused(messy_src, tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(30)"), str(out / ".prep.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ImgnetError, match="another `imgnet prep` is writing"):
+            run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))
+    finally:
+        holder.kill()
+        holder.wait()
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))  # free again once the holder is gone

@@ -426,9 +426,12 @@ def _seed_process(seed: int, rank: int) -> None:
 def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off") -> dict:
     from trainer.evaluate import evaluate
 
-    m = evaluate(model, loader, amp=amp)
+    # a process whose share of a small val split is empty still joins the sums (or the others would wait)
+    m = evaluate(model, loader, amp=amp) if len(loader) else {"top1_err": 0.0, "top5_err": 0.0, "loss": 0.0, "n": 0}
     n = m["n"]
     top1, top5, loss, n = _all_sum([m["top1_err"] * n, m["top5_err"] * n, m["loss"] * n, n], d, device)
+    if n == 0:
+        raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
     return {"top1_err": top1 / n, "top5_err": top5 / n, "loss": loss / n, "n": int(n)}
 
 
