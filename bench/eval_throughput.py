@@ -2,7 +2,7 @@
 
 Both evaluate the same random-weight AlexNet (the real one: 60,965,224 parameters, 1000 classes) on the
 same packed val split (synthetic 256x256 images, raw LMDB, made on the fly), center crop and ten-crop.
-Ours is trainer.evaluate.evaluate over trainer.data.Loader, exactly as `imgnet test` builds them (loader
+Ours is trainer.evaluate.evaluate over trainer.loader.Loader, exactly as `imgnet test` builds them (loader
 workers cut the crops into shared memory, the mean is subtracted on the device, bf16 autocast on CUDA,
 inference_mode). The baseline reads each image with `split.read_image`, crops and subtracts the mean in
 numpy, and runs the model in float32 under no_grad, one batch after another in one process. Each side
@@ -57,7 +57,7 @@ def sync(device: torch.device) -> None:
 
 def ours(model, split, stats, ten: bool, batch_size: int, workers: int | None, device: torch.device):
     """(images/s, top-1 predictions) of evaluate() over the Loader that run_test builds."""
-    from trainer.data import Loader
+    from trainer.loader import Loader
     from trainer.evaluate import evaluate, loader_workers
 
     kw = dict(batch_size=batch_size, train=False, views="ten" if ten else "center",

@@ -1,4 +1,4 @@
-"""Loader throughput: `trainer.data.Loader` against the per-sample PIL Dataset a PyTorch user writes.
+"""Loader throughput: `trainer.loader.Loader` against the per-sample PIL Dataset a PyTorch user writes.
 
 Both deliver ready training batches of 128 (random 224 crop, flip, minus the mean image cropped and
 flipped with it, plus the PCA lighting offset) from the same photo-like 256x256 images (smooth random
@@ -43,7 +43,8 @@ import torch  # noqa: E402
 
 from imagenet_prep.stats import compute_stats, load_stats  # noqa: E402
 from imagenet_prep.store import encode_image, open_split, write_split  # noqa: E402
-from trainer.data import CROP, PAD, Loader, lighting_offset  # noqa: E402
+from trainer.data import CROP, PAD, lighting_offset  # noqa: E402
+from trainer.loader import Loader  # noqa: E402
 
 QUALITY = 90
 DATA_VERSION = 1  # bump when the generator below changes: the cache folder name carries it

@@ -20,8 +20,10 @@ from imagenet_prep.labels import read_labels_json
 from imagenet_prep.stats import compute_stats, load_stats
 from imagenet_prep.store import write_split
 from trainer import data as D
-from trainer.data import (CROP, ImageNetDataset, InputTransform, Loader, WorkerError, center_crop, draw_augment,
-                          hflip, lighting_offset, pca_lighting, random_crop, ten_crop)
+from trainer import loader as L
+from trainer.data import (CROP, ImageNetDataset, InputTransform, center_crop, draw_augment, hflip, lighting_offset,
+                          pca_lighting, random_crop, ten_crop)
+from trainer.loader import Loader, WorkerError
 
 N = 40  # images in the test split
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,7 +356,7 @@ def test_a_worker_exception_carries_its_traceback(packed, monkeypatch):
     def broken(self, dst, idx, *a):
         raise ValueError(f"cannot read record {int(idx[0])}")
 
-    monkeypatch.setattr(D._CropReader, "copy", broken)  # the forked workers inherit it
+    monkeypatch.setattr(L._CropReader, "copy", broken)  # the forked workers inherit it
     with Loader(split, stats, batch_size=4, workers=2) as ld:
         with pytest.raises(WorkerError, match=r"(?s)Traceback.*ValueError: cannot read record"):
             _epoch(ld)
@@ -366,7 +368,7 @@ def test_ctrl_c_stops_workers_and_leaves_no_shared_memory(packed, method):
     script = textwrap.dedent(f"""
         import sys, time
         from imagenet_prep import open_split
-        from trainer.data import Loader
+        from trainer.loader import Loader
         ld = Loader(open_split({str(d)!r}, "train"), {str(d)!r}, batch_size=4, workers=2, start_method=sys.argv[1])
         for epoch in range(1000):
             for i, (x, y) in enumerate(ld):

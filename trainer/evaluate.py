@@ -296,7 +296,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from trainer.checkpoint import load_checkpoint, model_from_checkpoint
-    from trainer.data import Loader
+    from trainer.loader import Loader
 
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")

@@ -275,7 +275,7 @@ def open_data(cfg: TrainConfig) -> dict:
 
 
 def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
-    from trainer.data import Loader
+    from trainer.loader import Loader
 
     if cfg.batch_size % d.world:
         raise ImgnetError(f"--batch-size {cfg.batch_size} does not split over {d.world} processes; "

@@ -1,0 +1,605 @@
+"""The multiprocess loader: a packed split as batches of AlexNet's network input (trainer/data.py).
+
+Data path of `Loader`:
+  main process  a generator seeded by (seed, epoch) draws the permutation and every image's offsets,
+                flip and alphas (`EpochPlan`), so the batches do not depend on the number of workers;
+  workers       copy the 224x224 windows (flipped where drawn) of the stored uint8 images straight from
+                the LMDB buffer into a shared-memory batch slot, uint8 (B, 224, 224, 3): no per-sample
+                pickling, no intermediate full image for raw records;
+  main process  slot -> pinned memory -> asynchronous copy to the GPU -> `InputTransform` on the device:
+                float, minus the mean crop, plus the lighting offset (the same arithmetic on the CPU).
+
+    split, stats = open_split(DATA, "train"), load_stats(DATA)
+    loader = Loader(split, stats, batch_size=128, workers=15, device="cuda", seed=0)
+    for epoch in range(90):
+        loader.set_epoch(epoch)
+        for x, y in loader:          # x float (128, 3, 224, 224) on the GPU, y int64 (128,)
+            ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from imagenet_prep.errors import ImgnetError
+from imagenet_prep.store import IMAGE_SHAPE, Split, open_split
+from trainer.data import (CENTER, CROP, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, VIEWS, InputTransform, as_stats,
+                          to_device, check_split, default_workers, epoch_draws, log)
+
+
+# ----------------------------------------------------------------------------------- crop reader
+class _CropReader:
+    """Copies 224x224 windows of stored images into a slot; lives in one process (a worker or the main)."""
+
+    def __init__(self, split: Split):
+        self.split = split
+        self.raw_lmdb = split.format == "lmdb" and split.encoding == "raw"
+        self.img = np.empty(IMAGE_SHAPE, np.uint8)  # decoded image of the non-raw paths
+        self.last = -1
+
+    def copy(self, dst: np.ndarray, idx, tops, lefts, flips) -> None:
+        """dst uint8 (k, 224, 224, 3) <- image idx[j] cut at (tops[j], lefts[j]), mirrored where flips[j]."""
+        # a pixel as one 3-byte item: the mirrored copy then moves whole pixels (about 3x faster than bytes)
+        d3 = dst.view("V3")[..., 0]  # (k, 224, 224)
+        if self.raw_lmdb:
+            with self.split.raw_views() as view:  # zero-copy views of the memory map
+                for j, (i, t, l_, f) in enumerate(zip(idx.tolist(), tops.tolist(), lefts.tolist(), flips.tolist())):
+                    win = view(i).view("V3")[..., 0][t:t + CROP, l_:l_ + CROP]
+                    np.copyto(d3[j], win[:, ::-1] if f else win)
+            return
+        src = self.img.view("V3")[..., 0]
+        for j, (i, t, l_, f) in enumerate(zip(idx.tolist(), tops.tolist(), lefts.tolist(), flips.tolist())):
+            if i != self.last:  # ten-crop views of one image decode it once
+                self.split.read_image(i, out=self.img)
+                self.last = i
+            win = src[t:t + CROP, l_:l_ + CROP]
+            np.copyto(d3[j], win[:, ::-1] if f else win)
+
+
+# ----------------------------------------------------------------------------------- workers
+class WorkerError(RuntimeError):
+    """A loader worker raised or died; the message carries its traceback or exit status."""
+
+
+def _attach(spec, shape):
+    if isinstance(spec, str):  # spawn/forkserver: a named block
+        from multiprocessing import shared_memory
+
+        try:
+            shm = shared_memory.SharedMemory(name=spec, track=False)  # the main process owns and unlinks it
+        except TypeError:  # Python < 3.13
+            shm = shared_memory.SharedMemory(name=spec)
+        return shm, np.ndarray(shape, np.uint8, buffer=shm.buf)
+    return spec, np.frombuffer(spec, np.uint8).reshape(shape)  # fork: the inherited anonymous mapping
+
+
+def _worker_loop(wid: int, split: Split, spec, shape, tasks, results, parent: int) -> None:
+    """Serve (generation, slot, row, idx, tops, lefts, flips) tasks until a None or the parent's exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main stops us
+    results.cancel_join_thread()  # we only exit when told to or orphaned: never wait on an unread pipe
+    keep, slots = _attach(spec, shape)
+    reader = _CropReader(split)
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the main process is gone (killed): nobody will read our results
+                return
+            continue
+        if task is None:
+            return
+        gen, slot, row, idx, tops, lefts, flips = task
+        try:
+            reader.copy(slots[slot, row:row + len(idx)], idx, tops, lefts, flips)
+            results.put((gen, slot, len(idx), None))
+        except BaseException:
+            results.put((gen, slot, len(idx), f"loader worker {wid} (pid {os.getpid()}) failed on records "
+                                              f"{idx[:4].tolist()}...:\n{traceback.format_exc()}"))
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"{name}" + (" (killed: out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exit code {code}"
+
+
+class _Pool:
+    """The worker processes, their two queues and the shared batch slots of one Loader.
+
+    Slots: uint8 (n_slots, rows, 224, 224, 3). With fork they are an anonymous shared mapping made before
+    the workers start: nothing in /dev/shm, and the kernel frees it with the last process whatever way
+    it ends. With spawn/forkserver a named block that close() (or the resource tracker) unlinks."""
+
+    def __init__(self, split: Split, workers: int, n_slots: int, rows: int, start_method: str,
+                 pin_device: torch.device | None):
+        self.shape = (n_slots, rows, CROP, CROP, 3)
+        nbytes = int(np.prod(self.shape))
+        self.shm = spec = None
+        self.pinned = False
+        if not workers:  # one slot filled in this process
+            pin = pin_device is not None and pin_device.type == "cuda"
+            self.tensor = torch.empty(self.shape, dtype=torch.uint8, pin_memory=pin)
+            self.array = self.tensor.numpy()
+        else:
+            if start_method != "fork":
+                from multiprocessing import shared_memory
+
+                self.shm = shared_memory.SharedMemory(create=True, size=nbytes)
+                spec, buf = self.shm.name, self.shm.buf
+            else:
+                buf = spec = mmap.mmap(-1, nbytes)  # MAP_SHARED | MAP_ANONYMOUS, inherited by the forked workers
+            self.array = np.ndarray(self.shape, np.uint8, buffer=buf)
+            self.tensor = torch.from_numpy(self.array)
+        if workers and pin_device is not None and pin_device.type == "cuda":
+            # page-locked in place, so the host-to-device copy is asynchronous and reads the slot directly
+            err = int(torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), nbytes, 0))
+            self.pinned = err == 0
+            if not self.pinned:
+                log.warning("could not pin the loader's %d MB of batch slots (cudaError %d); host-to-device "
+                            "copies will be synchronous", nbytes >> 20, err)
+        self.procs = []
+        self.tasks = self.results = None
+        self.gen = 0
+        self.outstanding = 0  # crops handed out and not yet reported
+        self.owner = None  # the _EpochRun reading from the slots now
+        if workers:
+            ctx = mp.get_context(start_method)
+            self.tasks, self.results = ctx.Queue(), ctx.Queue()
+            for w in range(workers):
+                p = ctx.Process(target=_worker_loop, name=f"imgnet-loader-{w}", daemon=True,
+                                args=(w, split, spec, self.shape, self.tasks, self.results, os.getpid()))
+                p.start()
+                self.procs.append(p)
+        self.reader = None if workers else _CropReader(split)
+
+    def alive(self) -> bool:
+        return all(p.exitcode is None for p in self.procs)
+
+    def check(self) -> None:
+        for w, p in enumerate(self.procs):
+            if p.exitcode is not None:
+                raise WorkerError(f"loader worker {w} (pid {p.pid}) exited unexpectedly with "
+                                  f"{_exit_status(p.exitcode)}; the epoch cannot complete")
+
+    def close(self) -> None:
+        """Stop the workers (politely, then SIGTERM, then SIGKILL) and free the slots."""
+        procs, self.procs = self.procs, []
+        if procs:
+            for _ in procs:
+                try:
+                    self.tasks.put_nowait(None)
+                except Exception:
+                    pass
+            deadline = time.monotonic() + 2.0
+            for p in procs:
+                p.join(max(0.0, deadline - time.monotonic()))
+            for p in procs:
+                if p.exitcode is None:
+                    p.terminate()
+            for p in procs:
+                p.join(1.0)
+                if p.exitcode is None:
+                    p.kill()
+                    p.join(1.0)
+            for q in (self.tasks, self.results):
+                q.cancel_join_thread()  # never block the exit on a feeder thread writing to a dead reader
+                q.close()
+        if self.pinned:
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.tensor.data_ptr())
+            except Exception:  # at interpreter exit CUDA may already be gone; the mapping goes with the process
+                pass
+            self.pinned = False
+        self.tensor = self.array = None
+        if self.shm is not None:
+            shm, self.shm = self.shm, None
+            try:
+                shm.close()
+            except BufferError:  # a caller still holds a slot view; the name goes now, the memory with the view
+                pass
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+# ----------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank delivers in one epoch. Image arrays have n entries; view arrays n * views (image-major)."""
+
+    epoch: int
+    views: int
+    indices: np.ndarray  # int64 (n,): split indices in delivery order
+    tops: np.ndarray  # int64 (n * views,)
+    lefts: np.ndarray  # int64 (n * views,)
+    flips: np.ndarray  # bool (n * views,)
+    alphas: np.ndarray | None  # float64 (n * views, 3), or None: no lighting
+    batches: list  # [(lo, hi)] image ranges, one per batch
+    dropped: int  # images of the epoch that no rank sees (drop_last)
+    total: int  # images in the epoch over all ranks
+
+
+class RawBatch(NamedTuple):
+    """A device-ready batch before the float transform (Loader(output="uint8"))."""
+
+    images: torch.Tensor  # uint8 (B * views, 224, 224, 3), on the device
+    labels: torch.Tensor  # int64 (B,), on the device
+    tops: np.ndarray  # (B * views,) crop offsets the images were cut at
+    lefts: np.ndarray
+    flips: np.ndarray  # bool (B * views,)
+    alphas: np.ndarray | None  # float64 (B * views, 3), or None
+    offsets: np.ndarray | None  # float32 (B * views, 3): 255 * eigvec @ (alpha * eigval)
+    indices: np.ndarray  # int64 (B,) split indices
+
+
+# ----------------------------------------------------------------------------------- the loader
+def _dist_default(rank, world_size):
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        on = dist.is_available() and dist.is_initialized()
+        rank = (dist.get_rank() if on else 0) if rank is None else rank
+        world_size = (dist.get_world_size() if on else 1) if world_size is None else world_size
+    return int(rank), int(world_size)
+
+
+class Loader:
+    """Batches of network input from a packed split: `for x, y in loader`, x float (B, 3, 224, 224) on
+    `device` ((B * 10, ...) for views="ten", image-major in ten_crop order), y int64 (B,).
+
+    train=True shuffles with a fresh permutation each epoch and drops the last partial batch; views
+    "random" (default for training: random crop, flip, PCA lighting), "center" or "ten" (evaluation,
+    alpha = 0). Each iteration is one epoch: `set_epoch(e)` chooses it, otherwise epochs count on from
+    0. Deterministic for a seed whatever `workers` (0 reads in this process). Under torch.distributed
+    (rank/world_size default from the initialised group) the ranks take disjoint shares of one
+    permutation: with drop_last every rank gets len(loader) batches and the remainder is dropped
+    (`dropped`, logged), never padded; without it every image is delivered once, and the ranks' shares
+    differ by at most one image. output="uint8" yields RawBatch (the device-ready uint8 crops and their
+    parameters) for callers that apply `loader.transform` themselves; on the CPU its images are a view of
+    a batch slot, valid until the next batch is asked for.
+
+    Workers are started on the first iteration and kept until close() (or garbage collection, or exit).
+    A worker that raises or dies ends the iteration with WorkerError; Ctrl-C stops them all."""
+
+    def __init__(self, split, stats, batch_size: int = 128, train: bool = True, views: str | None = None,
+                 workers: int | None = None, seed: int = 0, device="cpu", drop_last: bool | None = None,
+                 rank: int | None = None, world_size: int | None = None, mean: str = "image",
+                 lighting_std: float = 0.1, channels_last: bool = False, indices=None,
+                 num_classes: int | None = None, labels: dict | None = None, output: str = "float",
+                 prefetch: int | None = None, start_method: str | None = None, timeout: float = 300.0):
+        if isinstance(split, (str, os.PathLike)):
+            split = open_split(split, "train" if train else "val")
+        self.split = split
+        self.stats = as_stats(stats)
+        check_split(split, self.stats, num_classes, labels)
+        views = views or ("random" if train else "center")
+        if views not in VIEWS:
+            raise ImgnetError(f"views={views!r}; expected one of {', '.join(VIEWS)}")
+        if batch_size < 1:
+            raise ImgnetError(f"batch_size={batch_size}; expected at least 1")
+        if output not in ("float", "uint8"):
+            raise ImgnetError(f"output={output!r}; expected 'float' or 'uint8'")
+        self.rank, self.world_size = _dist_default(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ImgnetError(f"rank {self.rank} outside 0..{self.world_size - 1} of world_size {self.world_size}")
+        if indices is None:
+            self.indices = np.arange(len(split), dtype=np.int64)
+        else:
+            self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(split)):
+                raise ImgnetError(f"indices run {self.indices.min()}..{self.indices.max()}; "
+                                  f"expected 0..{len(split) - 1}")
+            if len(np.unique(self.indices)) != len(self.indices):
+                raise ImgnetError("indices repeat some images; expected each image at most once per epoch")
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.views = views
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.workers = default_workers() if workers is None else int(workers)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.lighting_std = float(lighting_std)
+        self.channels_last = bool(channels_last)
+        self.output = output
+        self.transform = InputTransform(self.stats, mean=mean, lighting_std=lighting_std)
+        v = VIEWS[views]
+        self.prefetch = max(2, int(prefetch or (4 if v == 1 else 2)))  # batches in flight: slots of shared memory
+        self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+        self.timeout = float(timeout)
+        self._epoch, self._start_batch = 0, 0
+        self._pool: _Pool | None = None
+        self._finalizer = None
+
+    # ---- sizes
+    def _shares(self) -> tuple[int, int]:
+        """(images this rank delivers, images nobody sees) per epoch."""
+        n, w, b = len(self.indices), self.world_size, self.batch_size
+        if self.drop_last:
+            used = n // (b * w) * b * w
+            return used // w, n - used
+        return len(range(self.rank, n, w)), 0
+
+    def __len__(self) -> int:
+        mine, _ = self._shares()
+        return mine // self.batch_size if self.drop_last else -(-mine // self.batch_size)
+
+    @property
+    def dropped(self) -> int:
+        """Images of each epoch left out by drop_last (over all ranks)."""
+        return self._shares()[1]
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration delivers this epoch (its permutation and random choices), from batch
+        `start_batch` on (a run resumed inside an epoch gets exactly the batches it had not seen)."""
+        self._epoch, self._start_batch = int(epoch), int(start_batch)
+
+    # ---- the plan
+    def plan(self, epoch: int) -> EpochPlan:
+        """Everything this rank delivers in `epoch`: a pure function of (seed, epoch, rank, world_size)."""
+        n, w, b, r = len(self.indices), self.world_size, self.batch_size, self.rank
+        v = VIEWS[self.views]
+        sigma = self.lighting_std if self.views == "random" else None  # None: no random choices to draw
+        order, aug = epoch_draws(self.seed, epoch, n, self.train, sigma)
+        mine, dropped = self._shares()
+        if self.drop_last:
+            # step s covers global positions [s*b*w, (s+1)*b*w); rank r takes the r-th block of b in it, so the
+            # ranks' batches of one step together are the single-process batch of size b*w
+            pos = np.arange(mine * w).reshape(-1, w, b)[:, r].reshape(-1)
+        else:
+            pos = np.arange(r, n, w)
+        batches = [(lo, min(lo + b, mine)) for lo in range(0, mine, b)]
+        idx = self.indices[order[pos]]
+        if self.views == "random":
+            tops, lefts, flips = aug.tops[pos], aug.lefts[pos], aug.flips[pos]
+            alphas = aug.alphas[pos] if self.lighting_std > 0 else None
+        elif self.views == "center":
+            tops = lefts = np.full(mine, CENTER, np.int64)
+            flips, alphas = np.zeros(mine, bool), None
+        else:
+            off = np.array(TEN_CROP_OFFSETS, np.int64)
+            tops, lefts = np.tile(off[:, 0], mine), np.tile(off[:, 1], mine)
+            flips, alphas = np.tile(np.array(TEN_CROP_FLIPS), mine), None
+        return EpochPlan(epoch, v, idx, tops, lefts, flips, alphas, batches, dropped, n)
+
+    # ---- workers
+    def _ensure_pool(self) -> _Pool:
+        if self._pool is not None and not self._pool.alive():
+            self.close()
+        if self._pool is None:
+            rows = self.batch_size * VIEWS[self.views]
+            pin = self.device if self.device.type == "cuda" else None
+            n_slots = self.prefetch if self.workers else 1
+            self._pool = _Pool(self.split, self.workers, n_slots, rows, self.start_method, pin)
+            self._finalizer = weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory (a later iteration starts new ones)."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _pool.close once
+            self._finalizer = None
+        self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ---- iteration
+    def __iter__(self):
+        epoch, start = self._epoch, self._start_batch
+        self._epoch, self._start_batch = epoch + 1, 0
+        plan = self.plan(epoch)
+        if start:
+            plan = dataclasses.replace(plan, batches=plan.batches[start:])
+        if plan.dropped:
+            log.info("epoch %d: %d of %d images left out by drop_last (%d batches of %d x %d ranks)",
+                     epoch, plan.dropped, plan.total, len(plan.batches), self.batch_size, self.world_size)
+        run = _EpochRun(self, plan, self._ensure_pool())
+        return run.batches()
+
+
+class _EpochRun:
+    """One epoch's traffic: batches into slots, chunks to the workers, slots back to the caller in order."""
+
+    def __init__(self, loader: Loader, plan: EpochPlan, pool: _Pool):
+        self.ld, self.plan, self.pool = loader, plan, pool
+        self.v = plan.views
+        self.cuda = loader.device.type == "cuda"
+        self.stream = torch.cuda.Stream(loader.device) if self.cuda else None
+        self.gen = -1  # set when reading starts
+        n_workers = len(pool.procs)
+        # images per task: enough tasks per batch to keep every worker busy, few enough to keep the queues quiet
+        self.chunk = max(1, min(-(-loader.batch_size // max(1, n_workers)), max(1, 32 // self.v)))
+        self.free = deque(range(pool.shape[0]))
+        self.submitted = 0
+        self.slot_of = {}  # batch -> slot while it is being filled
+        self.left = {}  # slot -> rows still to be written
+        self.staged = {}  # batch -> device tensor and event (cuda), or slot (cpu)
+        self.copying = deque()  # (slot, event): slots whose host-to-device copy is in flight
+        self.held = None  # cpu uint8 output: the slot the caller is looking at
+
+    # -- slots
+    def _release_copied(self, wait: bool = False) -> None:
+        while self.copying and (wait or self.copying[0][1].query()):
+            slot, ev = self.copying.popleft()
+            ev.synchronize()
+            self.free.append(slot)
+            wait = False
+
+    def _submit(self) -> None:
+        nb = len(self.plan.batches)
+        while self.free and self.submitted < nb:
+            k, slot = self.submitted, self.free.popleft()
+            lo, hi = self.plan.batches[k]
+            self.slot_of[k] = slot
+            self.submitted += 1
+            if not self.pool.procs:  # workers=0: read here, now
+                vs = slice(lo * self.v, hi * self.v)
+                self.pool.reader.copy(self.pool.array[slot, :vs.stop - vs.start], np.repeat(
+                    self.plan.indices[lo:hi], self.v), self.plan.tops[vs], self.plan.lefts[vs], self.plan.flips[vs])
+                self._complete(k, slot)
+                continue
+            self.left[slot] = (hi - lo) * self.v
+            for c in range(lo, hi, self.chunk):
+                e = min(c + self.chunk, hi)
+                vs = slice(c * self.v, e * self.v)
+                self.pool.tasks.put((self.gen, slot, (c - lo) * self.v, np.repeat(self.plan.indices[c:e], self.v),
+                                     self.plan.tops[vs], self.plan.lefts[vs], self.plan.flips[vs]))
+                self.pool.outstanding += vs.stop - vs.start
+
+    def _complete(self, k: int, slot: int) -> None:
+        """Batch k is whole in `slot`: start its device copy at once, so it overlaps the caller's work."""
+        del self.slot_of[k]
+        lo, hi = self.plan.batches[k]
+        if not self.cuda:
+            self.staged[k] = slot
+            return
+        with torch.cuda.stream(self.stream):
+            dev = self.pool.tensor[slot, :(hi - lo) * self.v].to(self.ld.device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self.stream)
+        self.copying.append((slot, ev))
+        self.staged[k] = (dev, ev)
+
+    # -- results
+    def _collect(self, until: int | None) -> None:
+        """Handle finished chunks; block until batch `until` is staged (None: only what is there now)."""
+        slot_batch = {s: k for k, s in self.slot_of.items()}
+        deadline = time.monotonic() + self.ld.timeout
+        while until is None or until not in self.staged:
+            try:
+                if until is None:
+                    msg = self.pool.results.get_nowait()
+                else:
+                    msg = self.pool.results.get(timeout=0.1)
+            except queue.Empty:
+                self.pool.check()
+                if until is None:
+                    return
+                if time.monotonic() > deadline:
+                    raise WorkerError(f"no loader worker finished any work in {self.ld.timeout:.0f} s while batch "
+                                      f"{until} was awaited; the workers look stuck (slow or hung storage?)")
+                continue
+            gen, slot, rows, err = msg
+            self.pool.outstanding -= rows
+            if gen != self.gen:
+                continue
+            if err is not None:
+                raise WorkerError(err)
+            deadline = time.monotonic() + self.ld.timeout
+            self.left[slot] -= rows
+            if self.left[slot] == 0:
+                del self.left[slot]
+                k = slot_batch.pop(slot)
+                self._complete(k, slot)
+
+    def _drain(self) -> None:
+        """Wait for every chunk handed out, so no worker writes into a slot the next epoch reuses."""
+        deadline = time.monotonic() + self.ld.timeout
+        while self.pool.outstanding > 0:
+            try:
+                _, _, rows, _ = self.pool.results.get(timeout=0.1)
+                self.pool.outstanding -= rows
+            except queue.Empty:
+                self.pool.check()
+                if time.monotonic() > deadline:
+                    raise WorkerError("loader workers did not finish their tasks while the epoch was closed")
+
+    # -- delivery
+    def _deliver(self, k: int):
+        plan, ld = self.plan, self.ld
+        lo, hi = plan.batches[k]
+        vs = slice(lo * self.v, hi * self.v)
+        tops, lefts, flips = plan.tops[vs], plan.lefts[vs], plan.flips[vs]
+        alphas = None if plan.alphas is None else plan.alphas[vs]
+        idx = plan.indices[lo:hi]
+        y = torch.from_numpy(self.ld.split.labels[idx])
+        staged = self.staged.pop(k)
+        if self.cuda:
+            dev, ev = staged
+            cur = torch.cuda.current_stream(ld.device)
+            cur.wait_event(ev)
+            dev.record_stream(cur)  # allocated on the copy stream, used on this one
+            u8 = dev
+            y = to_device(y, ld.device, torch.int64)
+        else:
+            u8 = self.pool.tensor[staged, :vs.stop - vs.start]
+        if ld.output == "uint8":
+            if not self.cuda:
+                self.held = staged  # the caller looks at the slot itself until the next batch
+            offsets = None if alphas is None else ld.transform.offsets(alphas)
+            return RawBatch(u8, y, tops, lefts, flips, alphas, offsets, idx)
+        x = ld.transform(u8, tops, lefts, flips, alphas, channels_last=ld.channels_last)
+        if not self.cuda:
+            self.free.append(staged)
+        return x, y
+
+    def batches(self):
+        pool = self.pool
+        if pool.outstanding:  # an earlier epoch of this loader was left mid-way: let its chunks land first
+            self._drain()
+        pool.owner = self
+        pool.gen += 1
+        self.gen = pool.gen
+        failed = False
+        try:
+            for k in range(len(self.plan.batches)):
+                if pool.owner is not self:
+                    raise RuntimeError("this loader started another epoch while this one was being read; "
+                                       "expected one iteration at a time")
+                pool.check()  # a dead worker ends the epoch even when the others could cover for it
+                if self.held is not None:
+                    self.free.append(self.held)
+                    self.held = None
+                self._release_copied()
+                if not self.free and k not in self.staged and k not in self.slot_of:
+                    self._release_copied(wait=True)  # every slot is in a host-to-device copy
+                self._submit()
+                if pool.procs:
+                    self._collect(until=k)
+                out = self._deliver(k)
+                self._release_copied()
+                self._submit()  # keep the workers busy while the caller works on this batch
+                if pool.procs:
+                    self._collect(until=None)  # stage what is ready: its device copy overlaps the caller's step
+                yield out
+            pool.check()  # a worker lost after its last task still fails the epoch
+        except GeneratorExit:
+            raise
+        except BaseException:  # a worker failed, Ctrl-C, or any error: stop the workers, free the memory
+            failed = True
+            self.ld.close()
+            raise
+        finally:
+            if not failed and pool.procs and pool.owner is self:
+                try:
+                    self._drain()
+                except BaseException:
+                    self.ld.close()
+                    raise
+            while self.copying:
+                self._release_copied(wait=True)
+
