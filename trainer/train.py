@@ -541,6 +541,9 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             os.replace(tmp, log_path)
     say = _printer(cfg.progress and d.main)
+    say(f"train: {len(train_loader.indices)} images, "
+        f"{len(train_loader)} steps of {cfg.batch_size} per epoch; {train_loader.dropped} left out by drop_last "
+        "each epoch (other ones each epoch)")
     if note:
         say(note)
     if done >= cfg.epochs:
@@ -648,7 +651,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
                        "images_per_s": (n_total - seen0 * d.world) / t_train, "seconds": t_epoch,
                        "train_seconds": t_train, "val_seconds": t_epoch - t_train, "step": step,
                        "lr_drops": sched.drops, "next_lr": sched.lr, "best_val_top1_err": best[0],
-                       "is_best": is_best, "n_train": int(n_total), "n_val": val["n"],
+                       "is_best": is_best, "n_train": int(n_total), "train_dropped": train_loader.dropped,
+                       "n_val": val["n"],
                        "val_source": data["val_source"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if note:
                 metrics["note"], note = note, None
