@@ -25,7 +25,6 @@ from imagenet_prep.errors import ImgnetError
 
 FORMAT = "imgnet-checkpoint"
 VERSION = 1
-_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
 def _fsync_dir(d: Path) -> None:
@@ -115,12 +114,7 @@ def model_state(model: torch.nn.Module) -> dict:
     model = unwrap(model)
     # a model-parallel net saves its weights joined back under the one-device AlexNet's keys
     state = model.grouped_state_dict() if hasattr(model, "grouped_state_dict") else model.state_dict()
-    out = {}
-    for k, v in state.items():
-        for p in _PREFIXES:
-            k = k.replace(p, "")
-        out[k] = v.detach().cpu().contiguous()  # the plain layout, whatever the memory format trained in
-    return out
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}  # the plain layout, whatever the memory format
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu") -> torch.nn.Module:

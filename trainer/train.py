@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
+from trainer import model as model_lib
 
 HOLDOUT_SEED = 0  # --val-from-train picks the same images whatever --seed, so runs compare on one set
 
@@ -86,9 +87,9 @@ class TrainConfig:
 # settings that may differ between a run and its --resume; the others define the run
 RUNTIME_FIELDS = {"data", "out", "epochs", "workers", "device", "amp", "channels_last", "compile", "resume", "progress"}
 SYNC_EVERY = 16  # CUDA: steps between host syncs (NaN check, stop request, progress bar)
-CHOICES = {"lrn": ("paper", "caffe", "none"), "pool": ("overlap", "nonoverlap"), "activation": ("relu", "tanh"),
-           "bias_init": ("paper", "caffe"), "mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"),
-           "towers": (1, 2)}
+CHOICES = {"lrn": model_lib.LRNS, "pool": tuple(model_lib.POOLS), "activation": model_lib.ACTIVATIONS,
+           "bias_init": tuple(model_lib.BIAS_INITS), "mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"),
+           "towers": (1, 2)}  # the model's own lists, so that a new switch value needs one edit
 
 
 def check_config(cfg: TrainConfig) -> None:
