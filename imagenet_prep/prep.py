@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from imagenet_prep import store
+from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
 
@@ -339,8 +340,8 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
         report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
                                              labels, fingerprints[name], workers)
         report["config"] = asdict(cfg)
-        _write_json(report_path, report)
-    _write_json(report_path, report)
+        write_json(report_path, report)
+    write_json(report_path, report)
     return report
 
 
@@ -355,13 +356,3 @@ def _labels_sha_of(out: Path) -> str | None:
         if meta is not None:
             return meta.get("labels_sha256")
     return None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Atomic and durable: a crash leaves the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

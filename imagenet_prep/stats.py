@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import IMAGE_SHAPE, open_split
 
@@ -112,8 +113,7 @@ def compute_stats(data_dir, sample: int | None = None, workers: int | None = Non
         f.attrs["source"] = json.dumps(stats["source"])
     os.replace(tmp_h5, out / "stats.h5")
     small = {k: v for k, v in stats.items() if k != "mean_image"}
-    (out / "stats.json.tmp").write_text(json.dumps(small, indent=1))
-    os.replace(out / "stats.json.tmp", out / "stats.json")
+    write_json(out / "stats.json", small)
     return stats
 
 

@@ -18,9 +18,7 @@ mean image (or mean RGB) M taken from the checkpoint, cropped and mirrored toget
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imagenet_prep.atomic import write_json, write_text
 from imagenet_prep.errors import ImgnetError
 from trainer.data import CENTER, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, center_crop, ten_crop  # noqa: F401 - ten_crop: the contract's name
 
@@ -113,11 +112,11 @@ def mistake_severity(y_true: np.ndarray, y_pred: np.ndarray, wnids: list[str], h
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def _autocast(device: torch.device, amp: str):
-    """amp "off": float32; "bf16" or "fp16": autocast on the device (what the run trained with)."""
+def autocast(amp: str, device_type: str):
+    """amp "off": float32; "bf16" or "fp16": autocast on the device (training and evaluation alike)."""
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, device=None,
@@ -150,7 +149,7 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
                 if x.shape[0] != views * y.shape[0]:
                     raise ImgnetError(f"loader batch of {x.shape[0]} inputs for {y.shape[0]} labels; expected "
                                       f"{views} view(s) per image")
-                with _autocast(device, amp):
+                with autocast(amp, device.type):
                     logits = model(x)
                 logp = average_views(logits, views)  # (B, C) float32
                 top = logp.topk(min(5, logp.shape[1]), dim=1).indices  # (B, k) best first
@@ -230,17 +229,6 @@ def _mean_mode(ckpt: dict) -> str:
     return (ckpt.get("config") or {}).get("mean", "image")
 
 
-def _write_text(path, text: str) -> None:
-    """Write atomically (tmp + rename); ImgnetError naming the path when it cannot be written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ImgnetError(f"cannot write {path} ({e.strerror or e}); expected a writable folder") from e
-
-
 # ------------------------------------------------------------------------------------ submission
 def write_submission(path, names: list[str], top5: np.ndarray, labels: dict) -> int:
     """The devkit's classification format (devkit_t12/evaluation/demo.val.pred.txt): one line per image in
@@ -248,7 +236,7 @@ def write_submission(path, names: list[str], top5: np.ndarray, labels: dict) -> 
     ids = submission_ids(labels, path)
     order = sorted(range(len(names)), key=lambda i: names[i])
     lines = ["".join(f"{ids[int(c)]} " for c in top5[i]) + "\n" for i in order]
-    _write_text(path, "".join(lines))
+    write_text(path, "".join(lines))
     return len(lines)
 
 
@@ -334,7 +322,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
               "images_per_s": r["n"] / seconds, "confusions": summary["confusions"],
               "per_class": summary["per_class"]}
     out = ckpt_path.parent / f"test-{view}.json"
-    _write_text(out, json.dumps(report, indent=1) + "\n")
+    write_json(out, report)
     report["report_path"] = str(out)
     if submission is not None:
         report["submission_lines"] = write_submission(submission, s.names, r["top5"], labels)
@@ -377,7 +365,7 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
         flips = np.array(TEN_CROP_FLIPS if views == VIEWS else (False,))
         x = transform(torch.from_numpy(crops).to(device), np.tile(offsets[:, 0], m), np.tile(offsets[:, 1], m),
                       np.tile(flips, m))  # alphas None: no lighting at test time
-        with torch.inference_mode(), _autocast(device, "off"):
+        with torch.inference_mode(), autocast("off", device.type):
             logits = model(x)
         probs = average_views(logits, views).exp().cpu()
         p, idx = probs.topk(k, dim=1)

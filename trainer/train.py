@@ -21,7 +21,6 @@ them (not bit-exact; the next log line says so).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -39,8 +38,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
+from trainer.evaluate import autocast
 from trainer import model as model_lib
 
 HOLDOUT_SEED = 0  # --val-from-train picks the same images whatever --seed, so runs compare on one set
@@ -223,12 +224,6 @@ def _all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _autocast(amp: str, device_type: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 # -------------------------------------------------------------------------------------- data
 def holdout(labels: np.ndarray, per_class: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices): `per_class` images of every class, chosen with a fixed seed."""
@@ -296,12 +291,6 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
 
 
 # --------------------------------------------------------------------------------- run folder
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _append_line(path: Path, obj: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
@@ -532,7 +521,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
         ckdir.mkdir(exist_ok=True)
         env = environment(device, d)
         n_params = sum(p.numel() for p in model.parameters())
-        _write_json(run / "config.json", {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": n_params,
+        write_json(run / "config.json", {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": n_params,
                                           "val_source": data["val_source"], "environment": env})
         if resume_from is not None:  # the log keeps exactly the epochs the checkpoint holds
             rows = [r for r in _read_log(log_path) if r["epoch"] <= done]
@@ -586,7 +575,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dic
             window = torch.zeros((), dtype=torch.float64, device=device)  # loss sum since the last sync
             bar = _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start)
             for i, (x, y) in enumerate(train_loader, start=start + 1):  # i: batches of the epoch done after this one
-                with _autocast(cfg.amp, device.type):
+                with autocast(cfg.amp, device.type):
                     logits = net(x)  # (B, num_classes)
                 y = y.to(logits.device)
                 loss = F.cross_entropy(logits.float(), y)
