@@ -1,0 +1,182 @@
+"""Label sets of the ILSVRC2012 val beyond its original labels: ImageNet ReaL and the 2015 blacklist.
+
+ReaL (Beyer et al. 2020, "Are we done with ImageNet?"): reassessed labels, a list per val image that holds
+every class the raters saw (often two or more) or none where they agreed on no label. Scoring follows the
+paper: images with an empty list are left out; a top-1 prediction is right when it is in the list, top-5
+when any of the five is. The 2015 blacklist: 1,762 val images that ILSVRC2015 left out of localisation
+scoring; classification scoring keeps all 50,000, so leaving them out is an option, never the default.
+Both files ship in imagenet_prep/data/ (sources and licences: imagenet_prep/data/SOURCES.md).
+
+Everything is per image, so that an evaluation loop can sum it under names and divide at the end:
+
+    real = real_lists(split.names, labels_json)         # RealLists, or None with real.reason
+    keep = ~blacklisted(split.names) if exclude else None
+    for top5, y, rows in batches:                      # rows: this batch's record indices
+        v = image_values(top5, y, real.rows[rows] if real else None, keep[rows] if keep is not None else None)
+        sums = {k: sums.get(k, 0) + v[k].sum() for k in v}
+    figures = rates(sums)  # top1_err, top5_err, n, real_top1_err, real_top5_err, real_n
+
+`image_values` takes numpy arrays or torch tensors alike (same ops), so the sums can stay on the device.
+ReaL indices are sorted-wnid indices; `real_lists` maps them through wnids onto the DATA label map, so that
+they hold for any label order (`--label-order devkit` too).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from imagenet_prep.errors import ImgnetError
+from imagenet_prep.labels import NUM_CLASSES, load_class_meta
+
+REAL_FILE = "real.json"
+BLACKLIST_FILE = "ILSVRC2015_clsloc_validation_blacklist.txt"
+VAL_IMAGES = 50_000  # ILSVRC2012 val; real.json has one list per image
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+_ERR_KEY = re.compile(r"(\w+_)?top\d+_err")  # real_top1_err -> its count is real_n; top5_err -> n
+
+
+# --------------------------------------------------------------------------------- shipped files
+def _data_text(name: str) -> str:
+    return resources.files("imagenet_prep").joinpath("data", name).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def load_real() -> tuple[tuple[int, ...], ...]:
+    """The shipped real.json as it is: 50,000 tuples of sorted-wnid indices, val file-name order."""
+    lists = json.loads(_data_text(REAL_FILE))
+    assert len(lists) == VAL_IMAGES and all(0 <= c < NUM_CLASSES for ls in lists for c in ls), "damaged real.json"
+    return tuple(tuple(ls) for ls in lists)
+
+
+@functools.lru_cache(maxsize=1)
+def load_blacklist() -> frozenset[int]:
+    """The 1-based val image numbers of the shipped ILSVRC2015 blacklist (1,762 of them)."""
+    numbers = frozenset(int(line) for line in _data_text(BLACKLIST_FILE).split())
+    assert numbers and min(numbers) >= 1 and max(numbers) <= VAL_IMAGES, "damaged blacklist"
+    return numbers
+
+
+def sorted_wnids() -> list[str]:
+    """The 1000 ILSVRC2012 wnids in sorted order: ReaL's (and ImageNetV2's) class index i is entry i."""
+    return sorted(c["wnid"] for c in load_class_meta().classes)
+
+
+# --------------------------------------------------------------------------------- which split
+def val_numbers(names) -> tuple[np.ndarray | None, str | None]:
+    """(1-based val numbers as int64 (N,), None) when every record is named ILSVRC2012_val_%08d.JPEG with a
+    number in 1..50,000, else (None, a one-line reason)."""
+    out = np.empty(len(names), np.int64)
+    for i, name in enumerate(names):
+        m = VAL_NAME.fullmatch(name)
+        n = int(m[1]) if m else 0
+        if not 1 <= n <= VAL_IMAGES:
+            return None, (f"record {name!r} is not an ILSVRC2012 val image (ILSVRC2012_val_%08d.JPEG, "
+                          f"1 to {VAL_IMAGES:,})")
+        out[i] = n
+    if len(names) == 0:
+        return None, "the split is empty"
+    return out, None
+
+
+def ilsvrc2012_val(names, labels_json: dict) -> tuple[np.ndarray | None, str | None]:
+    """Is this split (record names, its labels.json dict) the ILSVRC2012 val, or a subset of its images?
+
+    It is when every record is named ILSVRC2012_val_%08d.JPEG and the label map holds the 1000 ILSVRC2012
+    classes (in any order). Returns (val numbers (N,), None), or (None, a one-line reason): a --classes
+    subset, another dataset, or another split, where ReaL and the blacklist would score the wrong images."""
+    wnids = [c.get("wnid") for c in labels_json.get("classes", ())]
+    if len(wnids) != NUM_CLASSES or set(wnids) != set(sorted_wnids()):
+        return None, (f"the label map has {len(wnids)} classes, not the {NUM_CLASSES} of ILSVRC2012 "
+                      "(a --classes subset or another dataset)")
+    return val_numbers(names)
+
+
+# --------------------------------------------------------------------------------------- ReaL
+@dataclass(frozen=True)
+class RealLists:
+    """ReaL labels of one split's records, in the split's label indices.
+
+    rows: int64 (N, L), row i the ReaL classes of record i padded with -1 (a row of -1: no ReaL label)."""
+
+    rows: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Records with a non-empty ReaL list: the n of the ReaL figures."""
+        return int((self.rows >= 0).any(axis=1).sum())
+
+
+def real_lists(names, labels_json: dict) -> tuple[RealLists | None, str | None]:
+    """ReaL labels for the records of a split (names in record order), mapped through wnids onto its
+    labels.json; (None, reason) when the split is not the ILSVRC2012 val (see `ilsvrc2012_val`)."""
+    numbers, reason = ilsvrc2012_val(names, labels_json)
+    if numbers is None:
+        return None, reason
+    index = {c["wnid"]: c["index"] for c in labels_json["classes"]}
+    to_data = np.array([index[w] for w in sorted_wnids()], np.int64)  # sorted-wnid index -> DATA index
+    real = load_real()
+    width = max(1, max(len(real[n - 1]) for n in numbers.tolist()))
+    rows = np.full((len(numbers), width), -1, np.int64)
+    for i, n in enumerate(numbers.tolist()):
+        ls = real[n - 1]
+        rows[i, :len(ls)] = to_data[list(ls)]
+    return RealLists(rows), None
+
+
+# ---------------------------------------------------------------------------------- blacklist
+def blacklisted(names) -> np.ndarray:
+    """bool (N,): True for records among the 1,762 images of the 2015 blacklist. ImgnetError when a record
+    is not an ILSVRC2012 val image: the blacklist numbers only those."""
+    numbers, reason = val_numbers(names)
+    if numbers is None:
+        raise ImgnetError(f"the 2015 blacklist numbers ILSVRC2012 val images only, but {reason}; expected "
+                          "the val split of an ILSVRC2012 DATA folder (leave out --exclude-blacklist)")
+    return np.isin(numbers, np.fromiter(load_blacklist(), np.int64))
+
+
+# ------------------------------------------------------------------------------------ scoring
+def image_values(top, y, real_rows=None, keep=None) -> dict:
+    """Per-image 0/1 values to sum over a split (numpy arrays or torch tensors, any device).
+
+    top: int (B, k) predictions best first (k <= 5); y: int (B,) original labels; real_rows: int (B, L)
+    ReaL classes padded with -1, or None; keep: bool (B,) (False: left out, e.g. blacklisted), or None.
+    Returns {"n", "top1_err", "top5_err"} and, with real_rows, {"real_n", "real_top1_err", "real_top5_err"}:
+    each (B,) int64, 1 where the image counts / is wrong and counts."""
+    hit = top == y.reshape(-1, 1)  # (B, k)
+    n = _ones(hit[:, 0]) if keep is None else keep.reshape(-1) != 0  # (B,) bool: the images that count
+    out = {"n": n, "top1_err": n & ~hit[:, 0], "top5_err": n & ~hit.any(1)}
+    if real_rows is not None:
+        in_list = (top[:, :, None] == real_rows[:, None, :]).any(2)  # (B, k): prediction j is in the list
+        real_n = n & (real_rows >= 0).any(1)
+        out.update(real_n=real_n, real_top1_err=real_n & ~in_list[:, 0], real_top5_err=real_n & ~in_list.any(1))
+    return {k: v.astype(np.int64) if isinstance(v, np.ndarray) else v.long() for k, v in out.items()}
+
+
+def _ones(like):
+    """All-True bool array of the type, shape and device of `like`."""
+    if isinstance(like, np.ndarray):
+        return np.ones_like(like, dtype=bool)
+    import torch
+
+    return torch.ones_like(like, dtype=torch.bool)
+
+
+def rates(sums: dict) -> dict:
+    """Figures from the summed image values: every `<set>_<name>_err` divided by its `<set>_n` (None where
+    n is 0), the counts as ints. {"n": 4, "top1_err": 1, "real_n": 3, ...} -> {"top1_err": 0.25, ...}."""
+    value = {k: v.item() if hasattr(v, "item") else v for k, v in sums.items()}  # tensors, numpy scalars
+    out = {}
+    for key, v in value.items():
+        m = _ERR_KEY.fullmatch(key)
+        if m:
+            n = value[f"{m[1] or ''}n"]
+            out[key] = v / n if n else None
+        else:
+            out[key] = int(v)
+    return out
