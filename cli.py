@@ -204,5 +204,25 @@ def demo(out, classes, epochs, workers):
                f"(ten-crop, {r['test']['n']} val images, {classes} classes) in {r['seconds']:.0f} s")
 
 
+# ------------------------------------------------------------------------------------- compare
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (every figure, setting and val curve).")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (for papers and READMEs).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write a PNG overlaying the runs' val curves.")
+@_friendly
+def compare(runs, as_json, markdown, plot):
+    """Ablation table of RUN folders: settings that differ from the first run, best val and test errors
+    (ten-crop and ReaL where tested) with their difference to the first run, epochs, images/s."""
+    from trainer.compare import compare_runs, format_table, plot_compare
+
+    if as_json and markdown:
+        raise ImgnetError("--json and --markdown exclude each other; expected at most one of them")
+    result = compare_runs(runs)
+    click.echo(json.dumps(result, indent=1) if as_json else format_table(result, markdown=markdown), nl=as_json)
+    if plot:
+        click.echo(f"wrote {plot_compare(result, plot)}", err=as_json)  # stdout stays pure JSON
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,254 @@
+"""`imgnet compare RUN...`: the ablation table of several runs, the way the paper reports them (section 3.3:
+LRN "reduces our top-1 and top-5 error rates by 1.4% and 1.2%"), and one plot of their val curves.
+
+Each run is read from its folder: the launch record in config.json (its settings; paths, versions, the
+device, loader workers and other settings that leave the result unchanged are ignored), log.jsonl (best val
+top-1 error and the top-5 error of that epoch, the one best.pt holds; epochs; images/s) and the test JSONs
+beside checkpoints/best.pt (`test-center.json`, `test-ten-crop.json` for val, `test-<split>-<view>.json`
+for other splits), with their ReaL figures where present. Every figure is also given as its difference to
+the first run.
+
+    from trainer.compare import compare_runs, format_table, plot_compare
+    result = compare_runs(["runs/base", "runs/no-lrn"])   # JSON-ready dict
+    print(format_table(result))                          # or markdown=True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+from pathlib import Path
+
+from imagenet_prep.errors import ImgnetError
+
+# settings that change where or how fast a run goes, not what it learns (cf. train.RUNTIME_FIELDS; epochs,
+# seed and amp stay: they change the weights)
+IGNORED = frozenset({"data", "out", "workers", "device", "resume", "progress", "compile", "channels_last",
+                     "model_parallel",  # the same function as groups=2 on one device (DESIGN.md)
+                     "environment", "versions", "argv", "hostname", "started", "parameters", "val_source",
+                     "model_kwargs", "world_size"})
+_TEST_FILE = re.compile(r"test-(?:(?P<split>.+)-)?(?P<view>center|ten-crop)\.json")
+_FIGURE = re.compile(r"(?:(?P<set>\w+)_)?top(?P<k>\d+)_err")  # top1_err, real_top5_err, ...
+VIEW_ORDER = ("center", "ten-crop")
+_UNPREFIXED = ("original", "ilsvrc2012", "figures", "metrics")  # nested groups of the 2012-label figures
+
+
+# ------------------------------------------------------------------------------------- reading
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImgnetError(f"{path} not found; expected {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImgnetError(f"{path} is not readable JSON ({e}); expected {what}") from e
+    if not isinstance(d, dict):
+        raise ImgnetError(f"{path} holds a JSON {type(d).__name__}; expected {what} (an object)")
+    return d
+
+
+def launch_record(config: dict) -> dict:
+    """The record of the run's launch: a flat config.json is one; a config.json that keeps the launch and
+    one record per resume holds it under "launch" (or first in a list under "records"/"history")."""
+    for key in ("launch", "original"):
+        if isinstance(config.get(key), dict):
+            return config[key]
+    for key in ("records", "history", "launches"):
+        recs = config.get(key)
+        if isinstance(recs, list) and recs and isinstance(recs[0], dict):
+            return recs[0]
+    return config
+
+
+def run_settings(config: dict) -> dict:
+    """The settings of a run that change its result, in config.json's order; `num_classes` from the model."""
+    rec = launch_record(config)
+    inner = rec.get("settings", rec.get("config"))
+    s = inner if isinstance(inner, dict) else rec
+    out = {k: v for k, v in s.items() if k not in IGNORED and not isinstance(v, dict)}
+    kwargs = next((d.get("model_kwargs") for d in (s, rec, config) if isinstance(d.get("model_kwargs"), dict)), None)
+    if kwargs and "num_classes" in kwargs:
+        out["num_classes"] = kwargs["num_classes"]  # DATA's classes: --classes changes the task
+    return out
+
+
+def _figures(report: dict) -> dict:
+    """{top1_err, top5_err, n, real_top1_err, real_n, ...} of a test JSON: flat keys, or one level of
+    label sets ({"real": {"top1_err", "n"}}, "original" for the 2012 labels)."""
+    out = {}
+    for key, v in report.items():
+        if isinstance(v, dict) and any(_FIGURE.fullmatch(k) for k in v):
+            prefix = "" if key in _UNPREFIXED else f"{key}_"
+            out.update({prefix + k: x for k, x in _figures(v).items()})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (_FIGURE.fullmatch(key) or
+                                                                         key == "n" or key.endswith("_n")):
+            out[key] = v
+    return out
+
+
+def read_tests(ckdir: Path) -> dict[str, dict]:
+    """{"<split>/<view>": figures} of the test JSONs in RUN/checkpoints (beside best.pt)."""
+    tests = {}
+    for f in sorted(ckdir.glob("test-*.json")) if ckdir.is_dir() else ():
+        m = _TEST_FILE.fullmatch(f.name)
+        if not m:
+            continue
+        report = _read_json(f, "a test report written by `imgnet test`")
+        split, view = report.get("split") or m["split"] or "val", report.get("view") or m["view"]
+        figures = _figures(report)
+        if figures:
+            tests[f"{split}/{view}"] = figures
+    return tests
+
+
+def read_run(path) -> dict:
+    """One run folder -> {"run", "path", "settings", "epochs", "best_epoch", "images_per_s", "figures",
+    "curve"}; figures are fractions: best_val_top1_err, best_val_top5_err, "<split>/<view>/<figure>"."""
+    from trainer.plot import read_log
+
+    run = Path(path)
+    if not run.is_dir():
+        raise ImgnetError(f"run {run} is not a folder; expected a RUN folder written by `imgnet train`")
+    config = _read_json(run / "config.json", "the config.json that `imgnet train` writes in its RUN folder")
+    rows = read_log(run / "log.jsonl") if (run / "log.jsonl").is_file() else []
+    scored = [r for r in rows if isinstance(r.get("val_top1_err"), (int, float))]
+    best = min(scored, key=lambda r: (r["val_top1_err"], r["epoch"]), default=None)  # best.pt's epoch
+    speeds = [r["images_per_s"] for r in rows if isinstance(r.get("images_per_s"), (int, float))]
+    figures = {"best_val_top1_err": best["val_top1_err"] if best else None,
+               "best_val_top5_err": best.get("val_top5_err") if best else None}
+    tests = read_tests(run / "checkpoints")
+    for key, figs in tests.items():
+        figures.update({f"{key}/{k}": v for k, v in figs.items()})
+    return {"run": os.path.normpath(str(path)), "path": str(run.resolve()), "settings": run_settings(config),
+            "epochs": rows[-1]["epoch"] if rows else 0, "best_epoch": best["epoch"] if best else None,
+            "images_per_s": statistics.median(speeds) if speeds else None,  # median: epoch 1 may compile
+            "figures": figures, "tests": sorted(tests),
+            "curve": [{k: r.get(k) for k in ("epoch", "val_top1_err", "val_top5_err")} for r in rows]}
+
+
+# ------------------------------------------------------------------------------------ comparing
+def _differs(settings: dict, base: dict) -> dict:
+    keys = list(base) + [k for k in settings if k not in base]
+    return {k: settings.get(k) for k in keys if settings.get(k, _MISSING) != base.get(k, _MISSING)}
+
+
+_MISSING = object()
+
+
+def compare_runs(paths) -> dict:
+    """Read the runs and compare each with the first: {"baseline", "figures", "runs": [read_run(...) plus
+    "differs" (settings unlike the first run's) and "delta" (each figure minus the first run's)]}."""
+    paths = list(paths)
+    if not paths:
+        raise ImgnetError("no runs to compare; expected one or more RUN folders")
+    runs = [read_run(p) for p in paths]
+    base = runs[0]
+    order = ["best_val_top1_err", "best_val_top5_err"] + _test_figure_order(runs)
+    for r in runs:
+        r["differs"] = _differs(r["settings"], base["settings"])
+        r["delta"] = {k: (r["figures"][k] - base["figures"][k]
+                          if r["figures"].get(k) is not None and base["figures"].get(k) is not None else None)
+                      for k in order if k in r["figures"]}
+    return {"baseline": base["run"], "figures": order, "runs": runs}
+
+
+def _test_figure_order(runs: list[dict]) -> list[str]:
+    """Test figure keys present in any run: val first, then other splits; center before ten-crop; the 2012
+    labels before the other label sets; top-1 before top-5."""
+    keys = {k for r in runs for k in r["figures"] if k.count("/") == 2 and _FIGURE.fullmatch(k.rsplit("/", 1)[1])}
+
+    def rank(key):
+        split, view, fig = key.split("/")
+        m = _FIGURE.fullmatch(fig)
+        return (split != "val", split, VIEW_ORDER.index(view) if view in VIEW_ORDER else 9, view,
+                m["set"] is not None, m["set"] or "", int(m["k"]))
+    return sorted(keys, key=rank)
+
+
+# ------------------------------------------------------------------------------------ the table
+def _header(key: str) -> str:
+    if key.startswith("best_val_"):
+        return f"val top-{_FIGURE.fullmatch(key[len('best_val_'):])['k']}"
+    split, view, fig = key.split("/")
+    m = _FIGURE.fullmatch(fig)
+    label = {"real": "ReaL"}.get(m["set"], m["set"]) if m["set"] else ""
+    return " ".join(x for x in (split if split != "val" else "test", view, label, f"top-{m['k']}") if x)
+
+
+def _value(v, d, first: bool) -> str:
+    if v is None:
+        return "-"
+    s = f"{100 * v:.2f}"
+    return s if first or d is None else f"{s} ({100 * d:+.2f})"
+
+
+def _setting(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The header row and one row per run, as strings: errors in %, differences to the first run in
+    percentage points in parentheses."""
+    keys = result["figures"]
+    head = ["run", "settings", "epochs", *map(_header, keys), "images/s"]
+    rows = [head]
+    for i, r in enumerate(result["runs"]):
+        differs = ", ".join(f"{k}={_setting(v)}" for k, v in r["differs"].items())
+        rows.append([r["run"], "(baseline)" if i == 0 else differs or "(same)", str(r["epochs"]),
+                     *(_value(r["figures"].get(k), r["delta"].get(k), i == 0) for k in keys),
+                     "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"])
+    return rows
+
+
+def format_table(result: dict, markdown: bool = False) -> str:
+    rows = table_rows(result)
+    note = (f"errors in %, in parentheses the difference to {result['baseline']} in percentage points; val: the "
+            "best epoch in log.jsonl (best.pt's); test: the test JSONs beside best.pt")
+    if markdown:
+        cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(map(cell, rows[0])) + " |",
+                 "|" + "|".join("---" if j < 2 else "---:" for j in range(len(rows[0]))) + "|"]
+        lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows[1:]]
+        return "\n".join(lines) + f"\n\n{note[0].upper()}{note[1:]}.\n"
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], note]) + "\n"
+
+
+# ------------------------------------------------------------------------------------- the plot
+def plot_compare(result: dict, out) -> Path:
+    """One PNG: each run's val top-1 (solid) and top-5 (dashed) error per epoch, in one colour per run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    out = Path(out)
+    fig = Figure(figsize=(8, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, r in enumerate(result["runs"]):
+        color = f"C{i % 10}"
+        label = r["run"] + ("" if i == 0 else " (" + (", ".join(f"{k}={_setting(v)}" for k, v in
+                                                                 r["differs"].items()) or "same") + ")")
+        for key, style, suffix in (("val_top1_err", "-", "top-1"), ("val_top5_err", "--", "top-5")):
+            pts = [(c["epoch"], 100 * c[key]) for c in r["curve"] if c.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, lw=1.5, label=f"{label} {suffix}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val error (%)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.set_title("val error: top-1 (solid), top-5 (dashed)", fontsize=10)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ImgnetError(f"cannot write {out} ({e.strerror or e}); expected a writable folder") from e
+    return out
