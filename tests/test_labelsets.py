@@ -10,8 +10,8 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import build_label_map
-from trainer.labelsets import (blacklisted, ilsvrc2012_val, image_values, load_blacklist, load_real, rates,
-                               real_lists, sorted_wnids)
+from trainer.labelsets import (blacklisted, ilsvrc2012_val, image_values, label_sets, load_blacklist, load_real,
+                               rates, real_lists, sorted_wnids)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "imagenet_prep" / "data"
@@ -167,6 +167,38 @@ def test_blacklisted_marks_the_listed_images():
     assert all_val.sum() == 1762
     with pytest.raises(ImgnetError, match="blacklist"):
         blacklisted(["v2/0/abc.jpeg"])
+
+
+# ------------------------------------------------------------------------------ one split, batched
+def test_label_sets_in_batches_equal_the_whole_split(sorted_labels):
+    names = [val(n) for n in range(30, 70)]  # holds blacklisted 36, 50, 56
+    rng = np.random.default_rng(1)
+    top = np.stack([rng.permutation(1000)[:5] for _ in names])
+    y = rng.integers(0, 1000, len(names))
+    real, _ = real_lists(names, sorted_labels)
+    top[::3, 0] = np.where(real.rows[::3, 0] >= 0, real.rows[::3, 0], top[::3, 0])  # some ReaL hits
+    sets = label_sets(names, sorted_labels, exclude_blacklist=True)
+    assert sets.excluded == 3 and sets.info() == {"real": True, "real_reason": None, "exclude_blacklist": True,
+                                                  "excluded": 3}
+    whole = rates(sums_of(image_values(top, y, real.rows, ~blacklisted(names))))
+    assert whole["n"] == 37 and whole["real_n"] == real.n - (real.rows[[6, 20, 26]] >= 0).any(1).sum()
+    assert whole["real_top1_err"] < 1
+    for conv in (np.asarray, torch.from_numpy):
+        sums = {}
+        for start in range(0, len(names), 16):  # batches of 16, the last one short
+            v = sets.batch(conv(top[start:start + 16]), conv(y[start:start + 16]), start)
+            sums = {k: sums.get(k, 0) + t.sum() for k, t in v.items()}
+        assert rates(sums) == whole
+
+
+def test_label_sets_without_real_or_blacklist(sorted_labels):
+    sets = label_sets([val(1), val(2)], build_label_map(sorted_wnids(), classes=10).to_json())
+    assert sets.real is None and "10 classes" in sets.real_reason and sets.keep is None
+    v = sets.batch(np.array([[1, 2]]), np.array([1]), 1)
+    assert set(v) == {"n", "top1_err", "top5_err"}
+    with pytest.raises(ImgnetError, match="leave out --exclude-blacklist"):
+        label_sets(["0/a.jpeg"], sorted_labels, exclude_blacklist=True)
+    assert label_sets([val(36)], sorted_labels).excluded == 0  # the default keeps every image
 
 
 # -------------------------------------------------------------------------------------- wheel

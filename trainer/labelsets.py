@@ -9,16 +9,18 @@ Both files ship in imagenet_prep/data/ (sources and licences: imagenet_prep/data
 
 Everything is per image, so that an evaluation loop can sum it under names and divide at the end:
 
-    real = real_lists(split.names, labels_json)         # RealLists, or None with real.reason
-    keep = ~blacklisted(split.names) if exclude else None
-    for top5, y, rows in batches:                      # rows: this batch's record indices
-        v = image_values(top5, y, real.rows[rows] if real else None, keep[rows] if keep is not None else None)
-        sums = {k: sums.get(k, 0) + v[k].sum() for k in v}
-    figures = rates(sums)  # top1_err, top5_err, n, real_top1_err, real_top5_err, real_n
+    sets = label_sets(split.names, labels_json, exclude_blacklist=False)   # once per split
+    for x, y in loader:                                 # records in split order (no shuffle)
+        top = model(x).topk(5, dim=1).indices           # (B, 5) best first
+        v = sets.batch(top, y, start)                   # records start .. start + B - 1
+        sums = {k: sums.get(k, 0) + t.sum() for k, t in v.items()}
+        start += len(y)
+    figures = rates(sums)  # n, top1_err, top5_err and, on the 2012 val, real_n, real_top1_err, real_top5_err
+    sets.real_reason       # one line where ReaL is absent; sets.info() for the report JSON
 
-`image_values` takes numpy arrays or torch tensors alike (same ops), so the sums can stay on the device.
-ReaL indices are sorted-wnid indices; `real_lists` maps them through wnids onto the DATA label map, so that
-they hold for any label order (`--label-order devkit` too).
+`image_values` (what `batch` calls) takes numpy arrays or torch tensors alike (same ops), so the sums can
+stay on the device. ReaL indices are sorted-wnid indices; `real_lists` maps them through wnids onto the
+DATA label map, so that they hold for any label order (`--label-order devkit` too).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
@@ -138,6 +140,56 @@ def blacklisted(names) -> np.ndarray:
         raise ImgnetError(f"the 2015 blacklist numbers ILSVRC2012 val images only, but {reason}; expected "
                           "the val split of an ILSVRC2012 DATA folder (leave out --exclude-blacklist)")
     return np.isin(numbers, np.fromiter(load_blacklist(), np.int64))
+
+
+# ------------------------------------------------------------------------------- one split
+@dataclass
+class LabelSets:
+    """The label sets one split is scored against, aligned with its records (see the module docstring)."""
+
+    n_records: int
+    real: RealLists | None          # None: no ReaL figures, for `real_reason`
+    real_reason: str | None
+    keep: np.ndarray | None         # bool (N,): False for a record left out (blacklisted); None: all count
+    _device_copies: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def excluded(self) -> int:
+        return 0 if self.keep is None else int((~self.keep).sum())
+
+    def _rows(self, like, start: int, stop: int):
+        """ReaL rows and keep flags of records [start, stop), as numpy or as tensors on `like`'s device."""
+        real = None if self.real is None else self.real.rows
+        if isinstance(like, np.ndarray):
+            return (None if real is None else real[start:stop]), (None if self.keep is None else self.keep[start:stop])
+        import torch
+
+        if like.device not in self._device_copies:  # one copy per device (50,000 x 9 int64: 3.6 MB)
+            self._device_copies[like.device] = tuple(None if a is None else torch.from_numpy(a).to(like.device)
+                                                     for a in (real, self.keep))
+        return tuple(None if t is None else t[start:stop] for t in self._device_copies[like.device])
+
+    def batch(self, top, y, start: int) -> dict:
+        """`image_values` of the records start .. start + len(y) - 1, in the split's record order."""
+        stop = start + len(y)
+        assert stop <= self.n_records, (start, len(y), self.n_records)
+        real, keep = self._rows(top, start, stop)
+        return image_values(top, y, real, keep)
+
+    def info(self) -> dict:
+        """What the figures were computed over, for a report: {"real", "real_reason", "exclude_blacklist",
+        "excluded"}."""
+        return {"real": self.real is not None, "real_reason": self.real_reason,
+                "exclude_blacklist": self.keep is not None, "excluded": self.excluded}
+
+
+def label_sets(names, labels_json: dict, exclude_blacklist: bool = False) -> LabelSets:
+    """The label sets of a split: ReaL where it is the ILSVRC2012 val (else `real_reason` says why not);
+    with `exclude_blacklist`, the 2015 blacklist's records left out of every figure (ImgnetError when the
+    split is not ILSVRC2012 val images)."""
+    real, reason = real_lists(names, labels_json)
+    keep = ~blacklisted(names) if exclude_blacklist else None
+    return LabelSets(len(names), real, reason, keep)
 
 
 # ------------------------------------------------------------------------------------ scoring
