@@ -82,9 +82,11 @@ def test_torch_and_numpy_agree_and_sums_stay_tensors():
     assert rates(sums_of(a)) == rates(sums_of(b))
 
 
-def test_rates_with_no_images_is_none():
+def test_rates_with_no_images_is_none_and_other_sums_pass():
     assert rates({"n": 0, "top1_err": 0, "real_n": 0, "real_top1_err": 0}) == {
         "n": 0, "top1_err": None, "real_n": 0, "real_top1_err": None}
+    assert rates({"n": torch.tensor(4), "top5_err": torch.tensor(1), "loss_sum": torch.tensor(2.5)}) == {
+        "n": 4, "top5_err": 0.25, "loss_sum": 2.5}
 
 
 # ----------------------------------------------------------------------------------- shipped data

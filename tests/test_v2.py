@@ -5,8 +5,9 @@ import pytest
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import build_label_map, load_class_meta
 from imagenet_prep.prep import _init_worker, process_item
-from imagenet_prep.store import decode_image
+from imagenet_prep.store import decode_image, write_split
 from imagenet_prep.v2 import SPLITS, VARIANTS, discover_v2, find_variant
+from trainer.labelsets import real_lists
 
 MATCHED = "imagenetv2-matched-frequency-format-val"
 SORTED_WNIDS = sorted(c["wnid"] for c in load_class_meta().classes)
@@ -70,15 +71,25 @@ def test_classes_subset_skips_and_counts_the_others(tmp_path, images):
         discover_v2(tmp_path, labels("devkit", classes=5))
 
 
-def test_items_read_and_pack_like_any_source_image(tmp_path, images):
-    make_variant(tmp_path, images, filled=(2, 10), per_folder=1)
-    got = discover_v2(tmp_path, labels(), per_class=1)
+def test_items_pack_into_a_split_beside_train_and_val(tmp_path, images):
+    make_variant(tmp_path / "src", images, filled=(2, 10), per_folder=1)
+    lj = labels("devkit")
+    got = discover_v2(tmp_path / "src", lj, split="v2-matched-frequency")
     _init_worker("raw", 90)
+    records = []
     for it in got.items:
-        data, reason, _ = process_item(it)
+        data, reason, _ = process_item(it)  # prep's own per-image step: read, resize policy, encode
         assert reason is None
-        assert decode_image(data, "raw").shape == (256, 256, 3)
-    assert len(got.items) == 2 and got.items[0].name.startswith("2/")
+        records.append((decode_image(data, "raw"), it.label, it.name))
+    s = write_split(tmp_path / "DATA", got.split, records, labels_json=lj)
+    try:
+        assert (tmp_path / "DATA" / "v2-matched-frequency.lmdb").is_dir()
+        assert [s[i].name for i in range(len(s))] == [i.name for i in got.items]
+        assert s.labels.tolist() == [i.label for i in got.items] and s[0].image.shape == (256, 256, 3)
+        real, reason = real_lists(s.names, lj)  # never ReaL-scored: these are not the 2012 val images
+        assert real is None and "not an ILSVRC2012 val image" in reason
+    finally:
+        s.close()
 
 
 def test_missing_folders_junk_and_per_class(tmp_path, images):

@@ -220,8 +220,8 @@ def _ones(like):
 
 
 def rates(sums: dict) -> dict:
-    """Figures from the summed image values: every `<set>_<name>_err` divided by its `<set>_n` (None where
-    n is 0), the counts as ints. {"n": 4, "top1_err": 1, "real_n": 3, ...} -> {"top1_err": 0.25, ...}."""
+    """Figures from the summed image values: every `<set>_top<k>_err` divided by its `<set>_n` (None where
+    n is 0), the counts as ints, other sums unchanged. {"n": 4, "top1_err": 1, "real_n": 3, ...} -> {"top1_err": 0.25, ...}."""
     value = {k: v.item() if hasattr(v, "item") else v for k, v in sums.items()}  # tensors, numpy scalars
     out = {}
     for key, v in value.items():
@@ -229,6 +229,6 @@ def rates(sums: dict) -> dict:
         if m:
             n = value[f"{m[1] or ''}n"]
             out[key] = v / n if n else None
-        else:
-            out[key] = int(v)
+        else:  # counts as ints; sums of other names (a loss) as they are
+            out[key] = int(v) if key == "n" or key.endswith("_n") else v
     return out
