@@ -79,10 +79,13 @@ def find_variant(src, split: str = ANY) -> tuple[Path, str]:
     if split == ANY and held:
         raise ImgnetError(f"{src} holds {len(held)} ImageNetV2 variants ({', '.join(held)}); expected "
                           "--split naming one of them")
-    if split != ANY and any(_FOLDER.fullmatch(p.name) for p in src.iterdir() if p.is_dir()):
+    numbered = any(_FOLDER.fullmatch(p.name) for p in src.iterdir() if p.is_dir())
+    if split != ANY and numbered:
         return src, split  # a renamed variant folder, named by the split asked for
     archives = sorted(p.name for p in src.iterdir() if p.name.startswith("imagenetv2") and p.is_file())
     hint = f" ({', '.join(archives)}: extract it first)" if archives else ""
+    if numbered:
+        hint += f" (it holds numbered class folders: name its variant with --split {'|'.join(SPLITS)})"
     want = "" if split == ANY else f" (for {split}: {next(k for k, v in VARIANTS.items() if v == split)})"
     raise ImgnetError(f"{src} holds no ImageNetV2 variant{want}{hint}; expected one of the folders "
                       f"{', '.join(VARIANTS)} (class folders 0..999), or that folder itself")

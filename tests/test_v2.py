@@ -119,7 +119,7 @@ def test_split_choice_among_variants(tmp_path, images):
 def test_renamed_variant_folder_needs_the_split_name(tmp_path, images):
     v = make_variant(tmp_path, images, filled=(3,), per_folder=1)
     renamed = v.rename(tmp_path / "my-v2")
-    with pytest.raises(ImgnetError, match="holds no ImageNetV2 variant"):
+    with pytest.raises(ImgnetError, match="holds no ImageNetV2 variant.*name its variant with --split"):
         find_variant(renamed)
     assert find_variant(renamed, "v2-threshold0.7") == (renamed, "v2-threshold0.7")
 
