@@ -10,7 +10,7 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import build_label_map
-from trainer.labelsets import (blacklisted, ilsvrc2012_val, image_values, label_sets, load_blacklist, load_real,
+from trainer.labelsets import (blacklisted, figure_table, ilsvrc2012_val, image_values, label_sets, load_blacklist, load_real,
                                rates, real_lists, sorted_wnids)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,6 +201,22 @@ def test_label_sets_without_real_or_blacklist(sorted_labels):
     with pytest.raises(ImgnetError, match="leave out --exclude-blacklist"):
         label_sets(["0/a.jpeg"], sorted_labels, exclude_blacklist=True)
     assert label_sets([val(36)], sorted_labels).excluded == 0  # the default keeps every image
+
+
+def test_figure_table_rows_and_notes(sorted_labels):
+    figures = {"n": 48238, "top1_err": 0.407, "top5_err": 0.182, "real_n": 45200, "real_top1_err": 0.35,
+               "real_top5_err": 0.14}
+    sets = label_sets([val(36), val(37)], sorted_labels, exclude_blacklist=True)
+    text = figure_table({"center": figures, "ten-crop": {"n": 10, "top1_err": 0.5, "top5_err": None}}, sets.info())
+    lines = text.splitlines()
+    assert lines[1].split() == ["center", "ILSVRC2012", "0.4070", "0.1820", "48,238"]
+    assert lines[2].split() == ["center", "ReaL", "0.3500", "0.1400", "45,200"]
+    assert lines[3].split() == ["ten-crop", "ILSVRC2012", "0.5000", "-", "10"]
+    assert lines[4].startswith("blacklist: 1 image of") and len(lines) == 5
+    other = label_sets([val(1)], build_label_map(sorted_wnids(), classes=100).to_json())
+    assert figure_table({"center": {"n": 1, "top1_err": 0, "top5_err": 0}}, other.info()).splitlines()[-1] == (
+        "ReaL: not computed: the label map has 100 classes, not the 1000 of ILSVRC2012 (a --classes subset or "
+        "another dataset)")
 
 
 # -------------------------------------------------------------------------------------- wheel

@@ -232,3 +232,28 @@ def rates(sums: dict) -> dict:
         else:  # counts as ints; sums of other names (a loss) as they are
             out[key] = int(v) if key == "n" or key.endswith("_n") else v
     return out
+
+
+# ------------------------------------------------------------------------------------- report
+LABEL_SETS = (("", "ILSVRC2012"), ("real_", "ReaL"))  # key prefix in the figures -> name in the table
+
+
+def figure_table(by_view: dict[str, dict], info: dict | None = None) -> str:
+    """The small results table of `imgnet test`: one row per (view, label set) with top-1 and top-5 error
+    and n, from `rates` figures per view ({"center": figures, "ten-crop": figures}); then one line for
+    ReaL's absence and one for the blacklist, from `LabelSets.info()`."""
+    lines = [f"{'view':<9} {'labels':<11} {'top-1 err':>9} {'top-5 err':>9} {'n':>7}"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for view, f in by_view.items():
+        for prefix, name in LABEL_SETS:
+            if f"{prefix}n" in f:
+                lines.append(f"{view:<9} {name:<11} {fmt(f.get(prefix + 'top1_err')):>9} "
+                             f"{fmt(f.get(prefix + 'top5_err')):>9} {f[prefix + 'n']:>7,}")
+    info = info or {}
+    if info.get("real_reason"):
+        lines.append(f"ReaL: not computed: {info['real_reason']}")
+    if info.get("exclude_blacklist"):
+        n = info["excluded"]
+        lines.append(f"blacklist: {n:,} image{'s' * (n != 1)} of the ILSVRC2015 val blacklist left out of every "
+                     "figure")
+    return "\n".join(lines)
