@@ -74,6 +74,8 @@ def test_launch_record_shapes():
     assert launch_record(flat) is flat
     assert run_settings({"launch": {"settings": flat, "environment": env()}})["lrn"] == "caffe"
     assert run_settings({"records": [flat, {**flat, "lrn": "none"}]})["lrn"] == "caffe"
+    with_resumes = run_settings({**flat, "resumes": [{**flat, "epochs": 120, "device": "cuda:1"}], "log": [{}]})
+    assert with_resumes == run_settings(flat) and "lr_schedule" in with_resumes
 
 
 def test_best_val_tests_deltas_epochs_and_speed(runs):

@@ -158,8 +158,10 @@ def test_not_the_2012_val_gives_a_reason(names, classes, words):
 
 
 def test_imagefolder_classes_are_not_the_2012_val():
-    labels = build_label_map([f"class{i}" for i in range(1000)]).to_json()
-    assert ilsvrc2012_val([val(1)], labels)[0] is None
+    labels = build_label_map([f"class{i:03d}" for i in range(1000)]).to_json()
+    numbers, reason = ilsvrc2012_val([val(1)], labels)
+    assert numbers is None and reason == ("the label map holds classes that are not ILSVRC2012's ('class000', "
+                                          "'class001', 'class002', ...): another dataset")
 
 
 def test_blacklisted_marks_the_listed_images():

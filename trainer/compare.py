@@ -28,7 +28,7 @@ from imagenet_prep.errors import ImgnetError
 IGNORED = frozenset({"data", "out", "workers", "device", "resume", "progress", "compile", "channels_last",
                      "model_parallel",  # the same function as groups=2 on one device (DESIGN.md)
                      "environment", "versions", "argv", "hostname", "started", "parameters", "val_source",
-                     "model_kwargs", "world_size"})
+                     "model_kwargs", "world_size", "resumes"})
 _TEST_FILE = re.compile(r"test-(?:(?P<split>.+)-)?(?P<view>center|ten-crop)\.json")
 _FIGURE = re.compile(r"(?:(?P<set>\w+)_)?top(?P<k>\d+)_err")  # top1_err, real_top5_err, ...
 VIEW_ORDER = ("center", "ten-crop")
@@ -61,12 +61,17 @@ def launch_record(config: dict) -> dict:
     return config
 
 
+def _record(v) -> bool:
+    """A nested record (environment, model_kwargs, a list of resume records), not a setting."""
+    return isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict) for x in v))
+
+
 def run_settings(config: dict) -> dict:
     """The settings of a run that change its result, in config.json's order; `num_classes` from the model."""
     rec = launch_record(config)
     inner = rec.get("settings", rec.get("config"))
     s = inner if isinstance(inner, dict) else rec
-    out = {k: v for k, v in s.items() if k not in IGNORED and not isinstance(v, dict)}
+    out = {k: v for k, v in s.items() if k not in IGNORED and not _record(v)}
     kwargs = next((d.get("model_kwargs") for d in (s, rec, config) if isinstance(d.get("model_kwargs"), dict)), None)
     if kwargs and "num_classes" in kwargs:
         out["num_classes"] = kwargs["num_classes"]  # DATA's classes: --classes changes the task

@@ -93,9 +93,13 @@ def ilsvrc2012_val(names, labels_json: dict) -> tuple[np.ndarray | None, str | N
     classes (in any order). Returns (val numbers (N,), None), or (None, a one-line reason): a --classes
     subset, another dataset, or another split, where ReaL and the blacklist would score the wrong images."""
     wnids = [c.get("wnid") for c in labels_json.get("classes", ())]
-    if len(wnids) != NUM_CLASSES or set(wnids) != set(sorted_wnids()):
+    if len(wnids) != NUM_CLASSES:
         return None, (f"the label map has {len(wnids)} classes, not the {NUM_CLASSES} of ILSVRC2012 "
                       "(a --classes subset or another dataset)")
+    other = sorted(set(wnids) - set(sorted_wnids()), key=str)
+    if other:
+        return None, (f"the label map holds classes that are not ILSVRC2012's ({', '.join(map(repr, other[:3]))}"
+                      f"{', ...' if len(other) > 3 else ''}): another dataset")
     return val_numbers(names)
 
 
