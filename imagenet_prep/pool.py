@@ -67,6 +67,9 @@ class WorkerPool:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         main = os.getpid()
+        for stream in (sys.stdout, sys.stderr):  # a forked copy of unflushed output would be printed twice
+            with contextlib.suppress(Exception):
+                stream.flush()
         for _ in range(max(1, workers)):
             ours, theirs = ctx.Pipe(duplex=True)
             inherited = [*self._conns, ours] if method == "fork" else []  # pipe ends a fork copies; closed there
@@ -93,8 +96,8 @@ class WorkerPool:
         sent or done but not yet consumed. An exception raised by fn is re-raised here with its remote
         traceback as __cause__; a dead worker raises WorkerDied naming describe(item) for its task. Leaving
         the generator before its end (break, exception) closes the pool."""
-        if self._thread is not None:
-            raise RuntimeError("one imap at a time per pool")
+        if self._thread is not None or not self._procs:
+            raise RuntimeError("one imap at a time per pool, and only before close()")
         window = max(1, window or 8 * len(self._procs))
         results: queue.Queue = queue.Queue()
         self._stop, self._taken = False, 0

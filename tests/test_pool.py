@@ -92,6 +92,14 @@ def test_results_in_order_for_any_window():
         assert list(pool.imap(_square, [])) == []
 
 
+def test_spawned_workers_work_and_their_death_is_named():
+    """The start method used where fork is not: workers import fn by name."""
+    with WorkerPool(2, context="spawn", name="spawned") as pool:
+        assert list(pool.imap(_square, range(20), window=4)) == [x * x for x in range(20)]
+        with pytest.raises(WorkerDied, match=r"spawned worker .* killed by SIGKILL .* on item 13"):
+            list(pool.imap(_killed_on_13, range(20), describe=lambda i: f"item {i}"))
+
+
 def test_in_flight_results_are_bounded_by_the_window():
     global _STARTED
     _STARTED = mp.get_context("fork").Value("i", 0)
