@@ -121,8 +121,18 @@ def prepare(data: bytes, size: int = 256, name: str | None = None) -> Prepared:
     `name` (the source file name) lets `converted` also flag content that is not the format the name's
     suffix says (a PNG saved as .JPEG). Raises BadImage for empty, truncated, corrupt or non-image data,
     for formats other than RASTER_FORMATS (never opened), and for images over Pillow's decompression-bomb
-    limit that cannot be decoded at reduced scale (any format but baseline JPEG).
+    limit that cannot be decoded at reduced scale (any format but baseline JPEG). The bytes are already in
+    memory, so nothing here is an I/O failure: BadImage (and MemoryError) are all that leave.
     """
+    try:
+        return _prepare(data, size, name)
+    except (BadImage, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's OSError or ValueError on these bytes is about their content
+        raise BadImage(f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+def _prepare(data: bytes, size: int, name: str | None) -> Prepared:
     im = _open(data)
     from_format, from_mode = im.format, _source_mode(im)
     width, height = im.size

@@ -521,3 +521,14 @@ def test_16_bit_images_report_their_depth_and_format(data, fmt, mode):
 def test_cmyk_jpeg_reports_its_mode():
     p = resize.prepare(_encode(Image.new("CMYK", (300, 260), (0, 255, 255, 0))), name="x.JPEG")
     assert (p.from_format, p.from_mode, p.converted) == ("JPEG", "CMYK", True)
+
+
+def test_only_bad_image_leaves_prepare(monkeypatch):
+    """A decoder error on bytes in memory is about their content, never an I/O failure: callers can tell
+    the two apart by type (BadImage: reject the image; OSError from reading the file: stop the run)."""
+    def eio(im):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(resize, "_to_resizable", eio)
+    with pytest.raises(BadImage, match="cannot decode: OSError"):
+        resize.prepare(_encode(_photo(300, 260)))
