@@ -4,6 +4,10 @@ Section 4.1 of the paper: PCA on the set of RGB pixel values throughout the trai
 accumulate exact int64 sums of the 0-255 values (sum x, sum x x^T, the per-position sum image), so
 the result is the same for any number of workers and any order; conversion to the [0, 1] scale and
 the eigendecomposition happen once at the end in float64.
+
+Workers come from imagenet_prep.pool (a dead one is an error naming its records; none outlives the main
+process). DATA must be writable before the scan starts, and stats.h5 + stats.json replace the old pair
+together or not at all (imagenet_prep.atomic), so a full or read-only disk leaves no temporary file.
 """
 
 from __future__ import annotations
