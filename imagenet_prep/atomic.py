@@ -1,27 +1,76 @@
-"""Small files written atomically and durably: a crash leaves the old file or the new one, never a torn one."""
+"""Files written atomically and durably: a crash leaves the old file or the new one, never a torn one,
+and a failed write (full or read-only disk) leaves no temporary file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
 
 
+def os_reason(e: BaseException) -> str:
+    """One line for an OSError, or for an h5py error that buried the errno in its text."""
+    if isinstance(e, OSError) and e.errno:  # h5py sets errno but puts its whole report in strerror
+        return os.strerror(e.errno)
+    found = re.search(r"errno = (\d+)", str(e))
+    if found:
+        return os.strerror(int(found.group(1)))
+    text = (getattr(e, "strerror", None) or str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def replacing(*paths):
+    """Yields one temporary path beside each of `paths` (the path itself when there is one). When the block
+    ends normally every temporary file is fsynced, then each is renamed onto its path: all of them get the
+    new content together or none does. Any failure (an OSError becomes ImgnetError naming the path), or an
+    interrupt, removes the temporary files and leaves `paths` as they were."""
+    paths = [Path(p) for p in paths]
+    tmps = [p.with_name(f".{p.name}.tmp") for p in paths]
+    current = paths[0]
+    try:
+        yield tmps[0] if len(tmps) == 1 else tmps
+        for path, tmp in zip(paths, tmps):
+            current = path
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for path, tmp in zip(paths, tmps):
+            current = path
+            os.replace(tmp, path)
+    except OSError as e:
+        raise ImgnetError(f"cannot write {current} ({os_reason(e)}); expected a writable folder with free "
+                          "space") from e
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # gone already after a successful rename
+
+
 def write_text(path, text: str) -> None:
     """Write `text` to `path` via a temporary file, fsync and rename; ImgnetError naming the path on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ImgnetError(f"cannot write {path} ({e.strerror or e}); expected a writable folder") from e
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def check_writable(folder, purpose: str = "") -> None:
+    """ImgnetError unless a file can be created in `folder` (checked by creating one: as root, permission
+    bits prove nothing, while a read-only mount or a full inode table still refuses)."""
+    folder = Path(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ImgnetError(f"{folder} is not writable ({os_reason(e)}){' ' + purpose if purpose else ''}; "
+                          "expected a folder you can create files in") from e

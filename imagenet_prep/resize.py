@@ -12,7 +12,8 @@ temporary files:
   side keeps at least `DRAFT_GAP` x 256 pixels for LANCZOS to finish the job;
 - greyscale is resized as one channel and replicated afterwards (identical to converting first).
 
-Decoding is by content (a PNG named .JPEG is a PNG). EXIF orientation and ICC profiles are ignored,
+Decoding is by content (a PNG named .JPEG is a PNG), in the raster formats of RASTER_FORMATS only; any
+other format is refused before Pillow's plugin for it parses anything. EXIF orientation and ICC profiles are ignored,
 as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`.
 """
 
@@ -25,6 +26,7 @@ import io
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin
@@ -42,6 +44,15 @@ DRAFT_GAP = 2.0
 REDUCING_GAP = 3.0
 
 _JPEG_MAGIC = b"\xff\xd8\xff"  # SOI followed by the first marker
+# The raster formats the toolkit reads (DESIGN.md), by Pillow's plugin names (PPM covers PBM/PGM/PPM/PNM).
+# Nothing else is ever opened: EPS/PostScript would hand the file to Ghostscript, and every other plugin
+# is parser code the ILSVRC images never need.
+RASTER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+_READ = "JPEG, PNG, GIF, BMP, TIFF, WebP or PPM/PGM"
+# the format a file name promises: content in another format is decoded by content, and listed as converted
+_SUFFIX_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM",
+                  ".pnm": "PPM"}
 _WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit samples (PNG, TIFF, PGM), "I" holds them in int32
 _GREY = ("1", "L", "LA", "F")  # resized as one channel, replicated to RGB at the end
 
@@ -52,6 +63,19 @@ class BadImage(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class Prepared(NamedTuple):
+    """`prepare`'s result: the stored pixels and what they were made from (for the prep report)."""
+
+    image: np.ndarray  # uint8 (size, size, 3) RGB
+    from_format: str   # the decoded format, by content: one of RASTER_FORMATS
+    from_mode: str     # the source's Pillow mode, ";16" added where 16-bit samples hide behind it ("RGB;16")
+    converted: bool    # not a plain 8-bit RGB file in the format its name says: CMYK, greyscale, 16-bit, a PNG named .JPEG
+
+    def report_entry(self, name: str) -> dict | None:
+        """The prep report's `converted` entry for this image, or None when it was not converted."""
+        return {"name": name, "from_format": self.from_format, "from_mode": self.from_mode} if self.converted else None
 
 
 def scaled_size(width: int, height: int, size: int = 256) -> tuple[int, int]:
@@ -91,14 +115,26 @@ def draft_scale(width: int, height: int, size: int = 256, max_pixels: int | None
     return s
 
 
-def prepare_image(data: bytes, size: int = 256) -> tuple[np.ndarray, str | None]:
-    """Encoded image bytes -> (uint8 (size, size, 3) RGB, original PIL mode or None when it was RGB).
+def prepare(data: bytes, size: int = 256, name: str | None = None) -> Prepared:
+    """Encoded image bytes -> Prepared(uint8 (size, size, 3) RGB, from_format, from_mode, converted).
 
-    Raises BadImage for empty, truncated, corrupt or non-image data, and for images over Pillow's
-    decompression-bomb limit that cannot be decoded at reduced scale (any format but baseline JPEG).
+    `name` (the source file name) lets `converted` also flag content that is not the format the name's
+    suffix says (a PNG saved as .JPEG). Raises BadImage for empty, truncated, corrupt or non-image data,
+    for formats other than RASTER_FORMATS (never opened), and for images over Pillow's decompression-bomb
+    limit that cannot be decoded at reduced scale (any format but baseline JPEG). The bytes are already in
+    memory, so nothing here is an I/O failure: BadImage (and MemoryError) are all that leave.
     """
+    try:
+        return _prepare(data, size, name)
+    except (BadImage, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder's OSError or ValueError on these bytes is about their content
+        raise BadImage(f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+def _prepare(data: bytes, size: int, name: str | None) -> Prepared:
     im = _open(data)
-    from_mode = None if im.mode == "RGB" else im.mode
+    from_format, from_mode = im.format, _source_mode(im)
     width, height = im.size
     box = crop_box(width, height, size)
     if im.format == "JPEG":
@@ -110,12 +146,21 @@ def prepare_image(data: bytes, size: int = 256) -> tuple[np.ndarray, str | None]
         out = out.convert("RGB")  # L -> RGB replicates the channel, exactly as converting first would
     arr = np.asarray(out)
     assert arr.shape == (size, size, 3) and arr.dtype == np.uint8, (arr.shape, arr.dtype)
-    return arr, from_mode
+    promised = _SUFFIX_FORMAT.get(Path(name).suffix.lower()) if name else None
+    converted = from_mode != "RGB" or (promised is not None and promised != from_format)
+    return Prepared(arr, from_format, from_mode, converted)
+
+
+def prepare_image(data: bytes, size: int = 256) -> tuple[np.ndarray, str | None]:
+    """Encoded image bytes -> (uint8 (size, size, 3) RGB, source mode or None when it was 8-bit RGB);
+    `prepare` with the format left out. Raises BadImage as `prepare` does."""
+    p = prepare(data, size)
+    return p.image, None if p.from_mode == "RGB" else p.from_mode
 
 
 def reference_resize(data: bytes, size: int = 256) -> np.ndarray:
     """The policy as a user would write it, with no shortcut: the baseline that tests and benchmarks compare to."""
-    im = Image.open(io.BytesIO(data))
+    im = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
     if im.mode in _WIDE_GREY:
         im = _wide_grey_to_l(im)  # Pillow's convert() would clip 16-bit values at 255
     im = im.convert("RGB")
@@ -169,18 +214,54 @@ def _open(data: bytes) -> ImageFile.ImageFile:
             with warnings.catch_warnings():
                 # between MAX_IMAGE_PIXELS and twice that: decoded, as Pillow allows; above, Pillow refuses
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
+                im = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
         except Image.DecompressionBombError as e:
             raise BadImage(f"too large, and only JPEG decodes at reduced scale: {e}") from e  # e names both numbers
         except MemoryError:
             raise
         except Image.UnidentifiedImageError as e:
-            raise BadImage(f"not an image Pillow can identify ({len(data)} bytes, starting {data[:16]!r})") from e
+            raise BadImage(_unidentified(data)) from e
         except Exception as e:
             raise BadImage(f"unreadable image header: {type(e).__name__}: {e}") from e
     if 0 in im.size:
         raise BadImage(f"image has a zero dimension ({im.size[0]}x{im.size[1]})")
     return im
+
+
+def _unidentified(data: bytes) -> str:
+    """Why Image.open (restricted to RASTER_FORMATS) found no image: the format Pillow's plugins see in the
+    first 16 bytes, as Image.open looks. Only their magic-number checks run: nothing else is parsed."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            known = accept is not None and accept(prefix)
+        except Exception:  # noqa: BLE001 - a check that fails on odd bytes just does not match
+            known = False
+        if not known:
+            continue
+        if fmt in RASTER_FORMATS:
+            return f"{fmt} whose header does not parse ({len(data)} bytes)"
+        why = " (decoding it would run Ghostscript)" if fmt == "EPS" else ""
+        return (f"{'EPS/PostScript' if fmt == 'EPS' else fmt} content (by its first bytes), not a format read{why}: "
+                f"expected {_READ}; refused unopened")
+    return f"not an image in a format read ({_READ}; {len(data)} bytes, starting {data[:16]!r})"
+
+
+def _source_mode(im: Image.Image) -> str:
+    """im.mode, with ";16" where the file holds 16-bit samples that Pillow's mode does not show (a 48-bit
+    RGB PNG or TIFF opens as "RGB", a 16-bit PGM as "I")."""
+    mode = im.mode
+    if mode.startswith("I;16") or not im.tile:
+        return mode
+    args = im.tile[0].args
+    rawmode, extra = (args, None) if isinstance(args, str) else (args[0], args[1] if len(args) > 1 else None)
+    wide = ";16" in str(rawmode) or (im.tile[0].codec_name == "ppm" and isinstance(extra, int) and extra > 255)
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))  # BitsPerSample
+        wide = wide or 8 < max(bits if isinstance(bits, tuple) else (bits,)) <= 16
+    return f"{mode};16" if wide else mode
 
 
 def _draft_jpeg(im: JpegImagePlugin.JpegImageFile, size: int, box: tuple) -> tuple:

@@ -4,18 +4,25 @@ Section 4.1 of the paper: PCA on the set of RGB pixel values throughout the trai
 accumulate exact int64 sums of the 0-255 values (sum x, sum x x^T, the per-position sum image), so
 the result is the same for any number of workers and any order; conversion to the [0, 1] scale and
 the eigendecomposition happen once at the end in float64.
+
+Workers come from imagenet_prep.pool (a dead one is an error naming its records; none outlives the main
+process). DATA must be writable before the scan starts, and stats.h5 + stats.json replace the old pair
+together or not at all (imagenet_prep.atomic), so a full or read-only disk leaves no temporary file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from imagenet_prep.atomic import write_json
+from imagenet_prep.atomic import check_writable, os_reason, replacing
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
 from imagenet_prep.store import IMAGE_SHAPE, open_split
 
 BATCH = 64  # images per exact float64 partial sum: 64 * 65,536 * 255^2 < 2^53
@@ -23,19 +30,31 @@ GRAM_IMAGES = 4  # images per float64 matmul, so the float copy stays in cache
 SAMPLE_SEED = 0
 
 
-def _sums(data_dir: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact int64 (sum_rgb (3,), sum_outer (3, 3), sum_image (256, 256, 3)) over `indices`."""
-    split = open_split(data_dir, "train")
+# worker state (set by _init_worker in each process): the split and the chosen indices
+_SPLIT = None
+_INDICES: np.ndarray | None = None
+
+
+def _init_worker(split, indices: np.ndarray) -> None:
+    """Fork copies both for free; the split opens its own LMDB/HDF5 handle in this process on first read."""
+    global _SPLIT, _INDICES
+    _SPLIT, _INDICES = split, indices
+
+
+def _sums(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact int64 (sum_rgb (3,), sum_outer (3, 3), sum_image (256, 256, 3)) over _INDICES[lo:hi]."""
+    lo, hi = span
+    indices = _INDICES[lo:hi]
     s2 = np.zeros((3, 3), np.int64)
     simg = np.zeros(IMAGE_SHAPE, np.int64)
     buf = np.empty((BATCH, *IMAGE_SHAPE), np.uint8)
     px = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     xf = np.empty((GRAM_IMAGES * px, 3), np.float64)  # cache-sized float64 copy for the Gram matrix
-    for lo in range(0, len(indices), BATCH):
-        chunk = indices[lo:lo + BATCH]
+    for b_lo in range(0, len(indices), BATCH):
+        chunk = indices[b_lo:b_lo + BATCH]
         b = buf[:len(chunk)]
         for j, i in enumerate(chunk):
-            split.read_image(int(i), out=b[j])
+            _SPLIT.read_image(int(i), out=b[j])
         simg += b.sum(axis=0, dtype=np.uint32)  # <= 64 * 255: exact in uint32
         gram = np.zeros((3, 3))
         for g in range(0, len(chunk), GRAM_IMAGES):
@@ -43,7 +62,6 @@ def _sums(data_dir: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
             np.copyto(x, b[g:g + GRAM_IMAGES].reshape(-1, 3))
             gram += x.T @ x  # integer-valued and below 2^53 over a batch: exact in float64
         s2 += gram.astype(np.int64)
-    split.close()
     return simg.sum(axis=(0, 1)), s2, simg
 
 
@@ -75,46 +93,66 @@ def finalize(s1: np.ndarray, s2: np.ndarray, simg: np.ndarray, n_images: int) ->
 
 
 def compute_stats(data_dir, sample: int | None = None, workers: int | None = None, progress: bool = True) -> dict:
-    """Compute and write DATA/stats.json and DATA/stats.h5; returns the statistics."""
-    import h5py
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
+    """Compute and write DATA/stats.json and DATA/stats.h5; returns the statistics. SIGTERM stops it the
+    way Ctrl-C does (KeyboardInterrupt), with no worker left running and no temporary file left behind."""
+    with sigterm_as_interrupt():
+        return _compute_stats(Path(data_dir), sample, workers, progress)
 
-    data_dir = str(data_dir)
+
+def _compute_stats(data_dir: Path, sample: int | None, workers: int | None, progress: bool) -> dict:
     split = open_split(data_dir, "train")
-    n_total = len(split)
-    if n_total == 0:
+    if len(split) == 0:
         raise ImgnetError(f"the train split in {data_dir} is empty; nothing to compute statistics from")
-    indices = sample_indices(n_total, sample)
+    check_writable(data_dir, "to hold stats.h5 and stats.json")  # before the hours of reading, not after
+    indices = sample_indices(len(split), sample)
     workers = max(1, min(workers or os.cpu_count() or 1, len(indices) // BATCH + 1))
-    # chunks of whole batches, several per worker so the bar moves and the load balances
-    n_chunks = min(len(indices) // BATCH + 1, workers * 16)
-    chunks = [c for c in np.array_split(indices, n_chunks) if len(c)]
+    # spans of whole batches, several per worker so the bar moves and the load balances
+    n_spans = min(len(indices) // BATCH + 1, workers * 16)
+    bounds = np.linspace(0, len(indices), n_spans + 1).astype(int)
+    spans = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
     s1, s2, simg = np.zeros(3, np.int64), np.zeros((3, 3), np.int64), np.zeros(IMAGE_SHAPE, np.int64)
-    bar = tqdm(total=len(indices), unit="img", desc="pca-stats", disable=None if progress else True)
-    jobs = (delayed(_sums)(data_dir, c) for c in chunks)
-    parallel = Parallel(n_jobs=workers, return_as="generator") if workers > 1 else None
-    results = parallel(jobs) if parallel else (_sums(data_dir, c) for c in chunks)
-    for c, (a, b, img) in zip(chunks, results):
-        s1 += a
-        s2 += b
-        simg += img
-        bar.update(len(c))
-    bar.close()
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # the pool before the bar: fork before tqdm starts its monitor thread
+            pool = stack.enter_context(WorkerPool(workers, _init_worker, (split, indices), name="pca-stats",
+                                                  hint=f"nothing was written; rerun `imgnet pca-stats --data {data_dir}`"))
+            results = pool.imap(_sums, spans, describe=lambda sp: f"train records {indices[sp[0]]}-{indices[sp[1] - 1]}")
+        else:
+            _init_worker(split, indices)
+            results = map(_sums, spans)
+        bar = stack.enter_context(tqdm(total=len(indices), unit="img", desc="pca-stats",
+                                       disable=None if progress else True))
+        for (lo, hi), (a, b, img) in zip(spans, results):
+            s1 += a
+            s2 += b
+            simg += img
+            bar.update(hi - lo)
+    split.close()
     stats = finalize(s1, s2, simg, len(indices))
     stats["source"] = {"split": "train", "sample": sample, "labels_sha256": split.meta.get("labels_sha256")}
-
-    out = Path(data_dir)
-    tmp_h5 = out / "stats.h5.tmp"
-    with h5py.File(tmp_h5, "w") as f:
-        for key, value in stats.items():
-            if key != "source":
-                f.create_dataset(key, data=np.asarray(value))
-        f.attrs["source"] = json.dumps(stats["source"])
-    os.replace(tmp_h5, out / "stats.h5")
-    small = {k: v for k, v in stats.items() if k != "mean_image"}
-    write_json(out / "stats.json", small)
+    _write_stats(data_dir, stats)
     return stats
+
+
+def _write_stats(out: Path, stats: dict) -> None:
+    """stats.h5 and stats.json via temporary files renamed into place together once both are written: a full
+    or read-only disk is an ImgnetError naming the file, and leaves the old pair and no temporary file."""
+    import h5py
+
+    small = {k: v for k, v in stats.items() if k != "mean_image"}
+    with replacing(out / "stats.h5", out / "stats.json") as (tmp_h5, tmp_json):
+        try:
+            with h5py.File(tmp_h5, "w") as f:
+                for key, value in stats.items():
+                    if key != "source":
+                        f.create_dataset(key, data=np.asarray(value))
+                f.attrs["source"] = json.dumps(stats["source"])
+        except OSError as e:  # the ImgnetError names the file that failed
+            raise ImgnetError(f"cannot write {out / 'stats.h5'} ({os_reason(e)}); expected a writable folder "
+                              "with free space") from e
+        except (RuntimeError, ValueError) as e:  # h5py reports some failed writes (at close) as these
+            raise ImgnetError(f"cannot write {out / 'stats.h5'} ({os_reason(e)})") from e
+        with open(tmp_json, "w") as f:
+            f.write(json.dumps(small, indent=1) + "\n")
 
 
 def load_stats(data_dir) -> dict:

@@ -308,9 +308,9 @@ def _bad_inputs():
         "JPEG missing its last bytes": (jpeg[:-100], "truncated"),
         "truncated PNG": (png[: len(png) // 2], "PNG"),
         "JPEG header only": (jpeg[:300], "JPEG"),
-        "HTML page": (b"<html><body>404 Not Found</body></html>", "identify"),
-        "random bytes": (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "identify"),
-        "zero-width PNG": (_zero_width_png(), "identify"),
+        "HTML page": (b"<html><body>404 Not Found</body></html>", "not an image"),
+        "random bytes": (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "not an image"),
+        "zero-width PNG": (_zero_width_png(), "PNG whose header does not parse"),
         "zero-width JPEG": (_zero_width_jpeg(), "JPEG"),
     }
 
@@ -436,3 +436,99 @@ def test_pillow_flavour_follows_the_file_on_disk(monkeypatch, tmp_path):
     so.write_bytes(b"rebuilt")
     with pytest.raises(RuntimeError, match="neither"):
         pillow_flavour()
+
+
+# ----------------------------------------------------------------- formats: only the raster formats read
+def _png16_rgb(w: int, h: int, value: int) -> bytes:
+    """A 48-bit RGB PNG (Pillow opens it as 8-bit "RGB", hiding the depth)."""
+    rows = b"".join(b"\0" + np.full((w, 3), value, ">u2").tobytes() for _ in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("fmt, save", [("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF"), ("BMP", "BMP"),
+                                       ("TIFF", "TIFF"), ("WEBP", "WEBP"), ("PPM", "PPM")])
+def test_every_raster_format_read_is_decoded(fmt, save):
+    p = resize.prepare(_encode(_photo(300, 260, seed=7), save), name=f"img.{save.lower()}")
+    assert p.image.shape == (256, 256, 3) and p.from_format == fmt
+    assert p.converted == (fmt == "GIF")  # GIF is a palette image: converted from mode P
+    assert resize.prepare(_encode(Image.new("L", (300, 260), 77), "PPM")).from_mode == "L"  # a PGM
+
+
+def _eps() -> bytes:
+    return _encode(Image.new("RGB", (64, 64), (200, 10, 10)), "EPS")
+
+
+def _dos_eps() -> bytes:
+    """EPS with the binary DOS header (C5 D0 D3 C6) in front of the PostScript."""
+    ps = _eps()
+    return struct.pack("<4sIIIIIIH", b"\xc5\xd0\xd3\xc6", 30, len(ps), 0, 0, 0, 0, 0xFFFF) + ps
+
+
+@pytest.mark.parametrize("make", [_eps, _dos_eps], ids=["eps", "dos-eps"])
+def test_eps_is_refused_unopened(make, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def never(*a, **kw):
+        raise AssertionError("the EPS plugin was run")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", never)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", never)
+    for fn in (resize.prepare, prepare_image):
+        with pytest.raises(BadImage, match=r"EPS/PostScript content .*, not a format read \(decoding it would run Ghostscript\)"):
+            fn(make())
+    with pytest.raises(Image.UnidentifiedImageError):  # the plain baseline refuses it too
+        reference_resize(make())
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "SGI", "IM", "TGA"])
+def test_other_pillow_formats_are_refused_with_a_reason(fmt):
+    data = _encode(Image.new("RGB", (32, 32), (1, 2, 3)), fmt)
+    with pytest.raises(BadImage) as e:
+        resize.prepare(data)
+    reason = e.value.reason
+    assert "\n" not in reason and "JPEG, PNG, GIF, BMP, TIFF, WebP or PPM/PGM" in reason
+    # named where Pillow's magic-number check knows it; IM and TGA have none (TGA's first bytes look like CUR)
+    assert f"{fmt} content" in reason if fmt in ("ICO", "PCX", "SGI") else "content" in reason or "not an image" in reason
+
+
+def test_png_saved_as_jpeg_is_decoded_and_reported_as_converted():
+    png = _encode(_photo(320, 240, seed=8), "PNG")
+    p = resize.prepare(png, name="n01440764_10026.JPEG")
+    assert (p.from_format, p.from_mode, p.converted) == ("PNG", "RGB", True)
+    assert p.report_entry("n01440764_10026.JPEG") == {"name": "n01440764_10026.JPEG", "from_format": "PNG",
+                                                      "from_mode": "RGB"}
+    assert _mad(p.image, reference_resize(png)) < TOL
+    assert not resize.prepare(png, name="a.png").converted  # a PNG named .png is what it says
+    jpeg = resize.prepare(_encode(_photo(320, 240, seed=8)), name="n01440764_10026.JPEG")
+    assert (jpeg.from_format, jpeg.from_mode, jpeg.converted) == ("JPEG", "RGB", False)
+    assert jpeg.report_entry("x.JPEG") is None
+
+
+@pytest.mark.parametrize("data, fmt, mode", [
+    (_png16_rgb(300, 280, 40000), "PNG", "RGB;16"),
+    (_encode(Image.fromarray(np.full((280, 300), 40000, np.uint16)), "PNG"), "PNG", "I;16"),
+    (b"P6 300 280 65535\n" + np.full((280, 300, 3), 40000, ">u2").tobytes(), "PPM", "RGB;16"),
+    (b"P5 300 280 65535\n" + np.full((280, 300), 40000, ">u2").tobytes(), "PPM", "I;16"),
+], ids=["png-rgb48", "png-grey16", "ppm-rgb48", "pgm-grey16"])
+def test_16_bit_images_report_their_depth_and_format(data, fmt, mode):
+    p = resize.prepare(data, name="x.JPEG")
+    assert (p.from_format, p.from_mode, p.converted) == (fmt, mode, True)
+    assert p.image.shape == (256, 256, 3) and abs(int(p.image.mean()) - 40000 // 257) <= 1  # not clipped
+    assert prepare_image(data)[1] == mode  # prep's current report plumbing lists it under converted too
+
+
+def test_cmyk_jpeg_reports_its_mode():
+    p = resize.prepare(_encode(Image.new("CMYK", (300, 260), (0, 255, 255, 0))), name="x.JPEG")
+    assert (p.from_format, p.from_mode, p.converted) == ("JPEG", "CMYK", True)
+
+
+def test_only_bad_image_leaves_prepare(monkeypatch):
+    """A decoder error on bytes in memory is about their content, never an I/O failure: callers can tell
+    the two apart by type (BadImage: reject the image; OSError from reading the file: stop the run)."""
+    def eio(im):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(resize, "_to_resizable", eio)
+    with pytest.raises(BadImage, match="cannot decode: OSError"):
+        resize.prepare(_encode(_photo(300, 260)))
