@@ -102,6 +102,12 @@ def make_data(root: Path, n: int) -> dict:
     return info
 
 
+def lmdb_bytes_per_image(data_dir: Path, n: int) -> int:
+    """Disk blocks really used by a packed train.lmdb (its file is sparse) per image: LMDB stores a
+    large value in whole 4096-byte pages (a 196,608-byte raw image takes 49)."""
+    return round(sum(f.stat().st_blocks * 512 for f in (data_dir / "train.lmdb").iterdir()) / n)
+
+
 def make_real_data(src: Path, root: Path) -> dict:
     """root/real_raw, root/real_jpeg: real photos (e.g. ../shared/data/images/val_original) resized as
     `imgnet prep` does (256x256) and packed; the JPEG size per image at the default quality."""
@@ -116,6 +122,7 @@ def make_real_data(src: Path, root: Path) -> dict:
     for f in ("stats.json", "stats.h5"):
         shutil.copy(root / "real_raw" / f, root / "real_jpeg" / f)
     return {"real_images": len(recs), "real_jpeg_kb": round(float(kb.mean()), 1),
+            "real_jpeg_lmdb_bytes_per_image": lmdb_bytes_per_image(root / "real_jpeg", len(recs)),
             "real_jpeg_kb_p10_p90": [round(float(q), 1) for q in np.percentile(kb, [10, 90])]}
 
 
@@ -309,8 +316,7 @@ def main() -> None:
     try:
         info = make_data(root, args.images)
         stats = load_stats(root / "raw")
-        # disk blocks really used (the LMDB file is sparse): a 196,608-byte value takes 49 pages of 4096
-        raw_bytes = round(sum(f.stat().st_blocks * 512 for f in (root / "raw" / "train.lmdb").iterdir()) / info["images"])
+        raw_bytes = lmdb_bytes_per_image(root / "raw", info["images"])
         print(f"data: {info['images']} images, JPEG {info['mean_jpeg_kb']} KB each; device {device}, "
               f"ours delivers {'float on the GPU' if output == 'float' else 'device-ready uint8 + offsets'}; "
               f"{os.cpu_count()} cores, load average {load0:.1f}", flush=True)
