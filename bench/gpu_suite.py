@@ -35,11 +35,17 @@ source with PYTHONPATH and carry only the lmdb wheel. Here, once:
 (`wheels/` is git-ignored, so it is not committed; the device tool copies it over when named in its
 carry list: carry=["wheels"]). There, in the repository root:
 
-    python -m zipfile -e wheels/lmdb-*.whl /tmp/pydeps && \\
-    PYTHONPATH=$PWD:/tmp/pydeps python bench/gpu_suite.py --out $OUT
+    python3 -m zipfile -e wheels/lmdb-*.whl /tmp/pydeps && \\
+    PYTHONPATH=$PWD:/tmp/pydeps python3 bench/gpu_suite.py --out $OUT
 
-The last line printed is suite.json's flat figures as one JSON object. A rerun of failed parts:
-`--parts a,b --out OUT` keeps the other parts' records in OUT/suite.json.
+(a wheel is a zip: extracting it is the whole install; every subprocess of the suite inherits the
+PYTHONPATH and runs the CLI as `python -m cli` from this tree). About 4 minutes when every part
+passes: give the command a limit of some 330 s, so that the device time left allows one rerun of the
+failed parts with `--parts`.
+
+The last line printed is suite.json's flat figures as one JSON object. A rerun of failed parts,
+`--parts a,b --out OUT`, keeps the other parts' records (from OUT/suite.json, or from the work
+folder's copy when OUT is a fresh folder, as the device tool's $OUT is on each call).
 """
 
 from __future__ import annotations
@@ -386,7 +392,7 @@ def run_child(part: str, work: Path, dry: bool) -> None:
 
 def run_part(part: str, work: Path, logs: Path, dry: bool, scale: float) -> dict:
     """Run one part in a subprocess under its time limit; a record, whatever happens."""
-    limit = max(1.0, LIMITS[part][1 if dry else 0] * scale)
+    limit = max(0.1, LIMITS[part][1 if dry else 0] * scale)
     res_file = work / "results" / f"{part}.json"
     res_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--work", str(work)]
@@ -424,6 +430,7 @@ def write_outputs(out: Path, suite: dict, logs: Path) -> None:
     from imagenet_prep.atomic import write_json
 
     write_json(out / "suite.json", suite)
+    write_json(logs.parent / "suite.json", suite)  # the work folder's copy, for a later --parts rerun
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
         tar.add(logs, arcname="logs")
 
@@ -455,8 +462,9 @@ def main(argv=None) -> dict | None:
     logs = work / "logs"
     for d in (out, logs, work / "results"):
         d.mkdir(parents=True, exist_ok=True)
-    old = out / "suite.json"
-    suite = json.loads(old.read_text()) if old.is_file() else {}
+    # a rerun starts from the last record: OUT's, or the work folder's copy (the device tool's $OUT starts empty)
+    old = next((f for f in (out / "suite.json", work / "suite.json") if f.is_file()), None)
+    suite = json.loads(old.read_text()) if old else {}
     if suite.get("dry_run", dry) != dry:
         suite = {}  # a dry run's records never mix with a real run's
     suite.update(dry_run=dry, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -51,7 +51,7 @@ def test_dry_run_runs_every_part_on_the_cpu(tmp_path):
 
 def test_overrun_is_recorded_and_a_rerun_merges(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    r = suite(out, work, "--parts", "env,data", "--timeout-scale", "0.001")  # 1 s each: both overrun
+    r = suite(out, work, "--parts", "env,data", "--timeout-scale", "0.0001")  # 0.1 s each: both overrun
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "suite.json").read_text())
     assert s["failed"] == ["data", "env"]
@@ -60,6 +60,10 @@ def test_overrun_is_recorded_and_a_rerun_merges(tmp_path):
     s = json.loads((out / "suite.json").read_text())
     assert s["parts"]["env"]["ok"] and not s["parts"]["data"]["ok"]  # the earlier record stays
     assert s["failed"] == ["data"] and s["figures"]["cores"] >= 1
+    fresh = tmp_path / "fresh_out"  # the device tool's $OUT is a new folder on each call
+    r = suite(fresh, work, "--parts", "data")
+    s = json.loads((fresh / "suite.json").read_text())
+    assert s["failed"] == [] and set(s["parts"]) == {"env", "data"}
 
 
 def test_unknown_part_is_refused(tmp_path):

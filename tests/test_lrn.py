@@ -396,3 +396,40 @@ def test_gpu_plain_path_can_be_forced(monkeypatch):
     monkeypatch.delenv("IMGNET_LRN")
     m.use_triton = False
     assert not m.fused(x)
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_opcheck_with_the_triton_kernels(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 96, 13, 13, device="cuda") * 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused.default, (x.clone().requires_grad_(), 5, 1e-4, 0.75, 2.0, 2))
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused_backward.default, (x, g, 5, 1e-4, 0.75, 2.0, 2))
+
+
+@gpu
+@needs_cuda
+@needs_triton
+def test_gpu_compiled_alexnet_keeps_the_fused_lrn_in_one_graph():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from trainer.model import AlexNet
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = AlexNet(num_classes=10, dropout=0.0).cuda().to(memory_format=torch.channels_last)
+    x = (torch.randn(8, 3, 224, 224, device="cuda") * 60).contiguous(memory_format=torch.channels_last)
+    assert model.features.lrn1.fused(torch.empty(1, 96, 1, 1, device="cuda").contiguous(memory_format=torch.channels_last))
+    counter = CompileCounterWithBackend("aot_eager")  # the real Triton kernels inside an AOT-traced graph
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = torch.compile(model, fullgraph=True, backend=counter)(x)
+        ref = model(x)
+    y.float().sum().backward()
+    assert counter.frame_count == 1
+    ops = [n.target for gm in counter.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.imgnet.lrn_fused.default) == 2
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    assert model.features.conv1.weight.grad is not None
