@@ -426,6 +426,16 @@ def flat(parts: dict) -> dict:
     return out
 
 
+GOALS = {"ratio_vs_no_lrn": (">=", 0.95), "end_to_end_ratio": (">=", 0.9), "demo_top1_err": ("<=", 0.10),
+         "two_tower_equal": ("==", True), "pytest_failed": ("==", 0), "compiled_ours_fullgraph": ("==", True)}
+
+
+def goals(fig: dict) -> dict:
+    """Each goal of the issue: met (true), missed (false) or not measured (null)."""
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
+    return {f"{k} {op} {ref}": (None if k not in fig else bool(ops[op](fig[k], ref))) for k, (op, ref) in GOALS.items()}
+
+
 def write_outputs(out: Path, suite: dict, logs: Path) -> None:
     from imagenet_prep.atomic import write_json
 
@@ -475,11 +485,13 @@ def main(argv=None) -> dict | None:
         suite["parts"][part] = rec
         print(f"{part:>10}: {'ok' if rec['ok'] else 'FAILED (' + rec['error'] + ')'} in {rec['seconds']} s", flush=True)
         suite["figures"] = flat(suite["parts"])
+        suite["goals"] = goals(suite["figures"])
         suite["seconds"] = round(time.perf_counter() - t0, 1)
         write_outputs(out, suite, logs)  # after every part: a kill of the whole run keeps what was done
     suite["failed"] = sorted(p for p, r in suite["parts"].items() if not r["ok"])
     write_outputs(out, suite, logs)
-    print(json.dumps({**suite["figures"], "failed": suite["failed"], "seconds": suite["seconds"]}))
+    missed = sorted(g for g, ok in suite["goals"].items() if ok is False)
+    print(json.dumps({**suite["figures"], "failed": suite["failed"], "goals_missed": missed, "seconds": suite["seconds"]}))
     return suite
 
 

@@ -43,6 +43,7 @@ def test_dry_run_runs_every_part_on_the_cpu(tmp_path):
     assert 0 <= fig["demo_top1_err"] <= 1 and fig["end_to_end_img_s"] > 0
     assert fig["loader_raw_output"].startswith("torch.float32 (2, 3, 224, 224)")
     assert json.loads(r.stdout.strip().splitlines()[-1])["failed"] == []  # last line: the flat figures
+    assert None not in s["goals"].values()  # every goal measured (the CPU's figures need not meet them)
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = set(tar.getnames())
     assert {f"logs/{p}.log" for p in gpu_suite.PARTS} <= names
@@ -79,6 +80,9 @@ def test_end_to_end_ratio_needs_both_figures():
                                      "end_to_end_ratio": 0.9}
     parts["train_step"]["ok"] = False
     assert "end_to_end_ratio" not in gpu_suite.flat(parts)
+    g = gpu_suite.goals({"end_to_end_ratio": 0.9, "ratio_vs_no_lrn": 0.9, "two_tower_equal": True})
+    assert g["end_to_end_ratio >= 0.9"] is True and g["ratio_vs_no_lrn >= 0.95"] is False
+    assert g["two_tower_equal == True"] is True and g["demo_top1_err <= 0.1"] is None  # not measured
 
 
 def test_docstring_says_how_to_run_it_on_the_lent_machine():

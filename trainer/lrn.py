@@ -210,8 +210,8 @@ def _plain_window_sum(v: torch.Tensor, size: int, groups: int) -> torch.Tensor:
     return sum(pad[:, j:j + cg] for j in range(size)).reshape(n, c, h, w)
 
 
-def _cl_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.empty_like(x, dtype=dtype, memory_format=torch.channels_last)
+def _cl_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)  # the kernels' layout, x's dtype
 
 
 @torch.library.custom_op("imgnet::lrn_fused", mutates_args=())
