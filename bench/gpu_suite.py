@@ -35,13 +35,14 @@ source with PYTHONPATH and carry only the lmdb wheel. Here, once:
 (`wheels/` is git-ignored, so it is not committed; the device tool copies it over when named in its
 carry list: carry=["wheels"]). There, in the repository root:
 
-    python3 -m zipfile -e wheels/lmdb-*.whl /tmp/pydeps && \\
+    for w in wheels/*.whl; do python3 -m zipfile -e "$w" /tmp/pydeps; done && \\
     PYTHONPATH=$PWD:/tmp/pydeps python3 bench/gpu_suite.py --out $OUT
 
-(a wheel is a zip: extracting it is the whole install; every subprocess of the suite inherits the
-PYTHONPATH and runs the CLI as `python -m cli` from this tree). About 4 minutes when every part
-passes: give the command a limit of some 330 s, so that the device time left allows one rerun of the
-failed parts with `--parts`.
+A wheel is a zip: extracting it is the whole install; every subprocess of the suite inherits the
+PYTHONPATH and runs the CLI as `python -m cli` from this tree. The pytest part needs pytest there
+too; should it be missing, carry its pure-Python wheels in wheels/ as well (pip download pytest -d
+wheels/). About 4 minutes when every part passes: give the command a limit of some 330 s, so that
+the device time left allows one rerun of the failed parts with `--parts`.
 
 The last line printed is suite.json's flat figures as one JSON object. A rerun of failed parts,
 `--parts a,b --out OUT`, keeps the other parts' records (from OUT/suite.json, or from the work
@@ -129,13 +130,18 @@ def part_env(work: Path, dry: bool) -> dict:
 
 
 def part_pytest(work: Path, dry: bool) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise RuntimeError("pytest is not importable here; carry its pure-Python wheels too (pip download pytest "
+                           "-d wheels/) and extract each into the PYTHONPATH folder like lmdb's")
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests")]
     r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     print(r.stdout[-20000:], r.stderr[-5000:], sep="\n")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", r.stdout)}
     failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", r.stdout, re.M)
-    if r.returncode not in (0, 1, 5):  # 1: some failed (counted); 5: nothing collected
-        raise RuntimeError(f"pytest exited {r.returncode}")
+    if r.returncode not in (0, 1, 5) or not counts:  # 1: some failed (counted); 5: nothing collected
+        raise RuntimeError(f"pytest exited {r.returncode} without a summary line")
     return {"pytest_passed": counts.get("passed", 0), "pytest_failed": counts.get("failed", 0)
             + counts.get("error", 0) + counts.get("errors", 0), "pytest_skipped": counts.get("skipped", 0),
             "pytest_failures": failures[:30]}
@@ -324,6 +330,7 @@ def part_two_tower(work: Path, dry: bool) -> dict:
 
     s, dev = sizes(dry), device_of(dry)
     devices = (dev, torch.device("cuda:1")) if dev.type == "cuda" and torch.cuda.device_count() > 1 else (dev, dev)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact float32 compare
     torch.manual_seed(0)
     grouped = AlexNet(dropout=0.0).to(dev)  # no dropout: both nets compute one deterministic function
@@ -341,6 +348,7 @@ def part_two_tower(work: Path, dry: bool) -> dict:
         g_ref = grouped.get_submodule(("features." if layer in CONVS else "classifier.") + layer).weight.grad
         g_mp = torch.cat([t.layer(layer).weight.grad.to(dev) for t in mp.towers], 0)
         grad = max(grad, (g_ref - g_mp).abs().max().item() / g_ref.abs().max().item())
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32  # the rates as trained
     x, y, amp = _batch({**s, "batch": s["mp_batch"]}, dev)
     rates = {name: ts.images_per_s(ts.make_step(net, x, y, amp), s["mp_batch"], s["steps"], dev)
              for name, net in (("grouped", grouped), ("model_parallel", mp))}
