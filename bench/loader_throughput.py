@@ -16,10 +16,18 @@ Each configuration runs one warm-up epoch (starts its workers, fills the page ca
 
     python bench/loader_throughput.py [--images 1024] [--batches 40] [--workers 1,2] [--cache DIR]
 
+The main process's ceiling: whatever the workers deliver, the training process spends CPU time per
+batch (handing out tasks, collecting results, taking and releasing the slot, the labels and lighting
+offsets; on a GPU host also launching the copy and the transform). `main_process_cost` measures it
+with the float transform stubbed out (output="uint8") at --ceiling-workers (15: a 16-core GPU host):
+main_us_per_batch and ceiling_img_s = batch / that time (goal: >= 40,000 img/s, twice what one H100
+trains at, so that the main process never limits the rate), with the stages it is spent in.
+
 Goals: raw >= 5x and jpeg >= 1.3x the baseline at 2 workers; the raw loader at about 19,000 images/s
 on a 16-core GPU host (one H100 trains the paper's AlexNet at about that rate).
 Last line: JSON with raw_img_s, jpeg_img_s, baseline_img_s (2 workers), workers, raw_ratio, jpeg_ratio,
-plus the 1-worker figures, the device, the output form and the load average seen during the run.
+plus the 1-worker figures, main_us_per_batch, ceiling_img_s (and each configuration's stages), the
+device, the output form and the load average seen during the run.
 """
 
 from __future__ import annotations
@@ -94,6 +102,30 @@ def make_data(root: Path, n: int) -> dict:
     return info
 
 
+def lmdb_bytes_per_image(data_dir: Path, n: int) -> int:
+    """Disk blocks really used by a packed train.lmdb (its file is sparse) per image: LMDB stores a
+    large value in whole 4096-byte pages (a 196,608-byte raw image takes 49)."""
+    return round(sum(f.stat().st_blocks * 512 for f in (data_dir / "train.lmdb").iterdir()) / n)
+
+
+def make_real_data(src: Path, root: Path) -> dict:
+    """root/real_raw, root/real_jpeg: real photos (e.g. ../shared/data/images/val_original) resized as
+    `imgnet prep` does (256x256) and packed; the JPEG size per image at the default quality."""
+    from imagenet_prep.resize import prepare_image
+
+    files = sorted(src.glob("*.JPEG"))
+    recs = [(prepare_image(f.read_bytes())[0], i % 10, f.name) for i, f in enumerate(files)]
+    kb = np.array([len(encode_image(img, "jpeg", QUALITY)) for img, _, _ in recs]) / 1024
+    for enc in ("raw", "jpeg"):
+        write_split(root / f"real_{enc}", "train", recs, encoding=enc, quality=QUALITY)
+    compute_stats(root / "real_raw", workers=1, progress=False)
+    for f in ("stats.json", "stats.h5"):
+        shutil.copy(root / "real_raw" / f, root / "real_jpeg" / f)
+    return {"real_images": len(recs), "real_jpeg_kb": round(float(kb.mean()), 1),
+            "real_jpeg_lmdb_bytes_per_image": lmdb_bytes_per_image(root / "real_jpeg", len(recs)),
+            "real_jpeg_kb_p10_p90": [round(float(q), 1) for q in np.percentile(kb, [10, 90])]}
+
+
 # ------------------------------------------------------------------------------------ baseline
 class JpegFolder(torch.utils.data.Dataset):
     """What a PyTorch user writes: one JPEG file per sample, PIL decode, crop, flip, normalize in float."""
@@ -166,13 +198,94 @@ def run_baseline(folder, stats, workers, bs, batches, device) -> float:
     return r
 
 
+def make_loader(split, stats, **kw) -> Loader:
+    """The one place this script builds a Loader (its constructor's parameters live in trainer/loader.py)."""
+    return Loader(split, stats, **kw)
+
+
 def run_ours(data_dir, stats, workers, bs, batches, device, output) -> float:
     split = open_split(data_dir, "train")
-    ld = Loader(split, stats, batch_size=bs, workers=workers, seed=0, device=device, output=output)
+    ld = make_loader(split, stats, batch_size=bs, workers=workers, seed=0, device=device, output=output)
     try:
         return time_batches(lambda: ld, batches, device)
     finally:
         ld.close()
+
+
+def per_core_rate(data_dir, stats, bs, batches) -> float:
+    """Images per CPU-second of one worker: its user + system time (counted once it has exited and been
+    joined), so the figure holds whatever else loads the machine. Whole epochs only, so the worker reads
+    no batch that is not delivered."""
+    import resource
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0 = children_cpu()
+    ld = make_loader(open_split(data_dir, "train"), stats, batch_size=bs, workers=1, seed=0, device="cpu",
+                     output="uint8")
+    n = 0
+    try:
+        for _ in range(-(-batches // len(ld))):
+            for _b in ld:
+                n += 1
+    finally:
+        ld.close()
+    return n * bs / (children_cpu() - cpu0)
+
+
+# ------------------------------------------------------------------------ the main process's ceiling
+STAGES = ("_submit", "_collect", "_deliver", "_release_copied")  # the main process's work per batch
+
+
+def main_process_cost(data_dir, stats, workers, bs, batches) -> dict:
+    """CPU time the training process itself spends per batch, the float transform stubbed out.
+
+    The loader runs with output="uint8" (the device-ready crops and lighting offsets, no float
+    transform: on a GPU host that runs on the GPU, its cost is the GPU suite's to measure) while the
+    workers fill the slots. time.process_time() counts the main process (all its threads: the queue
+    feeder thread pickles the tasks), never the workers, and not the time it waits for them; the
+    _EpochRun stages are timed on the main thread (thread_time) to show where the time goes. On a CPU
+    host the CUDA calls of a GPU host (copy launch, event record and query) are absent."""
+    from trainer import loader as loader_mod
+
+    spent = dict.fromkeys(STAGES, 0.0)
+    originals = {name: getattr(loader_mod._EpochRun, name) for name in STAGES}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t = time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.thread_time() - t
+        return wrapper
+
+    ld = make_loader(open_split(data_dir, "train"), stats, batch_size=bs, workers=workers, seed=0,
+                     device="cpu", output="uint8")
+    try:
+        for _ in ld:  # warm-up epoch: workers started, page cache filled
+            pass
+        for name, fn in originals.items():
+            setattr(loader_mod._EpochRun, name, timed(name, fn))
+        done, cpu0, thr0 = 0, time.process_time(), time.thread_time()
+        while done < batches:
+            for _ in ld:
+                done += 1
+                if done == batches:
+                    break
+        cpu, thr = time.process_time() - cpu0, time.thread_time() - thr0
+    finally:
+        for name, fn in originals.items():
+            setattr(loader_mod._EpochRun, name, fn)
+        ld.close()
+    us = lambda t: round(t / batches * 1e6, 1)  # noqa: E731
+    stages = {name.strip("_"): us(t) for name, t in spent.items()}
+    stages["other_main_thread"] = us(thr - sum(spent.values()))
+    stages["other_threads"] = us(cpu - thr)  # the queues' feeder thread
+    return {"workers": workers, "main_us_per_batch": us(cpu), "ceiling_img_s": round(bs / (cpu / batches), 1),
+            "tasks_per_batch": -(-bs // max(1, min(-(-bs // workers), 32))), "stages_us": stages}
 
 
 def main() -> None:
@@ -183,6 +296,11 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts; the JSON reports 2 (or the last)")
     ap.add_argument("--cache", default=None, help="keep the generated data here and reuse it [default: a temp folder]")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    ap.add_argument("--ceiling-workers", default="2,15",
+                    help="worker counts for the main-process ceiling (15: a 16-core GPU host) [none: skip]")
+    ap.add_argument("--ceiling-batches", type=int, default=200, help="batches timed for the ceiling")
+    ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "images" / "val_original"),
+                    help="folder of real JPEGs: their packed size and 1-worker rates [skipped when absent]")
     args = ap.parse_args()
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -198,6 +316,7 @@ def main() -> None:
     try:
         info = make_data(root, args.images)
         stats = load_stats(root / "raw")
+        raw_bytes = lmdb_bytes_per_image(root / "raw", info["images"])
         print(f"data: {info['images']} images, JPEG {info['mean_jpeg_kb']} KB each; device {device}, "
               f"ours delivers {'float on the GPU' if output == 'float' else 'device-ready uint8 + offsets'}; "
               f"{os.cpu_count()} cores, load average {load0:.1f}", flush=True)
@@ -214,6 +333,27 @@ def main() -> None:
         if device.type == "cpu":
             float_cpu = run_ours(root / "raw", stats, w, args.batch_size, args.batches, device, "float")
             print(f"{w} worker(s): ours raw, float input made on the CPU by the main process: {float_cpu:.0f} img/s")
+        real = {}
+        if Path(args.real).is_dir() and any(Path(args.real).glob("*.JPEG")):
+            real = make_real_data(Path(args.real), root / "real")
+            rbs = min(32, real["real_images"] // 2)
+            real_stats = load_stats(root / "real" / "real_raw")
+            for enc in ("raw", "jpeg"):
+                real[f"real_{enc}_img_per_core_s"] = round(per_core_rate(
+                    root / "real" / f"real_{enc}", real_stats, rbs, max(args.batches, 60)), 1)
+            print(f"{real['real_images']} real photos at 256x256: JPEG q{QUALITY} {real['real_jpeg_kb']} KB each; "
+                  f"per worker CPU-second: raw {real['real_raw_img_per_core_s']:.0f}, "
+                  f"jpeg {real['real_jpeg_img_per_core_s']:.0f} images", flush=True)
+        per_core = {f"{enc}_img_per_core_s": round(per_core_rate(root / enc, stats, args.batch_size,
+                                                                 args.batches), 1) for enc in ("raw", "jpeg")}
+        print(f"per worker CPU-second, photo-like images: raw {per_core['raw_img_per_core_s']:.0f}, "
+              f"jpeg {per_core['jpeg_img_per_core_s']:.0f} images", flush=True)
+        ceilings = []
+        for cw in [int(c) for c in args.ceiling_workers.split(",") if c.strip().isdigit()]:
+            ceilings.append(main_process_cost(root / "raw", stats, cw, args.batch_size, args.ceiling_batches))
+            c = ceilings[-1]
+            print(f"main process, {cw} workers ({c['tasks_per_batch']} tasks per batch): {c['main_us_per_batch']:.0f} "
+                  f"us per batch -> ceiling {c['ceiling_img_s']:.0f} img/s; stages (us): {c['stages_us']}", flush=True)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -226,6 +366,14 @@ def main() -> None:
                     "baseline_img_s_1w": round(res[("baseline", 1)], 1)})
     if float_cpu is not None:
         out["raw_float_cpu_img_s"] = round(float_cpu, 1)
+    out.update(real)
+    out.update(per_core)
+    out["raw_lmdb_bytes_per_image"] = raw_bytes
+    if ceilings:  # the costliest configuration is the ceiling
+        worst = max(ceilings, key=lambda c: c["main_us_per_batch"])
+        out.update({"main_us_per_batch": worst["main_us_per_batch"], "ceiling_img_s": worst["ceiling_img_s"],
+                    "ceiling_workers": worst["workers"], "ceiling_goal_met": worst["ceiling_img_s"] >= 40000,
+                    "ceilings": ceilings})
     out.update({"device": str(device), "output": "float" if output == "float" else "uint8+offsets",
                 "batch": args.batch_size, "images": args.images, "cores": os.cpu_count(),
                 "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)]})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from imagenet_prep.errors import ImgnetError
 from trainer import lrn as lrn_mod
@@ -153,6 +154,94 @@ def test_fused_rejects_unsupported_shapes():
         lrn_fused(torch.randn(1, 12, 2, 2), 5, 1e-4, 0.75, 2.0, 1)
     assert not lrn_mod.fused_supported(torch.randn(1, 96, 2, 2), 11, 2)
     assert lrn_mod.fused_supported(torch.randn(1, 96, 2, 2), 5, 2)
+
+
+@pytest.mark.parametrize("size", [2, 4, 6])
+def test_fused_refuses_even_sizes(size):
+    # an even size has no centred window: the kernels' 2 * (size // 2) + 1 maps would be size + 1
+    x = torch.randn(1, 16, 2, 2)
+    assert not lrn_mod.fused_supported(x, size, 2)
+    with pytest.raises(ImgnetError, match=f"size {size} is not valid; expected an odd"):
+        lrn_fused(x, size, 1e-4, 0.75, 2.0, 2)
+
+
+# ------------------------------------------------- the imgnet::lrn_fused operator (plain CPU kernel)
+OP_CASES = [((2, 16, 3, 4), 5, 2), ((2, 24, 2, 3), 3, 1), ((1, 16, 2, 2), 9, 2), ((2, 8, 3, 3), 1, 1)]
+
+
+def _op_input(shape, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return (torch.randn(*shape, dtype=dtype) * 30), torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.skipif(INTERPRETER_CHILD, reason="the parent tests the plain CPU kernel")
+@pytest.mark.parametrize("shape, size, groups", OP_CASES)
+def test_op_cpu_kernel_matches_float64_reference(shape, size, groups):
+    x, g = _op_input(shape, seed=size)
+    xr = x.clone().requires_grad_()
+    y = lrn_fused(xr, size, 1e-2, 0.75, 2.0, groups)  # a large alpha makes the cross-map terms matter
+    y.backward(g)
+    assert y.is_contiguous(memory_format=torch.channels_last) and xr.grad.dtype == x.dtype
+    torch.testing.assert_close(y.double(), lrn_loop(x, size, 1e-2, 0.75, 2.0, groups), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xr.grad.double(), lrn_grad_loop(x, g, size, 1e-2, 0.75, 2.0, groups), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(INTERPRETER_CHILD, reason="the parent tests the plain CPU kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_forward_and_backward_operators(dtype):
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of both operators."""
+    x, g = _op_input((2, 16, 3, 3), dtype)
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused.default, (x.requires_grad_(), 5, 1e-4, 0.75, 2.0, 2))
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused_backward.default, (x.detach(), g, 5, 1e-4, 0.75, 2.0, 2))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused.default, (xc, 3, 1e-2, 0.75, 1.0, 1))
+
+
+@pytest.mark.skipif(INTERPRETER_CHILD, reason="the parent tests the plain CPU kernel")
+def test_op_compiles_in_one_graph_with_aot_eager():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def f(t):  # the op between ordinary ops, as in the network (ReLU -> LRN -> pool)
+        return F.max_pool2d(lrn_fused(torch.relu(t), 5, 1e-2, 0.75, 2.0, 2), 3, 2)
+
+    compiled = torch.compile(f, fullgraph=True, backend=counter)
+    x, _ = _op_input((2, 16, 7, 7), seed=4)
+    xc, xe = x.clone().requires_grad_(), x.double().requires_grad_()
+    y = compiled(xc)
+    y.sum().backward()
+    F.max_pool2d(lrn_loop(torch.relu(xe), 5, 1e-2, 0.75, 2.0, 2), 3, 2).sum().backward()
+    assert counter.frame_count == 1  # one graph, no break at the LRN
+    ops = {n.target for gm in counter.graphs for n in gm.graph.nodes if n.op == "call_function"}
+    assert torch.ops.imgnet.lrn_fused.default in ops
+    torch.testing.assert_close(y.double(), F.max_pool2d(lrn_loop(torch.relu(x), 5, 1e-2, 0.75, 2.0, 2), 3, 2),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xc.grad.double(), xe.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(INTERPRETER_CHILD, reason="the parent tests the plain CPU kernel")
+def test_alexnet_with_the_fused_op_has_no_graph_break(monkeypatch):
+    """The model's own LRN modules routed through the operator (on CPU the plain kernel): one graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from trainer.model import AlexNet
+
+    monkeypatch.setenv("IMGNET_LRN", "fused")
+    assert LocalResponseNorm(groups=2).fused(torch.randn(1, 96, 2, 2))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")  # graph capture only: what fullgraph is about
+    model = AlexNet(num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224) * 60
+    with torch.no_grad():
+        y = torch.compile(model, fullgraph=True, backend=counter)(x)
+        monkeypatch.undo()
+        ref = model(x)  # plain path
+    assert counter.frame_count == 1
+    ops = [n.target for gm in counter.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.imgnet.lrn_fused.default) == 2
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------- Triton kernels, interpreted on CPU
@@ -307,3 +396,40 @@ def test_gpu_plain_path_can_be_forced(monkeypatch):
     monkeypatch.delenv("IMGNET_LRN")
     m.use_triton = False
     assert not m.fused(x)
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_opcheck_with_the_triton_kernels(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 96, 13, 13, device="cuda") * 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused.default, (x.clone().requires_grad_(), 5, 1e-4, 0.75, 2.0, 2))
+    torch.library.opcheck(torch.ops.imgnet.lrn_fused_backward.default, (x, g, 5, 1e-4, 0.75, 2.0, 2))
+
+
+@gpu
+@needs_cuda
+@needs_triton
+def test_gpu_compiled_alexnet_keeps_the_fused_lrn_in_one_graph():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from trainer.model import AlexNet
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = AlexNet(num_classes=10, dropout=0.0).cuda().to(memory_format=torch.channels_last)
+    x = (torch.randn(8, 3, 224, 224, device="cuda") * 60).contiguous(memory_format=torch.channels_last)
+    assert model.features.lrn1.fused(torch.empty(1, 96, 1, 1, device="cuda").contiguous(memory_format=torch.channels_last))
+    counter = CompileCounterWithBackend("aot_eager")  # the real Triton kernels inside an AOT-traced graph
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = torch.compile(model, fullgraph=True, backend=counter)(x)
+        ref = model(x)
+    y.float().sum().backward()
+    assert counter.frame_count == 1
+    ops = [n.target for gm in counter.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.imgnet.lrn_fused.default) == 2
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    assert model.features.conv1.weight.grad is not None

@@ -8,14 +8,16 @@ that group's maps; alpha' = alpha for the paper's formula, alpha / n for Caffe, 
 
 Two implementations of one function:
 - `lrn_plain`: a few PyTorch ops; any device and dtype; the reference and the CPU path.
-- `lrn_fused`: Triton kernels behind a custom autograd.Function, for CUDA. The forward reads the
+- `lrn_fused`: Triton kernels behind the custom operator `imgnet::lrn_fused` (torch.library, with its
+  autograd formula and a fake implementation, so torch.compile keeps it in one graph), for CUDA. The forward reads the
   activation once and writes the output once; the backward recomputes the window sums from the saved
   input (nothing else is saved: the ReLU in front of the LRN already keeps that tensor alive) and
   reads the input and the incoming gradient once, writing the input gradient once. Accumulation is
   float32 whatever the storage dtype (bf16, fp16 or fp32).
 
 `LocalResponseNorm` picks the fused path for CUDA tensors when triton imports; the attribute
-`use_triton = False` or the environment variable IMGNET_LRN=plain forces the plain path.
+`use_triton = False` or the environment variable IMGNET_LRN=plain forces the plain path, and
+IMGNET_LRN=fused the operator (on CPU its plain kernel: compiled graphs can be checked anywhere).
 """
 
 from __future__ import annotations
@@ -166,9 +168,9 @@ def triton_available() -> bool:
 
 
 def fused_supported(x: torch.Tensor, size: int, groups: int) -> bool:
-    """Whether `lrn_fused` takes this input: 4-D, maps per tower a multiple of 8, size <= 9, a float dtype."""
+    """Whether `lrn_fused` takes this input: 4-D, maps per tower a multiple of 8, odd size <= 9, a float dtype."""
     return (x.dim() == 4 and x.shape[1] % groups == 0 and (x.shape[1] // groups) % BLOCK_MAPS == 0
-            and size <= MAX_FUSED_SIZE and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
+            and size % 2 == 1 and size <= MAX_FUSED_SIZE and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
 def _launch(kernel, tensors, x: torch.Tensor, size, alpha, beta, k, groups):
@@ -189,39 +191,104 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-class _FusedLRN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, groups):
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.empty_like(x, memory_format=torch.channels_last)
-        if x.numel():
-            _launch(_lrn_fwd, (x, y), x, size, alpha, beta, k, groups)
-        ctx.save_for_backward(x)
-        ctx.params = (size, alpha, beta, k, groups)
-        return y
+def _kernels_for(x: torch.Tensor) -> bool:
+    """Whether the operator runs the Triton kernels on x (else the plain formulas, on any device)."""
+    return triton is not None and (x.is_cuda or _interpreting())
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        g = g.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty_like(x, memory_format=torch.channels_last)
-        if x.numel():
-            _launch(_lrn_bwd, (x, g, gx), x, *ctx.params)
-        return gx, None, None, None, None, None
+
+# ------------------------------------------------------------------------- the custom operator
+# `imgnet::lrn_fused` and its backward are torch.library operators (torch >= 2.4), so torch.compile
+# keeps them as one opaque node with a known output (the fake implementations) instead of breaking
+# the graph at a Python autograd.Function around a Triton launch. CUDA runs the Triton kernels; on
+# CPU they run in triton's interpreter under TRITON_INTERPRET=1, and otherwise (or without triton)
+# the same formulas run in plain PyTorch, so the operator can be checked and compiled anywhere.
+def _plain_window_sum(v: torch.Tensor, size: int, groups: int) -> torch.Tensor:
+    """sum over the `size` maps centred on each map (odd size), clipped at the tower edges; float (N, C, H, W)."""
+    n, c, h, w = v.shape
+    cg = c // groups
+    pad = F.pad(v.reshape(n * groups, cg, h, w), (0, 0, 0, 0, size // 2, size // 2))
+    return sum(pad[:, j:j + cg] for j in range(size)).reshape(n, c, h, w)
+
+
+def _cl_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)  # the kernels' layout, x's dtype
+
+
+@torch.library.custom_op("imgnet::lrn_fused", mutates_args=())
+def lrn_fused_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """LRN forward: x (N, C, H, W) float/half -> channels_last output of x's dtype."""
+    y = _cl_like(x)
+    if not x.numel():
+        return y
+    if _kernels_for(x):
+        _launch(_lrn_fwd, (x.contiguous(memory_format=torch.channels_last), y), x, size, alpha, beta, k, groups)
+    else:
+        y.copy_(lrn_plain(x, size, alpha, beta, k, groups))
+    return y
+
+
+@torch.library.custom_op("imgnet::lrn_fused_backward", mutates_args=())
+def lrn_fused_backward_op(x: torch.Tensor, g: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                          groups: int) -> torch.Tensor:
+    """Input gradient of `lrn_fused_op` from its input x and the output gradient g (channels_last, x's dtype).
+
+    grad a_i = g_i d_i^-beta - 2 alpha beta a_i sum_{c: i in window(c)} g_c a_c d_c^(-beta-1), where
+    d = k + alpha * window sum of a^2; the window is symmetric, so the c are window(i) itself."""
+    gx = _cl_like(x)
+    if not x.numel():
+        return gx
+    if _kernels_for(x):
+        cl = torch.channels_last
+        _launch(_lrn_bwd, (x.contiguous(memory_format=cl), g.contiguous(memory_format=cl), gx), x,
+                size, alpha, beta, k, groups)
+        return gx
+    xf, gf = x.float(), g.float()  # float32 accumulation, as in the kernels
+    d = _plain_window_sum(xf.square(), size, groups).mul(alpha).add(k)
+    t = gf * xf * d.pow(-beta - 1.0)
+    gx.copy_(gf * d.pow(-beta) - 2.0 * alpha * beta * xf * _plain_window_sum(t, size, groups))
+    return gx
+
+
+@lrn_fused_op.register_fake
+def _(x, size, alpha, beta, k, groups):
+    return _cl_like(x)
+
+
+@lrn_fused_backward_op.register_fake
+def _(x, g, size, alpha, beta, k, groups):
+    return _cl_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, size, alpha, beta, k, groups = inputs
+    ctx.save_for_backward(x)  # only the input: the ReLU in front of the LRN keeps it alive anyway
+    ctx.params = (size, alpha, beta, k, groups)
+
+
+def _backward(ctx, g):
+    (x,) = ctx.saved_tensors
+    return lrn_fused_backward_op(x, g, *ctx.params), None, None, None, None, None
+
+
+lrn_fused_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def lrn_fused(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> torch.Tensor:
-    """LRN with the Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).
+    """LRN through the `imgnet::lrn_fused` operator: the Triton kernels on CUDA (or on CPU under
+    TRITON_INTERPRET=1), the same formulas in plain PyTorch on CPU otherwise.
 
-    Same arguments and result as `lrn_plain` for inputs where `fused_supported` holds. Input in any
-    memory format (other than channels_last it is copied to channels_last first); the output and the
-    input gradient are channels_last.
+    Same arguments and result as `lrn_plain` for inputs where `fused_supported` holds (odd size, as
+    the window is centred). Input in any memory format (other than channels_last it is copied to
+    channels_last first); the output and the input gradient are channels_last.
     """
+    if not (isinstance(size, int) and size >= 1 and size % 2 == 1):
+        raise ImgnetError(f"fused LRN size {size!r} is not valid; expected an odd positive integer (a window "
+                          f"centred on its map: the paper uses 5)")
     if not fused_supported(x, size, groups):
         raise ImgnetError(f"fused LRN does not take input {tuple(x.shape)} {x.dtype} with size={size}, "
                           f"groups={groups}; expected (N, C, H, W) float with C/groups a multiple of "
                           f"{BLOCK_MAPS} and size <= {MAX_FUSED_SIZE}")
-    return _FusedLRN.apply(x, size, alpha, beta, k, groups)
+    return lrn_fused_op(x, size, float(alpha), float(beta), float(k), groups)
 
 
 # ----------------------------------------------------------------------------------------- module
@@ -246,11 +313,16 @@ class LocalResponseNorm(nn.Module):
         self.use_triton = True  # False forces the plain path (as does IMGNET_LRN=plain)
 
     def fused(self, x: torch.Tensor) -> bool:
-        """Whether forward(x) takes the Triton path: CUDA, channels_last (the kernels' layout; an NCHW
-        input would cost a copy each way, so it takes the plain path), a supported shape."""
-        return (self.use_triton and x.is_cuda and os.environ.get("IMGNET_LRN", "") != "plain"
-                and x.is_contiguous(memory_format=torch.channels_last)
-                and fused_supported(x, self.size, self.groups) and triton_available())
+        """Whether forward(x) takes the `imgnet::lrn_fused` operator: CUDA, channels_last (the kernels'
+        layout; an NCHW input would cost a copy each way, so it takes the plain path), a supported
+        shape. IMGNET_LRN=fused takes the operator for any supported shape on any device (on CPU its
+        plain kernel), to check compiled graphs on a machine without a GPU."""
+        mode = os.environ.get("IMGNET_LRN", "")
+        if not self.use_triton or mode == "plain" or not fused_supported(x, self.size, self.groups):
+            return False
+        if mode == "fused":
+            return True
+        return x.is_cuda and x.is_contiguous(memory_format=torch.channels_last) and triton_available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] % self.groups:
