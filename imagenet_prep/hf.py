@@ -25,6 +25,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from tqdm import tqdm
+
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid, load_class_meta
 from imagenet_prep.sources import _junk, _listing_file, _load_listing, _save_listing, _skip, _Split
@@ -132,58 +134,77 @@ def _parquet_shards(folder: Path) -> dict[str, list[Path]]:
 
 
 # ------------------------------------------------------------------------------------ tar.gz
+class _Counted:
+    """A file read through `bar`: the listing's progress in bytes of the compressed shard."""
+
+    def __init__(self, f, bar):
+        self._f, self._bar = f, bar
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        if self._bar is not None:
+            self._bar.update(len(data))
+        return data
+
+
+def _stream(path: Path, bar=None):
+    """(position, TarInfo, open tar) over a tar.gz read once as a stream. Members are not kept (tarfile keeps
+    every TarInfo it has read, about 260,000 per train shard); a damaged shard is a one-line error."""
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=_Counted(f, bar), mode="r|gz", bufsize=1 << 20) as tf:
+            pos = 0
+            while (m := tf.next()) is not None:
+                yield pos, m, tf
+                tf.members.clear()
+                pos += 1
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ImgnetError(f"{path}: not a readable .tar.gz ({e}); expected a complete Hugging Face shard "
+                          "(re-download it)") from e
+
+
 def stream_targz(path: Path, want=None):
     """Yield (position, member name, bytes) over the shard, reading it once; bytes only for the positions
     in `want` (default all) that are regular files, else None."""
-    try:
-        with tarfile.open(path, "r|gz") as tf:
-            for pos, m in enumerate(tf):
-                read = m.isreg() and (want is None or pos in want)
-                yield pos, m.name, (tf.extractfile(m).read() if read else None)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ImgnetError(f"{path}: not a readable .tar.gz ({e}); expected a complete Hugging Face shard "
-                          "(re-download it)") from e
+    for pos, m, tf in _stream(path):
+        read = m.isreg() and (want is None or pos in want)
+        yield pos, m.name, (tf.extractfile(m).read() if read else None)
 
 
-def _list_targz(path: Path) -> tuple[list[tuple], list[dict]]:
+def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
     entries, skipped, p = [], [], str(path)
-    try:
-        with tarfile.open(path, "r|gz") as tf:
-            for pos, m in enumerate(tf):
-                base = m.name.rsplit("/", 1)[-1]
-                reason = "not a regular file in the tar" if not m.isreg() else _junk(base, False)
-                if m.isdir():
-                    continue
-                if reason:
-                    skipped.append(_skip(m.name, reason))
-                    continue
-                name, wnid = original_name(m.name, f"{path} member {pos}")
-                entries.append((name, wnid, p, 0, pos))
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ImgnetError(f"{path}: not a readable .tar.gz ({e}); expected a complete Hugging Face shard "
-                          "(re-download it)") from e
+    for pos, m, _ in _stream(path, bar):
+        base = m.name.rsplit("/", 1)[-1]
+        reason = "not a regular file in the tar" if not m.isreg() else _junk(base, False)
+        if m.isdir():
+            continue
+        if reason:
+            skipped.append(_skip(m.name, reason))
+            continue
+        name, wnid = original_name(m.name, f"{path} member {pos}")
+        entries.append((name, wnid, p, 0, pos))
     return entries, skipped
 
 
 # ---------------------------------------------------------------------------------- detection
-def _cached(path: Path, cache_dir, wnids: list[str], scan) -> tuple[list[tuple], list[dict]]:
-    """A shard's listing from the cache in DATA, else `scan()` (entries, skipped), then cached."""
-    cache = _listing_file(cache_dir, path, path.stat())
-    got = _load_listing(cache, path)
-    if got is not None:
-        return got[1], got[2]
-    entries, skipped = scan()
-    _save_listing(cache, path, wnids, entries, skipped)
-    return entries, skipped
-
-
-def _split_of(shards: list[Path], cache_dir, wnids: list[str], scan) -> _Split:
+def _split_of(split: str, shards: list[Path], cache_dir, wnids: list[str], scan) -> _Split:
+    """A split over `shards`; `scan(path, bar)` lists one shard: (entries, skipped). Listings are cached in DATA."""
     def entries():
-        out, skipped = [], []
+        out, skipped, todo = [], [], []
         for p in shards:
-            e, s = _cached(p, cache_dir, wnids, lambda p=p: scan(p))
-            out += e
-            skipped += s
+            cache = _listing_file(cache_dir, p, p.stat())
+            got = _load_listing(cache, p)
+            if got is None:
+                todo.append((p, cache))
+            else:
+                out += got[1]
+                skipped += got[2]
+        with tqdm(total=sum(p.stat().st_size for p, _ in todo), unit="B", unit_scale=True, desc=f"list {split}",
+                  dynamic_ncols=True, disable=None if todo else True) as bar:
+            for p, cache in todo:  # names only: the parquet path and label columns, the tar.gz headers
+                e, s = scan(p, bar)
+                _save_listing(cache, p, wnids, e, s)
+                out += e
+                skipped += s
         names = sorted(e[0] for e in out)
         dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
         if dup:
@@ -194,6 +215,14 @@ def _split_of(shards: list[Path], cache_dir, wnids: list[str], scan) -> _Split:
     return _Split(where, wnids, entries)
 
 
+def _scan_parquet(wnids: list[str]):
+    def scan(path: Path, bar) -> tuple[list[tuple], list[dict]]:
+        entries = _list_parquet(path, wnids)
+        bar.update(path.stat().st_size)
+        return entries, []
+    return scan
+
+
 def detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]] | None:
     """(layout, splits) when SRC (or SRC/data) holds a Hugging Face download, else None."""
     for folder in (src / "data", src):
@@ -202,7 +231,7 @@ def detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]] | None:
         parquet = _parquet_shards(folder)
         if parquet:
             wnids = _wnids()
-            return PARQUET, {s: _split_of(paths, cache_dir, wnids, lambda p: (_list_parquet(p, wnids), []))
+            return PARQUET, {s: _split_of(s, paths, cache_dir, wnids, _scan_parquet(wnids))
                              for s, paths in parquet.items()}
         targz = {s: [folder / n for n in names] for s, names in _TARGZ.items() if any((folder / n).is_file() for n in names)}
         if targz:
@@ -212,5 +241,5 @@ def detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]] | None:
                     raise ImgnetError(f"{folder} holds some of the {s} shards but not {', '.join(missing)}; "
                                       f"expected all of {', '.join(_TARGZ[s])}")
             wnids = _wnids()
-            return TARGZ, {s: _split_of(paths, cache_dir, wnids, _list_targz) for s, paths in targz.items()}
+            return TARGZ, {s: _split_of(s, paths, cache_dir, wnids, _list_targz) for s, paths in targz.items()}
     return None
