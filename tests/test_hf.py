@@ -286,3 +286,23 @@ def test_targz_with_a_shard_missing_is_an_error(tmp_path, images):
     src = make_targz(tmp_path / "hf", images)
     (src / "train_images_4.tar.gz").unlink()
     assert "train_images_4.tar.gz" in _prep_error(src, tmp_path)
+
+
+def test_parquet_files_directly_in_src_and_targz_in_data_are_found(tmp_path, images):
+    src = make_parquet(tmp_path / "hf", images, train_shards=3)
+    before = discover(src)
+    for f in (src / "data").iterdir():
+        f.rename(src / f.name)
+    (src / "data").rmdir()
+    after = discover(src)
+    assert after.layout == "hf-parquet" and after.splits["train"] and [
+        (i.name, i.label) for i in after.splits["train"]] == [(i.name, i.label) for i in before.splits["train"]]
+    gz = make_targz(tmp_path / "gz" / "data", images)
+    assert discover(gz.parent).layout == "hf-targz"
+
+
+def test_targz_member_without_a_wnid_names_shard_and_member(tmp_path, images):
+    src = make_targz(tmp_path / "hf", images)
+    (src / "val_images.tar.gz").write_bytes(_tar_bytes([("ILSVRC2012_val_00000001.JPEG", images["val"][0][2])], "w:gz"))
+    msg = _prep_error(src, tmp_path)
+    assert "val_images.tar.gz member 0" in msg and "expected <original stem>_<wnid>.JPEG" in msg
