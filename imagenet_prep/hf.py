@@ -79,6 +79,12 @@ def _check_schema(pf, path: Path) -> None:
                           "image: struct<bytes: binary, path: string> and label: int64 (ILSVRC/imagenet-1k)")
 
 
+def _fields(table) -> dict:
+    """The image struct's fields as arrays; flatten() keeps a null image null in each field."""
+    image = table.column("image").combine_chunks()
+    return dict(zip((f.name for f in image.type), image.flatten()))
+
+
 def _list_parquet(path: Path, wnids: list[str]) -> list[tuple]:
     """(name, wnid, path, row group, row) of every row, from the path and label columns only."""
     pf = _parquet_file(path)
@@ -87,7 +93,7 @@ def _list_parquet(path: Path, wnids: list[str]) -> list[tuple]:
     for rg in range(pf.num_row_groups):
         try:
             t = pf.read_row_group(rg, columns=["image.path", "label"])
-            paths = t.column("image").combine_chunks().field("path").to_pylist()
+            paths = _fields(t)["path"].to_pylist()
             labels = t.column("label").to_pylist()
         except Exception as e:  # noqa: BLE001
             raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e
@@ -106,8 +112,8 @@ def read_row_group(path: str, rg: int) -> list[tuple[str | None, bytes | None]]:
     """(image.path, image.bytes) of every row of one row group: the memory of one row group, not a shard."""
     pf = _parquet_file(Path(path))
     try:
-        image = pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
-        return list(zip(image.field("path").to_pylist(), image.field("bytes").to_pylist()))
+        image = _fields(pf.read_row_group(rg, columns=["image"]))
+        return list(zip(image["path"].to_pylist(), image["bytes"].to_pylist()))
     except Exception as e:  # noqa: BLE001
         raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e
 

@@ -306,3 +306,11 @@ def test_targz_member_without_a_wnid_names_shard_and_member(tmp_path, images):
     (src / "val_images.tar.gz").write_bytes(_tar_bytes([("ILSVRC2012_val_00000001.JPEG", images["val"][0][2])], "w:gz"))
     msg = _prep_error(src, tmp_path)
     assert "val_images.tar.gz member 0" in msg and "expected <original stem>_<wnid>.JPEG" in msg
+
+
+def test_null_image_names_shard_and_row(tmp_path, images):
+    d = images["train"][0][2]
+    image = pa.array([{"bytes": d, "path": "n01440764_1_n01440764.JPEG"}, None], IMAGE_TYPE)
+    src, path = _one_shard(tmp_path, table=pa.table({"image": image, "label": pa.array([0, 0], pa.int64())}))
+    msg = _prep_error(src, tmp_path)
+    assert str(path) in msg and "row group 0 row 1" in msg and "no image path" in msg
