@@ -112,7 +112,8 @@ def read_row_group(path: str, rg: int) -> list[tuple[str | None, bytes | None]]:
     """(image.path, image.bytes) of every row of one row group: the memory of one row group, not a shard."""
     pf = _parquet_file(Path(path))
     try:
-        image = _fields(pf.read_row_group(rg, columns=["image"]))
+        # one thread: each worker process is one core's share (pyarrow's pool would oversubscribe them)
+        image = _fields(pf.read_row_group(rg, columns=["image"], use_threads=False))
         return list(zip(image["path"].to_pylist(), image["bytes"].to_pylist()))
     except Exception as e:  # noqa: BLE001
         raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e

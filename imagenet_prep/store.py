@@ -206,7 +206,8 @@ class LmdbWriter:
     def _compact(self, batch: int = 256) -> None:
         """Renumber the records of an out-of-order run to 0..written-1, keeping their order. Each batch is one
         transaction that moves records down into free indices and deletes their old keys, so the records
-        below the first free index are always final: a kill here is completed by the next call."""
+        below the first free index are always final: a kill here is completed by the next call. Only the
+        records after the first rejected one move (none when every image decodes, as in ILSVRC2012)."""
         n, k = self.written, 0
         with self.env.begin() as txn:
             cur = txn.cursor()
