@@ -119,8 +119,8 @@ def read_row_group(path: str, rg: int) -> list[tuple[str | None, bytes | None]]:
         raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e
 
 
-def _parquet_shards(folder: Path) -> dict[str, list[Path]]:
-    """{split: shard paths in shard order}, checked to be complete (every NNNNN of the count)."""
+def _parquet_shards(folder: Path) -> dict[str, tuple[list[Path], str | None]]:
+    """{split: (shard paths in shard order, why they are incomplete or None)}: every NNNNN of one count."""
     found: dict[str, dict[int, Path]] = {}
     counts: dict[str, set[int]] = {}
     for p in folder.iterdir():
@@ -132,11 +132,23 @@ def _parquet_shards(folder: Path) -> dict[str, list[Path]]:
     for hf_split, shards in found.items():
         n = counts[hf_split]
         missing = [f"{hf_split}-{i:05d}-of-{max(n):05d}.parquet" for i in range(max(n)) if i not in shards]
+        problem = None
         if len(n) > 1 or missing:
-            raise ImgnetError(f"{folder}: the {hf_split} shards are incomplete or mixed (counts {sorted(n)}, "
-                              f"missing {', '.join(missing[:3]) or 'none'}); expected all "
-                              f"{hf_split}-NNNNN-of-{max(n):05d}.parquet of one revision")
-        out[_SPLIT_OF[hf_split]] = [shards[i] for i in sorted(shards)]
+            problem = (f"{folder}: the {hf_split} shards are incomplete or mixed (counts {sorted(n)}, missing "
+                       f"{', '.join(missing[:3]) or 'none'}{' ...' * (len(missing) > 3)}); expected all "
+                       f"{hf_split}-NNNNN-of-{max(n):05d}.parquet of one revision (re-download the missing ones)")
+        out[_SPLIT_OF[hf_split]] = ([shards[i] for i in sorted(shards)], problem)
+    return out
+
+
+def _targz_shards(folder: Path) -> dict[str, tuple[list[Path], str | None]]:
+    out = {}
+    for split, names in _TARGZ.items():
+        missing = [n for n in names if not (folder / n).is_file()]
+        if len(missing) < len(names):
+            problem = (f"{folder} holds some of the {split} shards but not {', '.join(missing)}; expected all of "
+                       f"{', '.join(names)} (re-download the missing ones)") if missing else None
+            out[split] = ([folder / n for n in names if n not in missing], problem)
     return out
 
 
@@ -193,9 +205,11 @@ def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
 
 
 # ---------------------------------------------------------------------------------- detection
-def _split_of(split: str, shards: list[Path], cache_dir, wnids: list[str], scan) -> _Split:
+def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wnids: list[str], scan) -> _Split:
     """A split over `shards`; `scan(path, bar)` lists one shard: (entries, skipped). Listings are cached in DATA."""
     def entries():
+        if problem:
+            raise ImgnetError(problem)
         out, skipped, todo = [], [], []
         for p in shards:
             cache = _listing_file(cache_dir, p, p.stat())
@@ -231,22 +245,15 @@ def _scan_parquet(wnids: list[str]):
 
 
 def detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]] | None:
-    """(layout, splits) when SRC (or SRC/data) holds a Hugging Face download, else None."""
+    """(layout, splits) when SRC (or SRC/data) holds a Hugging Face download, else None. An incomplete set
+    of shards is an error when that split is listed, so that a complete split can still be prepared."""
     for folder in (src / "data", src):
         if not folder.is_dir():
             continue
-        parquet = _parquet_shards(folder)
-        if parquet:
-            wnids = _wnids()
-            return PARQUET, {s: _split_of(s, paths, cache_dir, wnids, _scan_parquet(wnids))
-                             for s, paths in parquet.items()}
-        targz = {s: [folder / n for n in names] for s, names in _TARGZ.items() if any((folder / n).is_file() for n in names)}
-        if targz:
-            for s, paths in targz.items():
-                missing = [p.name for p in paths if not p.is_file()]
-                if missing:
-                    raise ImgnetError(f"{folder} holds some of the {s} shards but not {', '.join(missing)}; "
-                                      f"expected all of {', '.join(_TARGZ[s])}")
-            wnids = _wnids()
-            return TARGZ, {s: _split_of(s, paths, cache_dir, wnids, _list_targz) for s, paths in targz.items()}
+        for layout, shards, scan in ((PARQUET, _parquet_shards(folder), _scan_parquet),
+                                     (TARGZ, _targz_shards(folder), lambda wnids: _list_targz)):
+            if shards:
+                wnids = _wnids()
+                return layout, {s: _split_of(s, paths, problem, cache_dir, wnids, scan(wnids))
+                                for s, (paths, problem) in shards.items()}
     return None

@@ -314,3 +314,12 @@ def test_null_image_names_shard_and_row(tmp_path, images):
     src, path = _one_shard(tmp_path, table=pa.table({"image": image, "label": pa.array([0, 0], pa.int64())}))
     msg = _prep_error(src, tmp_path)
     assert str(path) in msg and "row group 0 row 1" in msg and "no image path" in msg
+
+
+def test_incomplete_train_shards_do_not_block_the_val_split(tmp_path, images):
+    src = make_targz(tmp_path / "hf", images)
+    (src / "train_images_1.tar.gz").unlink()
+    out = tmp_path / "out"
+    assert run_prep(PrepConfig(src=str(src), out=str(out), workers=1, split="val"))["splits"]["val"]["written"] == 36
+    with pytest.raises(ImgnetError, match="not train_images_1.tar.gz"):
+        run_prep(PrepConfig(src=str(src), out=str(out), workers=1, split="train"))
