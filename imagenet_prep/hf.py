@@ -20,7 +20,10 @@ official tars' listings are (sources.py), keyed by the shard's path, size and mt
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import re
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -221,8 +224,7 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
                 skipped += got[2]
         with tqdm(total=sum(p.stat().st_size for p, _ in todo), unit="B", unit_scale=True, desc=f"list {split}",
                   dynamic_ncols=True, disable=None if todo else True) as bar:
-            for p, cache in todo:  # names only: the parquet path and label columns, the tar.gz headers
-                e, s = scan(p, bar)
+            for (p, cache), (e, s) in zip(todo, _scan_all([p for p, _ in todo], scan, bar)):
                 _save_listing(cache, p, wnids, e, s)
                 out += e
                 skipped += s
@@ -234,6 +236,19 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
     return _Split(where, wnids, entries)
+
+
+def _scan_all(paths: list[Path], scan, bar):
+    """scan(path, bar) of each shard (names only: the parquet path and label columns, the tar.gz headers).
+    The tar.gz shards must be decompressed whole to list them (about 30 GB each): one process per shard."""
+    if scan is not _list_targz or len(paths) < 2 or (os.cpu_count() or 1) < 2:
+        yield from (scan(p, bar) for p in paths)
+        return
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(min(len(paths), os.cpu_count() or 1)) as pool:
+        for p, listed in zip(paths, pool.imap(_list_targz, paths)):
+            bar.update(p.stat().st_size)
+            yield listed
 
 
 def _scan_parquet(wnids: list[str]):
