@@ -7,13 +7,16 @@ group is done (`LmdbWriter.commit_at`), so a rerun after a kill skips exactly wh
 with the content of an uninterrupted run; `LmdbWriter.finish` closes up the indices of rejected images.
 
     parquet  one task per row group: a worker reads it (memory: one row group) and returns its records
-    tar.gz   no random access: the main process streams each shard once, workers decode windows of it
+    tar.gz   no random access: threads of the main process stream the shards, each once, and workers
+             decode windows of them
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -109,31 +112,56 @@ def _members(path: str, wanted: dict[int, tuple]):
                       "was listed: rerun with --force")
 
 
-def _pack_targz(units, writer: store.LmdbWriter, pool, bar, window: int) -> None:
-    for (path, _), rows in units.items():
-        key = Path(path).name
+def _pack_shard(path: str, rows, writer: store.LmdbWriter, pool, bar, window: int, lock, stop) -> None:
+    """Stream one tar.gz shard from where its committed records end; workers decode windows of it."""
+    key = Path(path).name
+    with lock:
         start = writer.progress.get("units", {}).get(key, 0)  # stream positions done
-        wanted = {pos: (index, name, label) for pos, index, name, label in rows if pos >= start}
-        if not wanted:
-            continue
-        members = _members(path, wanted)
-        pending, results = [], []
-        while True:  # two windows in flight: one decoding while the next is read from the stream
-            batch = list(itertools.islice(members, window))
-            tasks = [t for _, t in batch]
-            nxt = zip([p for p, _ in batch], pool.imap(_decode, tasks, chunksize=16) if pool else map(_decode, tasks))
-            for pos, r in pending:
-                results.append(r)
-                if len(results) >= prep.COMMIT_EVERY:
-                    _commit(writer, results, {key: pos + 1})
-                    bar.update(len(results))
-                    results = []
-            if not batch:
-                break
-            pending = nxt
-        if results:
-            _commit(writer, results, {key: max(wanted) + 1})
+    wanted = {pos: (index, name, label) for pos, index, name, label in rows if pos >= start}
+    if not wanted:
+        return
+    members = _members(path, wanted)
+    pending, results = [], []
+
+    def commit(done: int) -> None:
+        with lock:
+            _commit(writer, results, {key: done})
             bar.update(len(results))
+
+    while not stop.is_set():  # two windows in flight: one decoding while the next is read from the stream
+        batch = list(itertools.islice(members, window))
+        tasks = [t for _, t in batch]
+        nxt = zip([p for p, _ in batch], pool.imap(_decode, tasks, chunksize=16) if pool else map(_decode, tasks))
+        for pos, r in pending:
+            results.append(r)
+            if len(results) >= prep.COMMIT_EVERY:
+                commit(pos + 1)
+                results = []
+        if not batch:
+            if results:
+                commit(max(wanted) + 1)
+            return
+        pending = nxt
+
+
+def _pack_targz(units, writer: store.LmdbWriter, pool, bar, window: int, streams: int) -> None:
+    """The shards are streamed `streams` at a time, each by a thread of this process: gunzip (which releases
+    the GIL) of one stream runs at a few hundred MB/s, less than many workers decode."""
+    lock, stop = threading.Lock(), threading.Event()
+    shards = [(path, rows, writer, pool, bar, window, lock, stop) for (path, _), rows in units.items()]
+    if streams < 2 or len(shards) < 2:
+        for args in shards:
+            _pack_shard(*args)
+        return
+    ex = ThreadPoolExecutor(min(streams, len(shards)))
+    try:
+        for f in as_completed([ex.submit(_pack_shard, *args) for args in shards]):
+            f.result()
+    except BaseException:  # an error or Ctrl-C: the other streams stop at their next window
+        stop.set()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: str) -> int:
@@ -150,7 +178,7 @@ def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: 
         if layout == hf.PARQUET:
             _pack_parquet(_units(items), writer, pool, bar)
         else:
-            _pack_targz(_units(items), writer, pool, bar, window=max(64, 16 * workers))
+            _pack_targz(_units(items), writer, pool, bar, window=max(64, 16 * workers), streams=min(workers, 4))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {writer.written} images committed to {writer.path} are kept; rerun the same "
               "command to continue", file=sys.stderr)
