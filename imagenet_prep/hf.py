@@ -193,7 +193,7 @@ def stream_targz(path: Path, want=None):
 
 
 def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
-    entries, skipped, p = [], [], str(path)
+    entries, skipped, p, known = [], [], str(path), set(_wnids())
     for pos, m, _ in _stream(path, bar):
         base = m.name.rsplit("/", 1)[-1]
         reason = "not a regular file in the tar" if not m.isreg() else _junk(base, False)
@@ -203,6 +203,9 @@ def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
             skipped.append(_skip(m.name, reason))
             continue
         name, wnid = original_name(m.name, f"{path} member {pos}")
+        if wnid not in known:
+            raise ImgnetError(f"{path} member {pos} ({m.name}) names class {wnid}, which is not one of the 1000 "
+                              "ILSVRC2012 classes; expected <original stem>_<wnid>.JPEG with an ILSVRC2012 wnid")
         entries.append((name, wnid, p, 0, pos))
     return entries, skipped
 

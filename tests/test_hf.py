@@ -323,3 +323,11 @@ def test_incomplete_train_shards_do_not_block_the_val_split(tmp_path, images):
     assert run_prep(PrepConfig(src=str(src), out=str(out), workers=1, split="val"))["splits"]["val"]["written"] == 36
     with pytest.raises(ImgnetError, match="not train_images_1.tar.gz"):
         run_prep(PrepConfig(src=str(src), out=str(out), workers=1, split="train"))
+
+
+def test_targz_member_of_an_unknown_class_is_an_error(tmp_path, images):
+    src = make_targz(tmp_path / "hf", images)
+    (src / "val_images.tar.gz").write_bytes(_tar_bytes([("ILSVRC2012_val_00000001_n99999999.JPEG",
+                                                         images["val"][0][2])], "w:gz"))
+    msg = _prep_error(src, tmp_path)
+    assert "val_images.tar.gz member 0" in msg and "n99999999" in msg
