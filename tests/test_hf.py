@@ -331,3 +331,20 @@ def test_targz_member_of_an_unknown_class_is_an_error(tmp_path, images):
                                                          images["val"][0][2])], "w:gz"))
     msg = _prep_error(src, tmp_path)
     assert "val_images.tar.gz member 0" in msg and "n99999999" in msg
+
+
+@pytest.mark.parametrize("make", [make_parquet, make_targz])
+def test_disk_estimate_counts_the_listed_images_before_any_decoding(tmp_path, images, make, monkeypatch):
+    import collections
+    import shutil
+
+    import imagenet_prep.prep as prep
+
+    src = make(tmp_path / "hf", images)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 0, 10**6))
+    monkeypatch.setattr(prep, "process_bytes", lambda data: pytest.fail("decoded before the disk check"))
+    n = len(images["train"]) + len(images["val"])
+    with pytest.raises(ImgnetError, match=rf"{n} images as raw need about"):
+        run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))
+    assert not (tmp_path / "out" / "train.lmdb").exists()
