@@ -64,11 +64,22 @@ def _init_pool_worker(encoding: str, quality: int) -> None:
 
 def process_item(item) -> tuple[bytes | None, str | None, str | None]:
     """Source item -> (encoded 256x256 image, None, from_mode) or (None, reason, None) when skipped."""
-    from imagenet_prep.resize import BadImage, prepare_image
     from imagenet_prep.sources import read_item
 
     try:
         data = read_item(item)
+    except OSError as e:  # unreadable file: permissions, I/O error
+        return None, f"cannot read: {e}", None
+    except Exception as e:  # noqa: BLE001 - one odd file must not stall every rerun at the same place
+        return None, f"cannot read ({type(e).__name__}: {e})", None
+    return process_bytes(data)
+
+
+def process_bytes(data: bytes) -> tuple[bytes | None, str | None, str | None]:
+    """The source bytes of one image -> (encoded 256x256 image, None, from_mode) or (None, reason, None)."""
+    from imagenet_prep.resize import BadImage, prepare_image
+
+    try:
         img, from_mode = prepare_image(data)
     except BadImage as e:
         return None, str(e), None
@@ -204,6 +215,8 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
                 workers: int) -> dict:
+    from imagenet_prep import hf, unordered
+
     final, work = _paths(out, name, cfg.format)
     t0 = time.perf_counter()
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
@@ -212,11 +225,14 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
         if writer.complete:  # killed while converting to HDF5: the staged split is done, convert again
             meta = writer.meta
         else:
-            n_done = _pack(items, writer, cfg, workers, name)
+            if fingerprint["layout"] in hf.LAYOUTS:  # shard by shard, committed out of order
+                n_done = unordered.pack(items, writer, cfg, workers, name, fingerprint["layout"])
+            else:
+                n_done = _pack(items, writer, cfg, workers, name)
             seconds = time.perf_counter() - t0
             report = {"found": len(items) + len(skipped), "written": writer.written,
-                      "rejected": list(skipped) + writer.progress["rejected"],
-                      "converted": writer.progress["converted"], "seconds": round(seconds, 3),
+                      "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
+                      "converted": unordered.in_order(writer.progress["converted"]), "seconds": round(seconds, 3),
                       "images_per_s": n_done / seconds if seconds > 0 else 0.0}
             meta = writer.finish({
                 "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],

@@ -469,6 +469,10 @@ def _layout_help(src: Path) -> str:
 
 
 def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]]:
+    from imagenet_prep import hf  # Hugging Face downloads: parquet or the script-era tar.gz shards
+
+    if (found := hf.detect(src, cache_dir)) is not None:
+        return found
     kaggle = src / KAGGLE_ROOT
     if kaggle.is_dir():
         return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}

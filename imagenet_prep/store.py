@@ -3,8 +3,9 @@
 LMDB environment `DATA/<split>.lmdb`, keys:
     img/%09d     encoded image (raw: 196,608 bytes of (256, 256, 3) uint8 RGB; jpeg: a JPEG file)
     rec/%09d     int32 label (little endian) + utf-8 source file name
-    __progress__ JSON: how far a run got (source items consumed, records written, report lists),
-                 committed in the same transaction as the records, so a kill at any moment loses nothing
+    __progress__ JSON: how far a run got (source items consumed, records written, report lists; for
+                 sources read shard by shard, `units`: which shards or row groups are done), committed
+                 in the same transaction as the records, so a kill at any moment loses nothing
     __labels__   int32 array of all labels, __names__: newline-joined names (written when complete)
     __meta__     JSON metadata (see `Split.meta`); `complete: true` marks a finished split
 
@@ -180,8 +181,68 @@ class LmdbWriter:
         self._write_txn(fill, sum(len(r[0]) for r in records))
         self.progress = progress
 
+    def commit_at(self, records: Iterable[tuple[int, bytes, int, str]], consumed: int, units: dict,
+                  rejected: Iterable[dict] = (), converted: Iterable[dict] = ()) -> None:
+        """Out-of-order commit: records (final index, encoded image, label, name) from `consumed` more source
+        items, with `units` ({shard or row group: how far it is done}) merged into the progress in the same
+        transaction. Indices left free by rejected items are closed up by `finish`."""
+        records = list(records)
+        progress = dict(self.progress)
+        progress["rejected"] = self.progress["rejected"] + list(rejected)
+        progress["converted"] = self.progress["converted"] + list(converted)
+        progress["consumed"] = self.consumed + consumed
+        progress["written"] = self.written + len(records)
+        progress["units"] = {**self.progress.get("units", {}), **units}
+
+        def fill(txn):
+            for i, data, label, name in records:
+                txn.put(_img_key(i), data)
+                txn.put(_rec_key(i), int(label).to_bytes(4, "little", signed=True) + name.encode())
+            txn.put(_PROGRESS, json.dumps(progress).encode())
+
+        self._write_txn(fill, sum(len(r[1]) for r in records))
+        self.progress = progress
+
+    def _compact(self, batch: int = 256) -> None:
+        """Renumber the records of an out-of-order run to 0..written-1, keeping their order. Each batch is one
+        transaction that moves records down into free indices and deletes their old keys, so the records
+        below the first free index are always final: a kill here is completed by the next call. Only the
+        records after the first rejected one move (none when every image decodes, as in ILSVRC2012)."""
+        n, k = self.written, 0
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            found = cur.prev() if cur.set_range(b"rec0") else cur.last()  # the last rec/ key
+            if n == 0 or (found and cur.key() == _rec_key(n - 1)):
+                return  # n records, the last at n - 1: already 0..n-1
+        while True:
+            moves = []
+            with self.env.begin() as txn:
+                cur = txn.cursor()
+                if cur.set_range(_rec_key(k)):
+                    for key, rec in cur:
+                        if not key.startswith(b"rec/") or len(moves) == batch:
+                            break
+                        if not moves and int(key[4:]) == k:
+                            k += 1  # in place, before the first free index
+                        else:
+                            moves.append((int(key[4:]), rec))
+            if not moves:
+                return
+
+            def fill(txn, k=k, moves=moves):
+                for dest, (p, rec) in enumerate(moves, start=k):  # p > dest: a record only moves down
+                    txn.put(_img_key(dest), txn.get(_img_key(p)))
+                    txn.put(_rec_key(dest), rec)
+                    txn.delete(_img_key(p))
+                    txn.delete(_rec_key(p))
+
+            self._write_txn(fill)
+            k += len(moves)
+
     def finish(self, meta: dict) -> dict:
         """Write the label/name indexes and the metadata that marks the split complete."""
+        if "units" in self.progress:
+            self._compact()
         n = self.written
         labels = np.empty(n, dtype="<i4")
         names = []

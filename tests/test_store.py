@@ -82,3 +82,51 @@ def test_lmdb_map_grows_as_needed(tmp_path):
         w.commit([(img, 0, f"{k}_{j}") for j in range(100)], consumed=100 * (k + 1))
     assert w.env.info()["map_size"] > start and w.written == 400
     w.close()
+
+
+def _out_of_order_writer(path, n=40, holes=(0, 3, 4, 17, 39)):
+    """Records at their final index 0..n-1 committed in a shuffled order, with rejected `holes`."""
+    from imagenet_prep.store import LmdbWriter
+
+    w = LmdbWriter(path, {"test": "out of order"}, n)
+    order = [i for i in np.random.default_rng(1).permutation(n).tolist() if i not in holes]
+    for lo in range(0, len(order), 7):
+        part = order[lo:lo + 7]
+        w.commit_at([(i, bytes([i]) * 16, i % 5, f"r{i:03d}") for i in part], len(part), {f"unit{lo}": 1})
+    return w, [i for i in range(n) if i not in holes]
+
+
+def _read_back(w):
+    return [(data, label, name) for data, label, name in w.read_all()]
+
+
+def test_out_of_order_commits_end_in_index_order_without_holes(tmp_path):
+    w, kept = _out_of_order_writer(tmp_path / "a.lmdb")
+    assert w.progress["units"] == {f"unit{lo}": 1 for lo in range(0, len(kept), 7)}
+    meta = w.finish({"split": "train"})
+    assert meta["count"] == len(kept)
+    assert _read_back(w) == [(bytes([i]) * 16, i % 5, f"r{i:03d}") for i in kept]
+    w.close()
+
+
+def test_compaction_killed_midway_is_completed_by_the_next_finish(tmp_path):
+    from imagenet_prep.store import LmdbWriter
+
+    w, kept = _out_of_order_writer(tmp_path / "a.lmdb")
+    calls = []
+    real = w._write_txn
+
+    def dies_on_third(fill, nbytes=0):  # a kill after two compaction transactions committed
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(fill, nbytes)
+
+    w._write_txn = dies_on_third
+    with pytest.raises(KeyboardInterrupt):
+        w._compact(batch=4)
+    w.close()
+    w = LmdbWriter(tmp_path / "a.lmdb", {"test": "out of order"}, 40)
+    w.finish({"split": "train"})
+    assert _read_back(w) == [(bytes([i]) * 16, i % 5, f"r{i:03d}") for i in kept]
+    w.close()
