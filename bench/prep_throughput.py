@@ -10,7 +10,8 @@ times `pca-stats` over the packed raw split with one worker.
     python bench/prep_throughput.py [--images 2000] [--repeat 2]
 
 Last line: JSON with ours_img_s, baseline_img_s (one worker each, jpeg output), ratio,
-scaling_2_workers, raw_img_s, stats_img_s.
+scaling_2_workers, raw_img_s, stats_img_s, and official_tar_img_s, timm_wds_img_s, timm_wds_ratio (the same
+images as the official train tar and as timm imagenet-1k-wds shards, one worker each; goal: ratio >= 0.9).
 """
 
 from __future__ import annotations
@@ -88,6 +89,51 @@ def time_prep(src: Path, workers: int, encoding: str, repeat: int) -> float:
     return best
 
 
+def time_timm_shards(src: Path, repeat: int) -> dict:
+    """The same images as the official train tar (a tar of <wnid>.tar) and as timm imagenet-1k-wds shards
+    (pre-shuffled samples <key>.jpg/.cls/.json over 4 shards): `run_prep` on each, one worker, jpeg output."""
+    import io
+    import random
+    import tarfile
+
+    from imagenet_prep.labels import load_ilsvrc_classes
+
+    wnids = sorted(c["wnid"] for c in load_ilsvrc_classes())
+    files = sorted((src / "train").rglob("*.JPEG"))
+    samples = [(int(f.parent.name.removeprefix("class")), f"{wnids[int(f.parent.name.removeprefix('class'))]}_{k}",
+                f.read_bytes()) for k, f in enumerate(files)]
+    root = CACHE / f"{src.name}-sources"
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    if not root.exists():
+        part = root.with_suffix(".part")
+        (part / "tar").mkdir(parents=True)
+        (part / "wds").mkdir()
+        with tarfile.open(part / "tar" / "ILSVRC2012_img_train.tar", "w") as outer:
+            for c in sorted({c for c, _, _ in samples}):
+                buf = io.BytesIO()
+                with tarfile.open(fileobj=buf, mode="w") as inner:
+                    for _, key, data in (x for x in samples if x[0] == c):
+                        add(inner, f"{key}.JPEG", data)
+                add(outer, f"{wnids[c]}.tar", buf.getvalue())
+        shuffled = samples[:]
+        random.Random(0).shuffle(shuffled)
+        for k in range(4):
+            with tarfile.open(part / "wds" / f"imagenet1k-train-{k:04d}.tar", "w") as tar:
+                for c, key, data in shuffled[k::4]:
+                    add(tar, f"{key}.jpg", data)
+                    add(tar, f"{key}.cls", str(c).encode())
+                    add(tar, f"{key}.json", json.dumps({"filename": f"{wnids[c]}/{key}.JPEG", "label": c}).encode())
+        part.rename(root)
+    tar = time_prep(root / "tar", 1, "jpeg", repeat)
+    shards = time_prep(root / "wds", 1, "jpeg", repeat)
+    return {"official_tar_img_s": round(tar, 1), "timm_wds_img_s": round(shards, 1),
+            "timm_wds_ratio": round(shards / tar, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -114,6 +160,7 @@ def main() -> None:
     ours1 = time_prep(src, 1, "jpeg", args.repeat)
     ours2 = time_prep(src, 2, "jpeg", args.repeat)
     raw1 = time_prep(src, 1, "raw", args.repeat)
+    sources = time_timm_shards(src, args.repeat)
 
     with tempfile.TemporaryDirectory(dir=CACHE) as out:
         from imagenet_prep.prep import PrepConfig, run_prep
@@ -129,9 +176,12 @@ def main() -> None:
     print(f"  ours (jpeg, 2 workers):                       {ours2:8.1f} img/s   scaling x{ours2 / ours1:.2f}")
     print(f"  ours (raw, 1 worker):                         {raw1:8.1f} img/s")
     print(f"  pca-stats (raw split, 1 worker):              {stats:8.1f} img/s")
+    print(f"  official train tar (jpeg, 1 worker):          {sources['official_tar_img_s']:8.1f} img/s")
+    print(f"  timm imagenet-1k-wds shards (jpeg, 1 worker): {sources['timm_wds_img_s']:8.1f} img/s   "
+          f"x{sources['timm_wds_ratio']:.2f} of the tar")
     print(json.dumps({"ours_img_s": round(ours1, 1), "baseline_img_s": round(base, 1),
                       "ratio": round(ours1 / base, 3), "scaling_2_workers": round(ours2 / ours1, 3),
-                      "raw_img_s": round(raw1, 1), "stats_img_s": round(stats, 1),
+                      "raw_img_s": round(raw1, 1), "stats_img_s": round(stats, 1), **sources,
                       "images": args.images, "cpu_count": os.cpu_count()}))
 
 

@@ -3,19 +3,28 @@
 Layouts (DESIGN.md `imgnet prep`):
     archives     ILSVRC2012_img_train.tar (a tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat),
                  ILSVRC2012_devkit_t12.tar.gz (a split whose archive is absent may be an extracted folder)
-    extracted    train/<wnid>/*.JPEG; val/ flat (labels from a devkit) or val/<wnid>/
+    extracted    train/<wnid>/*.JPEG; val/ flat or val/<wnid>/
     kaggle       ILSVRC/Data/CLS-LOC/{train,val}, LOC_synset_mapping.txt, LOC_val_solution.csv
+    kaggle-zip   imagenet-object-localization-challenge.zip, still zipped (kaggle_zip.py)
+    timm-wds     imagenet1k-{train-NNNN,validation-NN}.tar webdataset shards and _info.json (wds.py)
     imagefolder  train/<class>/..., val/<class>/... with any folder names
 
 An Item names a byte range: a whole file, or a member of a tar located by its absolute offset in the
-outer file (members of the per-class tars too), so any process can read it with `read_item`.
+outer file (members of the per-class tars and of the shards too), or a zip member (its local header's
+offset, compressed size, method and CRC-32), so any process can read it with `read_item`.
 
-Listing the train tar reads 1.28M tar headers; with a `cache_dir`, each official tar's listing is kept in
-cache_dir/.listing-<key>.npz, keyed by the tar's absolute path, size and mtime, and reused while those match.
+Listing the train tar reads 1.28M tar headers; with a `cache_dir`, each listing (an official tar, the shards
+of a split, the zip's central directory) is kept in cache_dir/.listing-<key>.npz, keyed by the absolute path,
+size and mtime of the files listed, and reused while those match.
+
+Val labels: a flat val is labelled by a --val-labels file, else by the Kaggle CSV or the devkit found in SRC,
+else by the ground truth shipped in imagenet_prep/data/. What SRC carries (devkit, CSV, class folders, val
+shards) must agree with the shipped ground truth: a disagreement is an error, not a silent relabelling.
 
 Classes: a source with a flat val has the classes of the ground truth that labels it (the 1000 of the
-devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; any other source has
-the class folders (or class tars) it holds, as ImageFolder does.
+devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; the shards carry the
+1000 (their .cls is a sorted-wnid index); any other source has the class folders (or class tars) it
+holds, as ImageFolder does.
 """
 
 from __future__ import annotations
@@ -582,10 +591,16 @@ def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
                                  "class folders")
     if val:
         splits["val"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}val", None, lambda: (val, list(skipped_v)))
-    files = {}
-    for e in parts["labels"][1]:
-        item = Item(e[0], -1, *e[2:])
-        files[e[0]] = (f"{path}:{e[0]}", lambda item=item: read_item(item))
+    def reader(item: Item):
+        def read() -> bytes:
+            from imagenet_prep.resize import BadImage
+
+            try:
+                return read_item(item)
+            except BadImage as e:
+                raise ImgnetError(f"{path}: {item.name}: {e}; expected an intact Kaggle zip") from e
+        return read
+    files = {e[0]: (f"{path}:{e[0]}", reader(Item(e[0], -1, *e[2:]))) for e in parts["labels"][1]}
     return splits, files
 
 
@@ -690,7 +705,7 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
             origin[s] = f"{sp.where} (labels: {sp.labelled_by})"
             if s == "val":  # official val images in class folders or shards keep their official classes
                 for e in entries:
-                    _check_item(e[0], e[1], shipped, f"{sp.where}/{e[1]}")
+                    _check_item(e[0], e[1], shipped, sp.where if sp.relabel else f"{sp.where}/{e[1]}")
         its = [Item(e[0], label_map.index_of(e[1]), *e[2:]) for e in entries if label_map.index_of(e[1]) is not None]
         its.sort(key=(lambda i: (i.label, i.name)) if s == "train" else (lambda i: (i.name, i.label)))
         if per_class is not None:
