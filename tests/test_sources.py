@@ -476,3 +476,21 @@ def test_cli_prep_takes_val_labels(shared_data, tmp_path):
     r = CliRunner().invoke(main, ["prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "data2"),
                                   "--val-labels", str(tmp_path / "bad.txt")])
     assert r.exit_code == 2 and "line 1 is 'x y z'" in r.output and "Traceback" not in r.output
+
+
+def test_torrent_tars_without_a_devkit_give_the_devkit_prep(shared_data, tmp_path):
+    """The two official image tars alone (as torrents carry them): the shipped ground truth labels the val,
+    and DATA equals the prep with the devkit, labels.json included."""
+    import json
+
+    import layouts
+    from imagenet_prep.prep import PrepConfig, run_prep
+
+    train, val = layouts.real_images(shared_data, per_class=2, n_val=12)
+    for name, kit in (("with", shared_data), ("without", None)):
+        layouts.official(tmp_path / name, train, val, kit)
+        run_prep(PrepConfig(src=str(tmp_path / name), out=str(tmp_path / f"out-{name}"), workers=1))
+    for split in ("train", "val"):
+        assert layouts.content(tmp_path / "out-without", split) == layouts.content(tmp_path / "out-with", split)
+    assert json.loads((tmp_path / "out-without" / "labels.json").read_text()) == \
+        json.loads((tmp_path / "out-with" / "labels.json").read_text())
