@@ -550,6 +550,22 @@ def _layout_help(src: Path) -> str:
             "(train/<class>/..., val/<class>/...)")
 
 
+def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: dict[str, int]) -> tuple:
+    """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json."""
+    entries, skipped = [], []
+    for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
+        with _open_tar(p) as tf:
+            members, sk = _tar_files(tf, str(p), p.stat().st_size)
+        skipped += [_skip(f"{p.name}:{s['name']}", s["reason"]) for s in sk]
+        entries += wds.list_shard(p, members, wnids, expected.get(p.name))
+    names = Counter(e[0] for e in entries)
+    if len(names) != len(entries):
+        dup = next(n for n, k in names.items() if k > 1)
+        raise ImgnetError(f"{src}: {dup} is a sample of two {split} shards (or twice in one); expected each image "
+                          "once (shards of two downloads mixed?)")
+    return wnids, entries, skipped
+
+
 def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str, _Split]:
     """timm's imagenet-1k-wds shards: each split's listing (all its shards) is cached as one."""
     info = wds.read_info(src)
@@ -558,24 +574,11 @@ def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str
     for split, paths in shards.items():
         expected = wds.expected_lengths(src, info, split, paths)
 
-        def scan(split=split, paths=paths, expected=expected):
-            entries, skipped = [], []
-            for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
-                with _open_tar(p) as tf:
-                    members, sk = _tar_files(tf, str(p), p.stat().st_size)
-                skipped += [_skip(f"{p.name}:{s['name']}", s["reason"]) for s in sk]
-                entries += wds.list_shard(p, members, wnids, expected.get(p.name))
-            names = [e[0] for e in entries]
-            if len(set(names)) != len(names):
-                dup = next(n for n, k in Counter(names).items() if k > 1)
-                raise ImgnetError(f"{src}: {dup} is a sample of two {split} shards (or twice in one); expected "
-                                  "each image once (shards of two downloads mixed?)")
-            return {split: (wnids, entries, skipped)}
-
-        def entries(split=split, paths=paths, scan=scan):
-            classes, its, skipped = _cached_parts(cache_dir, paths, [f"wds-{split}"],
-                                                  lambda: {f"wds-{split}": scan()[split]})[f"wds-{split}"]
-            return its, list(skipped)
+        def entries(split=split, paths=paths, expected=expected):
+            part = f"wds-{split}"
+            listed = _cached_parts(cache_dir, paths, [part],
+                                   lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
+            return listed[1], list(listed[2])
         where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
         splits[split] = _Split(where, wnids, entries, "the shards' .cls", relabel=split == "val")
     return splits
