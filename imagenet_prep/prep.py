@@ -46,7 +46,7 @@ class PrepConfig:
     per_class: int | None = None  # keep the first N images (by name) of each class
     label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1)
     force: bool = False           # redo complete splits
-    val_labels: str | None = None # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
+    val_labels: str | None = None  # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
 
 
 # ------------------------------------------------------------------------------- worker side
