@@ -48,13 +48,15 @@ def main():
 @click.option("--per-class", type=click.IntRange(1), default=None, help="Keep the first N images of each class (sorted by name).")
 @click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted", help="sorted: index 0 = n01440764; devkit: index = ILSVRC2012_ID - 1.")
 @click.option("--force", is_flag=True, help="Redo splits that are already complete.")
+@click.option("--val-labels", type=click.Path(exists=True, dir_okay=False), default=None, help="Label a flat val from this file of '<name> <index or wnid>' lines (Caffe's val.txt; index in sorted-wnid order) instead of the ground truth.")
 @_friendly
-def prep(src, out, split, fmt, encoding, quality, workers, classes, per_class, label_order, force):
+def prep(src, out, split, fmt, encoding, quality, workers, classes, per_class, label_order, force, val_labels):
     """Resize ILSVRC2012 to 256x256 and pack it into LMDB or HDF5, with labels.json."""
     from imagenet_prep.prep import PrepConfig, run_prep
 
     cfg = PrepConfig(src=src, out=out, split=split, format=fmt, encoding=encoding, quality=quality,
-                     workers=workers, classes=classes, per_class=per_class, label_order=label_order, force=force)
+                     workers=workers, classes=classes, per_class=per_class, label_order=label_order, force=force,
+                     val_labels=val_labels)
     report = run_prep(cfg)
     for name, r in report["splits"].items():
         click.echo(f"{name}: {r['written']} written, {len(r['rejected'])} rejected, "

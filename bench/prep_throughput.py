@@ -15,8 +15,10 @@ twice as fast as photographs, so ours and the baseline are also timed on the rea
 ../shared/data/images/val_original, repeated to --real-images files (skipped with a note where absent).
 
 Last line: JSON with ours_img_s, baseline_img_s (one worker each, jpeg output), ratio,
-scaling_2_workers, raw_img_s, stats_img_s, official_tar_img_s, parquet_img_s, parquet_vs_tar,
-real_ours_img_s, real_baseline_img_s, real_ratio (or real_note).
+scaling_2_workers, raw_img_s, stats_img_s, official_tar_img_s, parquet_img_s, parquet_vs_tar, timm_wds_img_s,
+timm_wds_ratio (the same images as the official train tar, Hugging Face parquet and timm imagenet-1k-wds shards,
+one worker each, timed in turn; goal: each ratio >= 0.9), real_ours_img_s, real_baseline_img_s, real_ratio
+(or real_note).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def wnid_sources(src: Path, dest: Path) -> dict[str, Path]:
     files = sorted((src / "train").rglob("*.JPEG"))
     rows = [(wnids[int(f.parent.name.removeprefix("class"))], f"{f.stem.rsplit('_', 1)[1]}", f.read_bytes())
             for f in files]
-    out = {"official": dest / "official", "parquet": dest / "parquet"}
+    out = {"official": dest / "official", "parquet": dest / "parquet", "wds": dest / "wds"}
     if not dest.exists():
         part = dest.with_suffix(".part")
         (part / "official").mkdir(parents=True)
@@ -125,6 +127,7 @@ def wnid_sources(src: Path, dest: Path) -> dict[str, Path]:
                 buf.seek(0)
                 outer.addfile(info, buf)
         write_parquet(part / "parquet" / "data", rows)
+        write_wds(part / "wds", rows)
         part.rename(dest)
     return out
 
@@ -148,12 +151,41 @@ def write_parquet(folder: Path, rows, shards: int = 2, row_group: int = 100) -> 
         pq.write_table(table, folder / f"train-{k:05d}-of-{shards:05d}.parquet", row_group_size=row_group)
 
 
-def time_official_tar(sources: dict, repeat: int) -> float:
-    return time_prep(sources["official"], 1, "jpeg", repeat)
+def write_wds(folder: Path, rows, shards: int = 4) -> None:
+    """rows (wnid, number, bytes) as timm imagenet-1k-wds shards: pre-shuffled <key>.jpg/.cls/.json samples."""
+    import io
+    import tarfile
+
+    from imagenet_prep.labels import load_class_meta
+
+    wnids = sorted(c["wnid"] for c in load_class_meta().classes)
+    folder.mkdir(parents=True)
+    rows = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    for k in range(shards):
+        with tarfile.open(folder / f"imagenet1k-train-{k:04d}.tar", "w") as tar:
+            for w, n, data in rows[k::shards]:
+                key, c = f"{w}_{n}", wnids.index(w)
+                add(tar, f"{key}.jpg", data)
+                add(tar, f"{key}.cls", str(c).encode())
+                add(tar, f"{key}.json", json.dumps({"filename": f"{w}/{key}.JPEG", "label": c}).encode())
 
 
-def time_parquet(sources: dict, repeat: int) -> float:
-    return time_prep(sources["parquet"], 1, "jpeg", repeat)
+def time_sources(sources: dict, repeat: int) -> dict:
+    """The same images from each source layout, one worker, jpeg output; interleaved, best of each, so that a
+    load change on a shared machine hits every layout alike."""
+    best = {k: 0.0 for k in sources}
+    for _ in range(repeat):
+        for k, src in sources.items():
+            best[k] = max(best[k], time_prep(src, 1, "jpeg", 1))
+    tar = best["official"]
+    return {"official_tar_img_s": round(tar, 1), "parquet_img_s": round(best["parquet"], 1),
+            "parquet_vs_tar": round(best["parquet"] / tar, 3), "timm_wds_img_s": round(best["wds"], 1),
+            "timm_wds_ratio": round(best["wds"] / tar, 3)}
 
 
 def time_baseline(py: Path, folder: Path, repeat: int) -> tuple[float, str]:
@@ -226,8 +258,7 @@ def main() -> None:
         stats = s["n_images"] / (time.perf_counter() - t0)
 
     sources = wnid_sources(src, CACHE / f"prep-sources-{args.images}")
-    tar1 = time_official_tar(sources, args.repeat)
-    parquet1 = time_parquet(sources, args.repeat)
+    per = time_sources(sources, args.repeat)
     real = time_real(py, args.real_images, args.repeat)
 
     print(f"{args.images} JPEGs, {os.cpu_count()} cores")
@@ -236,16 +267,17 @@ def main() -> None:
     print(f"  ours (jpeg, 2 workers):                       {ours2:8.1f} img/s   scaling x{ours2 / ours1:.2f}")
     print(f"  ours (raw, 1 worker):                         {raw1:8.1f} img/s")
     print(f"  pca-stats (raw split, 1 worker):              {stats:8.1f} img/s")
-    print(f"  official train tar (jpeg, 1 worker):          {tar1:8.1f} img/s")
-    print(f"  Hugging Face parquet (jpeg, 1 worker):        {parquet1:8.1f} img/s   x{parquet1 / tar1:.2f} of the tar")
+    print(f"  official train tar (jpeg, 1 worker):          {per['official_tar_img_s']:8.1f} img/s")
+    print(f"  Hugging Face parquet (jpeg, 1 worker):        {per['parquet_img_s']:8.1f} img/s   "
+          f"x{per['parquet_vs_tar']:.2f} of the tar")
+    print(f"  timm imagenet-1k-wds shards (jpeg, 1 worker): {per['timm_wds_img_s']:8.1f} img/s   "
+          f"x{per['timm_wds_ratio']:.2f} of the tar")
     if "real_ratio" in real:
         print(f"  real originals: ours {real['real_ours_img_s']:.1f} img/s, baseline {real['real_baseline_img_s']:.1f} "
               f"img/s (x{real['real_ratio']:.2f}, {real['real_images']} files)")
     print(json.dumps({"ours_img_s": round(ours1, 1), "baseline_img_s": round(base, 1),
                       "ratio": round(ours1 / base, 3), "scaling_2_workers": round(ours2 / ours1, 3),
-                      "raw_img_s": round(raw1, 1), "stats_img_s": round(stats, 1),
-                      "official_tar_img_s": round(tar1, 1), "parquet_img_s": round(parquet1, 1),
-                      "parquet_vs_tar": round(parquet1 / tar1, 3), **real,
+                      "raw_img_s": round(raw1, 1), "stats_img_s": round(stats, 1), **per, **real,
                       "images": args.images, "cpu_count": os.cpu_count()}))
 
 

@@ -218,8 +218,8 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
             raise ImgnetError(problem)
         out, skipped, todo = [], [], []
         for p in shards:
-            cache = _listing_file(cache_dir, p, p.stat())
-            got = _load_listing(cache, p)
+            cache = _listing_file(cache_dir, [p])
+            got = _load_listing(cache, [p])
             if got is None:
                 todo.append((p, cache))
             else:
@@ -228,7 +228,7 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
         with tqdm(total=sum(p.stat().st_size for p, _ in todo), unit="B", unit_scale=True, desc=f"list {split}",
                   dynamic_ncols=True, disable=None if todo else True) as bar:
             for (p, cache), (e, s) in zip(todo, _scan_all([p for p, _ in todo], scan, bar)):
-                _save_listing(cache, p, wnids, e, s)
+                _save_listing(cache, [p], wnids, e, s)
                 out += e
                 skipped += s
         names = sorted(e[0] for e in out)
@@ -238,7 +238,7 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
                               "image once (shards of two revisions mixed?)")
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
-    return _Split(where, wnids, entries)
+    return _Split(where, wnids, entries, "the wnid in each image's name")
 
 
 def _scan_all(paths: list[Path], scan, bar):

@@ -267,3 +267,59 @@ def _schema_problem(d) -> str | None:
     if not isinstance(d.get("hierarchy"), dict):
         return "expected an object {wnid: [parent wnids]} under 'hierarchy'"
     return None
+
+
+# --------------------------------------------------------------------------------- val ground truth
+GROUND_TRUTH_FILE = "ILSVRC2012_validation_ground_truth.txt"  # shipped copy of the devkit's file (data/SOURCES.md)
+NUM_VAL = 50_000
+
+
+def parse_ground_truth(data: bytes, meta: ClassMeta, origin: str) -> list[str]:
+    """The devkit's ground-truth file: line n holds the ILSVRC2012_ID of ILSVRC2012_val_%08d.JPEG n.
+    Returns the wnid of each line, through `meta` (the devkit's table or the shipped one)."""
+    wnids = []
+    for n, line in enumerate(data.decode("ascii", "replace").splitlines(), start=1):
+        i = int(line) if line.strip().isdigit() else 0
+        if i not in meta.wnid_of_id:
+            raise ImgnetError(f"{origin} line {n} is {line!r}; expected an ILSVRC2012_ID from 1 to {NUM_CLASSES}")
+        wnids.append(meta.wnid_of_id[i])
+    return wnids
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_ground_truth() -> tuple[str, ...]:
+    data = resources.files("imagenet_prep").joinpath("data", GROUND_TRUTH_FILE).read_bytes()
+    return tuple(parse_ground_truth(data, _shipped(), f"imagenet_prep/data/{GROUND_TRUTH_FILE}"))
+
+
+def load_val_ground_truth() -> list[str]:
+    """The wnids of the 50,000 ILSVRC2012 val images in file-name order (entry n-1: ILSVRC2012_val_%08d n),
+    from the devkit's ground truth shipped in imagenet_prep/data/, so that a flat val needs no devkit."""
+    return list(_shipped_ground_truth())
+
+
+def read_val_labels(path: str | os.PathLike, wnids: list[str]) -> dict[str, str]:
+    """A `--val-labels` file: lines `<name> <index or wnid>` (Caffe's val.txt shape); an index is the position
+    in the sorted list `wnids`, whatever the label order. Returns {name: wnid}; blank and # lines are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ImgnetError(f"--val-labels {path} is not a readable text file ({e}); expected lines "
+                          "'<name> <index or wnid>' such as Caffe's val.txt") from e
+    known, out = set(wnids), {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        label = parts[1] if len(parts) == 2 else ""
+        wnid = wnids[int(label)] if label.isdigit() and int(label) < len(wnids) else label
+        if wnid not in known:
+            raise ImgnetError(f"{path} line {n} is {line.strip()!r}; expected '<name> <index or wnid>' with an index "
+                              f"from 0 to {len(wnids) - 1} (sorted-wnid order) or one of the {len(wnids)} wnids")
+        if parts[0] in out:
+            raise ImgnetError(f"{path} line {n} labels {parts[0]} a second time; expected each name once")
+        out[parts[0]] = wnid
+    if not out:
+        raise ImgnetError(f"{path} holds no labels; expected lines '<name> <index or wnid>' such as Caffe's val.txt")
+    return out

@@ -46,6 +46,7 @@ class PrepConfig:
     per_class: int | None = None  # keep the first N images (by name) of each class
     label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1)
     force: bool = False           # redo complete splits
+    val_labels: str | None = None  # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -214,7 +215,7 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
 
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
-                workers: int) -> dict:
+                workers: int, differs=()) -> dict:
     from imagenet_prep import hf, unordered
 
     final, work = _paths(out, name, cfg.format)
@@ -232,7 +233,8 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
             seconds = time.perf_counter() - t0
             report = {"found": len(items) + len(skipped), "written": writer.written,
                       "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
-                      "converted": unordered.in_order(writer.progress["converted"]), "seconds": round(seconds, 3),
+                      "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
+                      "seconds": round(seconds, 3),
                       "images_per_s": n_done / seconds if seconds > 0 else 0.0}
             meta = writer.finish({
                 "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
@@ -291,7 +293,7 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     # list only the splits asked for (the label map depends on the whole source either way); the tars'
     # listings are kept in DATA so that a resumed run or a rerun does not read their headers again
     source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class,
-                      splits=None if cfg.split == "all" else wanted, cache_dir=out)
+                      splits=None if cfg.split == "all" else wanted, cache_dir=out, val_labels=cfg.val_labels)
     names = [s for s in wanted if s in source.splits]
     if not names:
         raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")
@@ -354,7 +356,7 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
             report["splits"][name] = complete[name].get("report", report["splits"].get(name, {}))
     for name in todo:
         report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
-                                             labels, fingerprints[name], workers)
+                                             labels, fingerprints[name], workers, source.differs.get(name, []))
         report["config"] = asdict(cfg)
         write_json(report_path, report)
     write_json(report_path, report)

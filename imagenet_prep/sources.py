@@ -3,19 +3,28 @@
 Layouts (DESIGN.md `imgnet prep`):
     archives     ILSVRC2012_img_train.tar (a tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat),
                  ILSVRC2012_devkit_t12.tar.gz (a split whose archive is absent may be an extracted folder)
-    extracted    train/<wnid>/*.JPEG; val/ flat (labels from a devkit) or val/<wnid>/
+    extracted    train/<wnid>/*.JPEG; val/ flat or val/<wnid>/
     kaggle       ILSVRC/Data/CLS-LOC/{train,val}, LOC_synset_mapping.txt, LOC_val_solution.csv
+    kaggle-zip   imagenet-object-localization-challenge.zip, still zipped (kaggle_zip.py)
+    timm-wds     imagenet1k-{train-NNNN,validation-NN}.tar webdataset shards and _info.json (wds.py)
     imagefolder  train/<class>/..., val/<class>/... with any folder names
 
 An Item names a byte range: a whole file, or a member of a tar located by its absolute offset in the
-outer file (members of the per-class tars too), so any process can read it with `read_item`.
+outer file (members of the per-class tars and of the shards too), or a zip member (its local header's
+offset, compressed size, method and CRC-32), so any process can read it with `read_item`.
 
-Listing the train tar reads 1.28M tar headers; with a `cache_dir`, each official tar's listing is kept in
-cache_dir/.listing-<key>.npz, keyed by the tar's absolute path, size and mtime, and reused while those match.
+Listing the train tar reads 1.28M tar headers; with a `cache_dir`, each listing (an official tar, the shards
+of a split, the zip's central directory) is kept in cache_dir/.listing-<key>.npz, keyed by the absolute path,
+size and mtime of the files listed, and reused while those match.
+
+Val labels: a flat val is labelled by a --val-labels file, else by the Kaggle CSV or the devkit found in SRC,
+else by the ground truth shipped in imagenet_prep/data/. What SRC carries (devkit, CSV, class folders, val
+shards) must agree with the shipped ground truth: a disagreement is an error, not a silent relabelling.
 
 Classes: a source with a flat val has the classes of the ground truth that labels it (the 1000 of the
-devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; any other source has
-the class folders (or class tars) it holds, as ImageFolder does.
+devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; the shards carry the
+1000 (their .cls is a sorted-wnid index); any other source has the class folders (or class tars) it
+holds, as ImageFolder does.
 """
 
 from __future__ import annotations
@@ -27,14 +36,18 @@ import json
 import os
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
+from imagenet_prep import kaggle_zip, wds
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.labels import ClassMeta, LabelMap, build_label_map, is_wnid, load_class_meta, parse_meta_mat
+from imagenet_prep.labels import (GROUND_TRUTH_FILE, ClassMeta, LabelMap, build_label_map, is_wnid, load_class_meta,
+                                  load_val_ground_truth, parse_ground_truth, parse_meta_mat, read_val_labels)
 
 SPLITS = ("train", "val")
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
@@ -43,7 +56,7 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
-LISTING_VERSION = 1  # of the cached tar listings; a new value makes every older cache file unused
+LISTING_VERSION = 2  # of the cached listings; a new value makes every older cache file unused
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
 # candidate, whatever its extension: decoding by content happens in resize.py.
@@ -60,10 +73,16 @@ class Item:
     path: str
     offset: int = 0
     size: int = -1
+    method: int = -1  # a zip member: compression method (0 stored, 8 deflate), offset = its local header
+    crc: int = -1     # a zip member: CRC-32 of the uncompressed bytes, checked on reading
 
 
 def read_item(item: Item) -> bytes:
     """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range)."""
+    if item.method >= 0:
+        from imagenet_prep.kaggle_zip import read_member
+
+        return read_member(item.path, item.name, item.offset, item.size, item.method, item.crc)
     with open(item.path, "rb", buffering=0) as f:
         if item.size < 0:
             return f.read()
@@ -85,6 +104,8 @@ class Source:
     splits: dict[str, list[Item]]       # "train" sorted by (label, name), "val" by name
     skipped: dict[str, list[dict]]      # per split: [{"name", "reason"}] (system files, unlabelled val images)
     origin: dict[str, str] = field(default_factory=dict)  # where each split and the class metadata came from
+    # per split: [{"name", "reason"}] images whose source bytes differ from the official tars' (re-encoded copies)
+    differs: dict[str, list[dict]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -107,8 +128,11 @@ def _skip(name: str, reason: str) -> dict:
 class _Split:
     where: str                       # the folder or tar, for messages
     classes: list[str] | None        # class folders / class tars; None: flat, labelled by ground truth
-    # () -> (entries, skipped); an entry is (name, class or None when flat, path, offset, size)
+    # () -> (entries, skipped); an entry is (name, class or None when flat, *the rest of its Item: path, offset,
+    # size[, method, crc]))
     entries: Callable[[], tuple[list[tuple], list[dict]]]
+    labelled_by: str = ""            # where the classes of a split that is not flat come from, for `origin`
+    relabel: bool = False            # a val that labels itself (shards) but that --val-labels may relabel
 
 
 class _Window(io.RawIOBase):
@@ -210,17 +234,18 @@ def _dir_split(root: Path) -> _Split:
                         else:
                             skipped_all.append(_skip(f"{cls}/{rel}", "not a regular file (a broken link?)"))
         return entries, skipped_all
-    return _Split(str(root), sorted(dirs), walk)
+    return _Split(str(root), sorted(dirs), walk, "class folders")
 
 
 def _train_tar_split(path: Path, cache_dir=None) -> _Split:
     """ILSVRC2012_img_train.tar: the outer tar lists the class tars; their members are found at
     outer offset_data + inner offset_data."""
     st = path.stat()
-    cache = _listing_file(cache_dir, path, st)
-    cached = _load_listing(cache, path)
+    cache = _listing_file(cache_dir, [path])
+    cached = _load_listing(cache, [path])
     if cached is not None:
-        return _Split(str(path), cached[0], lambda: (cached[1], list(cached[2])))  # discover sorts `skipped` in place
+        return _Split(str(path), cached[0], lambda: (cached[1], list(cached[2])),  # discover sorts `skipped` in place
+                      "class tars")
     with _open_tar(path) as tf:
         members, skipped = _tar_files(tf, str(path), st.st_size)
     class_tars = {}
@@ -245,35 +270,39 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
                     inner, sk = _tar_files(inner_tf, where, m.size)
                 skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
                 out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
-        _save_listing(cache, path, sorted(class_tars), out, skipped_all)
+        _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
         return out, skipped_all
-    return _Split(str(path), sorted(class_tars), entries)
+    return _Split(str(path), sorted(class_tars), entries, "class tars")
 
 
 def _val_tar_split(path: Path, cache_dir=None) -> _Split:
     def entries():
         st = path.stat()
-        cache = _listing_file(cache_dir, path, st)
-        cached = _load_listing(cache, path)
+        cache = _listing_file(cache_dir, [path])
+        cached = _load_listing(cache, [path])
         if cached is not None:
             return cached[1:]
         with _open_tar(path) as tf:
             members, skipped = _tar_files(tf, str(path), st.st_size)
         p = str(path)
         out = [(m.name.rsplit("/", 1)[-1], None, p, m.offset_data, m.size) for m in members]
-        _save_listing(cache, path, None, out, skipped)
+        _save_listing(cache, [path], None, out, skipped)
         return out, skipped
     return _Split(str(path), None, entries)
 
 
 # -------------------------------------------------------------------------------- listing cache
-# One .npz per tar: names and skipped entries as newline-joined UTF-8 blobs (uint8), each entry's class
-# as an index into `classes` (int32, -1: flat), offsets and sizes in bytes (int64). 1.28M entries: ~8 MB.
-def _listing_file(cache_dir, path: Path, st: os.stat_result) -> Path | None:
-    """Where the listing of the tar at `path` (as it is now: `st`) is cached; None without a cache_dir."""
+# One .npz per listing (a tar, a split of shards, a part of a zip): names and skipped entries as newline-joined
+# UTF-8 blobs (uint8), each entry's class as an index into `classes` (int32, -1: flat), its file as an index
+# into `files` (int32), offsets and sizes in bytes (int64), zip method (int16) and CRC-32 (int64; -1: not a
+# zip member). 1.28M entries: ~10 MB.
+def _listing_file(cache_dir, files: list[Path], part: str = "") -> Path | None:
+    """Where the listing of `files` (as they are now) is cached; None without a cache_dir. The key holds each
+    file's absolute path, size and mtime, so that a changed file is listed again."""
     if cache_dir is None:
         return None
-    key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{LISTING_VERSION}"
+    key = "\0".join(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}" for p, st in ((p, p.stat()) for p in files))
+    key += f"\0{part}\0{LISTING_VERSION}"
     return Path(cache_dir) / f".listing-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}.npz"
 
 
@@ -293,55 +322,75 @@ def _split(blob: np.ndarray, n: int) -> list[str]:
     return strings
 
 
-def _save_listing(file: Path | None, path: Path, classes: list[str] | None, entries: list[tuple],
+def _save_listing(file: Path | None, files: list[Path], classes: list[str] | None, entries: list[tuple],
                   skipped: list[dict]) -> None:
     """Write the listing atomically (tmp + rename); best effort: a listing that cannot be written (full disk,
     a name with a newline) is only rescanned next time."""
     if file is None:
         return
     index = {c: i for i, c in enumerate(classes or ())}
+    paths = [str(p) for p in files]
+    file_id = {p: i for i, p in enumerate(paths)}
     tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
     try:
         arrays = {
-            "classes": _join(classes or ()), "names": _join(e[0] for e in entries),
+            "classes": _join(classes or ()), "names": _join(e[0] for e in entries), "files": _join(paths),
             "labels": np.array([-1 if e[1] is None else index[e[1]] for e in entries], np.int32),
+            "file_ids": np.array([file_id[e[2]] for e in entries], np.int32),
             "offsets": np.array([e[3] for e in entries], np.int64), "sizes": np.array([e[4] for e in entries], np.int64),
+            "methods": np.array([e[5] if len(e) > 5 else -1 for e in entries], np.int16),
+            "crcs": np.array([e[6] if len(e) > 6 else -1 for e in entries], np.int64),
             "skipped_names": _join(s["name"] for s in skipped), "skipped_reasons": _join(s["reason"] for s in skipped)}
-        head = {"version": LISTING_VERSION, "tar": os.path.abspath(path), "flat": classes is None,
+        head = {"version": LISTING_VERSION, "files": [os.path.abspath(p) for p in paths], "flat": classes is None,
                 "counts": [len(classes or ()), len(entries), len(skipped)]}
         arrays["head"] = np.frombuffer(json.dumps(head).encode("utf-8", "surrogatepass"), np.uint8)
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
         os.replace(tmp, file)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         tmp.unlink(missing_ok=True)
 
 
-def _load_listing(file: Path | None, path: Path) -> tuple[list[str] | None, list[tuple], list[dict]] | None:
-    """(classes, entries, skipped) as the scan gives them, or None when `file` is absent or unreadable."""
+def _load_listing(file: Path | None, files: list[Path]) -> tuple[list[str] | None, list[tuple], list[dict]] | None:
+    """(classes, entries, skipped) as the scan gave them, or None when `file` is absent or unreadable."""
     if file is None or not file.is_file():
         return None
     try:
         with np.load(file, allow_pickle=False) as z:
             head = json.loads(z["head"].tobytes().decode("utf-8", "surrogatepass"))
             n_classes, n, n_skipped = head["counts"]
-            if head["version"] != LISTING_VERSION or head["tar"] != os.path.abspath(path):
+            if head["version"] != LISTING_VERSION or head["files"] != [os.path.abspath(p) for p in files]:
                 return None
             classes = _split(z["classes"], n_classes)
             names = _split(z["names"], n)
-            labels, offsets, sizes = z["labels"], z["offsets"], z["sizes"]
-            if not (labels.dtype == np.int32 and offsets.dtype == sizes.dtype == np.int64
-                    and len(labels) == len(offsets) == len(sizes) == n
-                    and (n == 0 or (labels.min() >= -1 and labels.max() < n_classes))):
+            labels, ids, offsets, sizes, methods, crcs = (z[k] for k in ("labels", "file_ids", "offsets", "sizes",
+                                                                        "methods", "crcs"))
+            if not (labels.dtype == ids.dtype == np.int32 and offsets.dtype == sizes.dtype == crcs.dtype == np.int64
+                    and len(labels) == len(ids) == len(offsets) == len(sizes) == len(methods) == len(crcs) == n
+                    and (n == 0 or (labels.min() >= -1 and labels.max() < n_classes
+                                    and ids.min() >= 0 and ids.max() < len(files)))):
                 return None
             lookup = [*classes, None]  # label -1 (flat) -> None
             skipped = [_skip(a, b) for a, b in zip(_split(z["skipped_names"], n_skipped),
                                                    _split(z["skipped_reasons"], n_skipped))]
     except Exception:  # noqa: BLE001 - a damaged cache (truncated, overwritten, another format) is only rescanned
         return None
-    p = str(path)
-    entries = list(zip(names, [lookup[i] for i in labels.tolist()], [p] * n, offsets.tolist(), sizes.tolist()))
+    paths = [str(p) for p in files]
+    entries = list(zip(names, [lookup[i] for i in labels.tolist()], [paths[i] for i in ids.tolist()],
+                       offsets.tolist(), sizes.tolist(), methods.tolist(), crcs.tolist()))
     return (None if head["flat"] else classes), entries, skipped
+
+
+def _cached_parts(cache_dir, files: list[Path], parts: list[str], scan: Callable[[], dict]) -> dict:
+    """{part: (classes, entries, skipped)} from the cached listings of `files`, or from `scan()` (then cached)."""
+    caches = {p: _listing_file(cache_dir, files, p) for p in parts}
+    loaded = {p: _load_listing(caches[p], files) for p in parts}
+    if all(v is not None for v in loaded.values()):
+        return loaded
+    scanned = scan()
+    for p in parts:
+        _save_listing(caches[p], files, *scanned[p])
+    return scanned
 
 
 # --------------------------------------------------------------------------------- ground truth
@@ -380,75 +429,108 @@ def _find_devkit(src: Path) -> _Devkit | None:
     return None
 
 
-# The labels of a flat val: `wnid(name)` gives an image's class, `wnids` is the class list, `origin` the file.
-class _DevkitTruth:
-    """ILSVRC2012_val_%08d.JPEG takes line n of the ground-truth file (an ILSVRC2012_ID, mapped by meta.mat)."""
+class _Truth:
+    """The labels of a flat val: `wnid(name)` gives an image's class, `wnids` is the class list, `origin` the file.
 
-    def __init__(self, devkit: _Devkit, meta: ClassMeta):
-        self.origin = f"{devkit.where}/{GROUND_TRUTH}"
-        data = devkit.read(GROUND_TRUTH)
-        if data is None:
-            raise ImgnetError(f"{devkit.where} has no {GROUND_TRUTH}; expected the ILSVRC2012 devkit, whose "
-                              "ground truth labels the flat val")
-        self._ids = []
-        for n, line in enumerate(data.decode("ascii", "replace").splitlines(), start=1):
-            i = int(line) if line.strip().isdigit() else 0
-            if i not in meta.wnid_of_id:
-                raise ImgnetError(f"{self.origin} line {n} is {line!r}; expected an ILSVRC2012_ID from 1 to 1000")
-            self._ids.append(i)
-        self._meta = meta
-        self.wnids = [c["wnid"] for c in meta.classes]
+    By number (the devkit's ground truth, shipped or found): ILSVRC2012_val_%08d.JPEG takes line n. By name (a
+    Kaggle CSV, a --val-labels file): the image's name, or its stem, is looked up."""
+
+    def __init__(self, origin: str, wnids: list[str], by_number: list[str] | None = None,
+                 by_name: dict[str, str] | None = None):
+        self.origin, self.wnids, self.by_number, self.by_name = origin, wnids, by_number, by_name
 
     def wnid(self, name: str) -> str:
+        if self.by_name is not None:
+            wnid = self.by_name.get(name) or self.by_name.get(name.rsplit(".", 1)[0])
+            if wnid is None:
+                raise ImgnetError(f"val image {name!r} has no row {name.rsplit('.', 1)[0]!r} in {self.origin}; "
+                                  "expected every val image listed there")
+            return wnid
         m = VAL_NAME.fullmatch(name)
         if not m:
             raise ImgnetError(f"val image {name!r} does not match ILSVRC2012_val_%08d.JPEG; expected the "
                               f"official val file names, whose number is their line in {self.origin}")
         n = int(m[1])
-        if not 1 <= n <= len(self._ids):
+        if not 1 <= n <= len(self.by_number):
             raise ImgnetError(f"val image {name} has number {n}, past the end of {self.origin} "
-                              f"({len(self._ids)} lines); expected numbers 1 to {len(self._ids)}")
-        return self._meta.wnid_of_id[self._ids[n - 1]]
+                              f"({len(self.by_number)} lines); expected numbers 1 to {len(self.by_number)}")
+        return self.by_number[n - 1]
 
 
-class _CsvTruth:
-    """Kaggle LOC_val_solution.csv: ImageId (file name without extension) -> first token of PredictionString."""
-
-    def __init__(self, path: Path, src: Path):
-        self.origin = str(path)
-        self._wnid = {}
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = csv.reader(f)
-            if next(rows, None) != ["ImageId", "PredictionString"]:
-                raise ImgnetError(f"{path}: expected the header ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
-            for row in rows:
-                if len(row) != 2 or not is_wnid(row[1].split(" ", 1)[0]):
-                    raise ImgnetError(f"{path}: row {row!r}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
-                self._wnid[row[0]] = row[1].split(" ", 1)[0]
-        synsets = src / KAGGLE_SYNSETS
-        if synsets.is_file():
-            self.wnids = [ln.split(" ", 1)[0] for ln in synsets.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        else:
-            self.wnids = [c["wnid"] for c in load_class_meta().classes]
-
-    def wnid(self, name: str) -> str:
-        key = name.rsplit(".", 1)[0]
-        if key not in self._wnid:
-            raise ImgnetError(f"val image {name!r} has no row {key!r} in {self.origin}; expected an ImageId "
-                              "listed there (ILSVRC2012_val_%08d)")
-        return self._wnid[key]
+def _shipped_truth() -> _Truth:
+    return _Truth(f"imagenet_prep/data/{GROUND_TRUTH_FILE} (shipped)", sorted(c["wnid"] for c in load_class_meta().classes),
+                  by_number=load_val_ground_truth())
 
 
-def _find_truth(src: Path, devkit: _Devkit | None, meta: ClassMeta, prefer_csv: bool,
-                where: str) -> _DevkitTruth | _CsvTruth:
-    csv_path = src / KAGGLE_VAL
-    if csv_path.is_file() and (prefer_csv or devkit is None):
-        return _CsvTruth(csv_path, src)
+def _disagree(origin: str, name: str, wnid: str, official: str, shipped: _Truth) -> ImgnetError:
+    return ImgnetError(f"{origin} labels {name} as {wnid}, but the ILSVRC2012 ground truth ({shipped.origin}) "
+                       f"has {official}; expected the official labels (pass --val-labels FILE to use others on purpose)")
+
+
+def _check_item(name: str, wnid: str, shipped: _Truth, origin: str) -> None:
+    """An official val image labelled by its source (class folder, shard) must have its official class."""
+    m = VAL_NAME.fullmatch(name)
+    if m and 1 <= int(m[1]) <= len(shipped.by_number) and is_wnid(wnid):
+        official = shipped.by_number[int(m[1]) - 1]
+        if official != wnid:
+            raise _disagree(origin, name, wnid, official, shipped)
+
+
+def _check_truth(truth: _Truth, shipped: _Truth) -> _Truth:
+    """A devkit's or a Kaggle CSV's labels must be the shipped ones wherever both label an image."""
+    if truth.by_number is not None:
+        if len(truth.by_number) != len(shipped.by_number):
+            raise ImgnetError(f"{truth.origin} has {len(truth.by_number)} lines; expected the {len(shipped.by_number)} "
+                              f"of the ILSVRC2012 ground truth ({shipped.origin})")
+        for n, (w, official) in enumerate(zip(truth.by_number, shipped.by_number), start=1):
+            if w != official:
+                raise _disagree(f"{truth.origin} (line {n})", f"ILSVRC2012_val_{n:08d}.JPEG", w, official, shipped)
+    else:
+        for key, w in truth.by_name.items():
+            _check_item(key if key.endswith(".JPEG") else f"{key}.JPEG", w, shipped, truth.origin)
+    return truth
+
+
+def _csv_truth(data: bytes, origin: str, synsets: bytes | None) -> _Truth:
+    """Kaggle LOC_val_solution.csv: ImageId (file name without extension) -> first token of PredictionString;
+    the classes are LOC_synset_mapping.txt's (else the 1000 of the shipped metadata)."""
+    rows = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""))
+    if next(rows, None) != ["ImageId", "PredictionString"]:
+        raise ImgnetError(f"{origin}: expected the header ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
+    by_name = {}
+    for row in rows:
+        if len(row) != 2 or not is_wnid(row[1].split(" ", 1)[0]):
+            raise ImgnetError(f"{origin}: row {row!r}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
+        by_name[row[0]] = row[1].split(" ", 1)[0]
+    if synsets is not None:
+        wnids = [ln.split(" ", 1)[0] for ln in synsets.decode("utf-8", "replace").splitlines() if ln.strip()]
+    else:
+        wnids = [c["wnid"] for c in load_class_meta().classes]
+    return _Truth(origin, wnids, by_name=by_name)
+
+
+def _devkit_truth(devkit: _Devkit, meta: ClassMeta) -> _Truth:
+    origin = f"{devkit.where}/{GROUND_TRUTH}"
+    data = devkit.read(GROUND_TRUTH)
+    if data is None:
+        raise ImgnetError(f"{devkit.where} has no {GROUND_TRUTH}; expected the ILSVRC2012 devkit, whose "
+                          "ground truth labels the flat val")
+    return _Truth(origin, [c["wnid"] for c in meta.classes], by_number=parse_ground_truth(data, meta, origin))
+
+
+def _find_truth(kaggle: dict, devkit: _Devkit | None, meta: ClassMeta, prefer_csv: bool,
+                val_labels, shipped: _Truth) -> _Truth:
+    """The labels of a flat val: a --val-labels file; else the Kaggle CSV (preferred in the Kaggle layouts) or the
+    devkit, each checked against the shipped ground truth; else the shipped ground truth itself."""
+    if val_labels is not None:
+        return _Truth(f"--val-labels {val_labels}", shipped.wnids, by_name=read_val_labels(val_labels, shipped.wnids))
+    csv_file = kaggle.get(KAGGLE_VAL)
+    if csv_file and (prefer_csv or devkit is None):
+        synsets = kaggle.get(KAGGLE_SYNSETS)
+        return _check_truth(_csv_truth(csv_file[1](), csv_file[0], synsets[1]() if synsets else None), shipped)
     if devkit is not None:
-        return _DevkitTruth(devkit, meta)
-    raise ImgnetError(f"{where} is a flat val (images, no class folders) but SRC has no labels for it; expected a "
-                      f"devkit (a folder such as {src / DEVKIT_DIRS[0]}/ with {GROUND_TRUTH} and {META}, or "
-                      f"{src / DEVKIT_TGZ}) or {csv_path}")
+        return _check_truth(_devkit_truth(devkit, meta), shipped)
+    return shipped
 
 
 # ----------------------------------------------------------------------------------- detection
@@ -468,14 +550,73 @@ def _layout_help(src: Path) -> str:
             "(train/<class>/..., val/<class>/...)")
 
 
-def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]]:
+def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: dict[str, int]) -> tuple:
+    """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json."""
+    entries, skipped = [], []
+    for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
+        with _open_tar(p) as tf:
+            members, sk = _tar_files(tf, str(p), p.stat().st_size)
+        skipped += [_skip(f"{p.name}:{s['name']}", s["reason"]) for s in sk]
+        entries += wds.list_shard(p, members, wnids, expected.get(p.name))
+    names = Counter(e[0] for e in entries)
+    if len(names) != len(entries):
+        dup = next(n for n, k in names.items() if k > 1)
+        raise ImgnetError(f"{src}: {dup} is a sample of two {split} shards (or twice in one); expected each image "
+                          "once (shards of two downloads mixed?)")
+    return wnids, entries, skipped
+
+
+def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str, _Split]:
+    """timm's imagenet-1k-wds shards: each split's listing (all its shards) is cached as one."""
+    info = wds.read_info(src)
+    wnids = sorted(c["wnid"] for c in load_class_meta().classes)  # .cls is a sorted-wnid index of the 1000
+    splits = {}
+    for split, paths in shards.items():
+        expected = wds.expected_lengths(src, info, split, paths)
+
+        def entries(split=split, paths=paths, expected=expected):
+            part = f"wds-{split}"
+            listed = _cached_parts(cache_dir, paths, [part],
+                                   lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
+            return listed[1], list(listed[2])
+        where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
+        splits[split] = _Split(where, wnids, entries, "the shards' .cls", relabel=split == "val")
+    return splits
+
+
+def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
+    """Kaggle's zip: its central directory parsed once (cached), train and val and the two label files."""
+    parts = _cached_parts(cache_dir, [path], ["train", "val", "labels"], lambda: kaggle_zip.list_zip(path, _junk))
+    splits = {}
+    (classes, train, skipped_t), (_, val, skipped_v) = parts["train"], parts["val"]
+    if train or classes:
+        splits["train"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}train", classes, lambda: (train, list(skipped_t)),
+                                 "class folders")
+    if val:
+        splits["val"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}val", None, lambda: (val, list(skipped_v)))
+    def reader(item: Item):
+        def read() -> bytes:
+            from imagenet_prep.resize import BadImage
+
+            try:
+                return read_item(item)
+            except BadImage as e:
+                raise ImgnetError(f"{path}: {item.name}: {e}; expected an intact Kaggle zip") from e
+        return read
+    files = {e[0]: (f"{path}:{e[0]}", reader(Item(e[0], -1, *e[2:]))) for e in parts["labels"][1]}
+    return splits, files
+
+
+def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split], dict]:
+    """(layout, splits, Kaggle label files {name: (origin, () -> bytes)})."""
     from imagenet_prep import hf  # Hugging Face downloads: parquet or the script-era tar.gz shards
 
     if (found := hf.detect(src, cache_dir)) is not None:
-        return found
+        return (*found, {})
+    files = {n: (str(src / n), (src / n).read_bytes) for n in (KAGGLE_SYNSETS, KAGGLE_VAL) if (src / n).is_file()}
     kaggle = src / KAGGLE_ROOT
     if kaggle.is_dir():
-        return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}
+        return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}, files
     if (src / TRAIN_TAR).is_file() or (src / VAL_TAR).is_file():
         splits = {}
         for s, tar, make in (("train", TRAIN_TAR, _train_tar_split), ("val", VAL_TAR, _val_tar_split)):
@@ -483,12 +624,21 @@ def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split]]:
                 splits[s] = make(src / tar, cache_dir)
             elif (src / s).is_dir():  # one archive kept, the other already extracted
                 splits[s] = _dir_split(src / s)
-        return "archives", splits
+        return "archives", splits, files
+    shards = wds.find_shards(src)
+    if shards:
+        return "timm-wds", _wds_splits(src, shards, cache_dir), files
+    if (src / kaggle_zip.ZIP_NAME).is_file():
+        splits, inside = _zip_splits(src / kaggle_zip.ZIP_NAME, cache_dir)
+        if not splits:
+            raise ImgnetError(f"{src / kaggle_zip.ZIP_NAME} holds no {kaggle_zip.CLS_LOC}train/ nor val/ images; "
+                              "expected Kaggle's imagenet-object-localization-challenge.zip")
+        return "kaggle-zip", splits, {**files, **inside}
     splits = {s: _dir_split(src / s) for s in SPLITS if (src / s).is_dir()}
     if not splits:
         raise ImgnetError(_layout_help(src))
     names = {c for sp in splits.values() for c in sp.classes or ()}
-    return "extracted" if all(map(is_wnid, names)) else "imagefolder", splits
+    return "extracted" if all(map(is_wnid, names)) else "imagefolder", splits, files
 
 
 def _first_per_class(items: list[Item], n: int) -> list[Item]:
@@ -502,20 +652,22 @@ def _first_per_class(items: list[Item], n: int) -> list[Item]:
 
 
 def discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
-             splits=None, cache_dir=None) -> Source:
+             splits=None, cache_dir=None, val_labels=None) -> Source:
     """Find the layout of `src` and list its images.
 
     label_order "sorted" | "devkit"; `classes=N` keeps the first N classes in label order (renumbered from 0);
     `per_class=N` the first N names of each class in each split; `splits` limits the listing to those splits
     (default: every split found). The classes depend on the whole source, whatever `splits` is, so that
     every run over the same source gets the same label map (see the module docstring). `cache_dir`: a writable
-    folder where the listings of the official tars are kept for the next run over the same unchanged tars."""
+    folder where the listings of the archives, shards and zip are kept for the next run over the same files.
+    `val_labels`: a file of `<name> <index or wnid>` lines that labels a flat val (or the val shards) instead
+    of the ground truth."""
     src = Path(src)
     if not src.is_dir():
         raise ImgnetError(f"source {src} is not a folder; expected the folder holding the ILSVRC2012 download")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
         raise ImgnetError(f"per_class={per_class!r}; expected a positive number of images per class")
-    layout, found = _detect(src, cache_dir)
+    layout, found, kaggle = _detect(src, cache_dir)
     wanted = list(found) if splits is None else list(splits)
     for s in wanted:
         if s not in SPLITS:
@@ -524,15 +676,23 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
             raise ImgnetError(f"{src} ({layout} layout) has no {s} split; it has {', '.join(found) or 'none'}")
     if "train" in found and found["train"].classes is None:
         raise ImgnetError(f"{found['train'].where} holds images but no class folders; expected train/<class>/ folders")
+    val = found.get("val")
+    if val_labels is not None and val is not None and val.classes is not None and not val.relabel:
+        raise ImgnetError(f"--val-labels {val_labels} labels a flat val, but {val.where} is sorted into class folders, "
+                          "which label it; expected a flat val (or leave out --val-labels)")
 
     devkit = _find_devkit(src)
     meta = devkit.meta() if devkit else load_class_meta()
     origin = {"class_metadata": meta.origin}
 
+    shipped = _shipped_truth()
     names = sorted({c for sp in found.values() for c in sp.classes or ()})
     flat = [sp.where for sp in found.values() if sp.classes is None]
-    truth = _find_truth(src, devkit, meta, layout == "kaggle", flat[0]) if flat else None
-    if truth:  # the ground truth's classes, so that a subset of class folders keeps the standard indices
+    relabel = val is not None and val.relabel and val_labels is not None
+    truth = None
+    if flat or relabel:
+        truth = _find_truth(kaggle, devkit, meta, layout.startswith("kaggle"), val_labels, shipped)
+    if flat:  # the ground truth's classes, so that a subset of class folders keeps the standard indices
         extra = sorted(set(names) - set(truth.wnids))
         if extra:
             raise ImgnetError(f"class folders {', '.join(map(repr, extra[:5]))} are not among the "
@@ -541,28 +701,39 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
         names = truth.wnids
     label_map = build_label_map(names, order=label_order, classes=classes, meta=meta)
 
-    items, skipped = {}, {}
+    items, skipped, differs = {}, {}, {}
     for s in wanted:
         sp = found[s]
         entries, skipped[s] = sp.entries()
-        if sp.classes is None:
+        if sp.classes is None or (s == "val" and relabel):
             origin[s] = f"{sp.where} (labels: {truth.origin})"
-            labelled = []
-            for name, _, path, off, size in entries:
-                wnid = truth.wnid(name)
-                if wnid in label_map:
-                    labelled.append((name, wnid, path, off, size))
-                else:
-                    skipped[s].append(_skip(name, f"its class {wnid} (from {truth.origin}) is not among the "
-                                                  f"{len(label_map.all_names)} classes of the source"))
-            entries = labelled
+            entries = _label_flat(entries, truth, label_map, skipped[s])
         else:
-            origin[s] = f"{sp.where} (labels: class {'tars' if sp.where.endswith('.tar') else 'folders'})"
-        its = [Item(name, label_map.index_of(cls), path, off, size) for name, cls, path, off, size in entries
-               if label_map.index_of(cls) is not None]
+            origin[s] = f"{sp.where} (labels: {sp.labelled_by})"
+            if s == "val":  # official val images in class folders or shards keep their official classes
+                for e in entries:
+                    _check_item(e[0], e[1], shipped, sp.where if sp.relabel else f"{sp.where}/{e[1]}")
+        its = [Item(e[0], label_map.index_of(e[1]), *e[2:]) for e in entries if label_map.index_of(e[1]) is not None]
         its.sort(key=(lambda i: (i.label, i.name)) if s == "train" else (lambda i: (i.name, i.label)))
         if per_class is not None:
             its = _first_per_class(its, per_class)
         items[s] = its
         skipped[s].sort(key=lambda d: d["name"])
-    return Source(src, layout, label_map, items, skipped, origin)
+        if layout == "timm-wds":
+            differs[s] = [{"name": i.name, "reason": "re-encoded in the shards (the official file is a CMYK JPEG "
+                           "or a PNG); its pixels match within the image policy's tolerance"}
+                          for i in its if i.name.rsplit(".", 1)[0] in wds.REENCODED]
+    return Source(src, layout, label_map, items, skipped, origin, differs)
+
+
+def _label_flat(entries: list[tuple], truth: _Truth, label_map: LabelMap, skipped: list[dict]) -> list[tuple]:
+    """Entries labelled by the ground truth; an image whose class the source lacks is skipped (with the reason)."""
+    labelled = []
+    for e in entries:
+        wnid = truth.wnid(e[0])
+        if wnid in label_map:
+            labelled.append((e[0], wnid, *e[2:]))
+        else:
+            skipped.append(_skip(e[0], f"its class {wnid} (from {truth.origin}) is not among the "
+                                       f"{len(label_map.all_names)} classes of the source"))
+    return labelled

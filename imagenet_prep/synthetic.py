@@ -84,7 +84,7 @@ def _meta_mat(path: Path) -> None:
 def make_sample(dest, classes: int = 4, train_per_class: int = 40, val_per_class: int = 10,
                 seed: int = 0, sizes=SIZES, grey_every: int = 17) -> Path:
     """Write the three official archives for `classes` of DEMO_WNIDS into `dest`; returns dest."""
-    from imagenet_prep.labels import load_ilsvrc_classes
+    from imagenet_prep.labels import load_ilsvrc_classes, load_val_ground_truth
 
     if not 1 <= classes <= len(DEMO_WNIDS):
         raise ValueError(f"classes={classes}; expected 1..{len(DEMO_WNIDS)}")
@@ -108,16 +108,18 @@ def make_sample(dest, classes: int = 4, train_per_class: int = 40, val_per_class
                 for j in range(train_per_class):
                     _add(inner, f"{wnid}_{1000 + j}.JPEG", picture(cls))
             _add(outer, f"{wnid}.tar", buf.getvalue())
-    # val: shuffled classes, as in the real release; ground truth holds ILSVRC2012_IDs in file-name order
-    val_classes = rng.permutation(np.repeat(np.arange(classes), val_per_class))
+    # val: the real val numbers of these classes (interleaved, as in the release), so that the devkit's
+    # ground truth is the real one, which prep checks against the copy it ships
+    truth = load_val_ground_truth()
+    val = sorted(n for w in wnids for n in [k + 1 for k, t in enumerate(truth) if t == w][:val_per_class])
     with tarfile.open(dest / "ILSVRC2012_img_val.tar.part", "w") as tar:
-        for n, cls in enumerate(val_classes, start=1):
-            _add(tar, f"ILSVRC2012_val_{n:08d}.JPEG", picture(int(cls)))
+        for n in val:
+            _add(tar, f"ILSVRC2012_val_{n:08d}.JPEG", picture(wnids.index(truth[n - 1])))
     devkit_dir = dest / ".devkit"
     (devkit_dir / "data").mkdir(parents=True, exist_ok=True)
     _meta_mat(devkit_dir / "data" / "meta.mat")
     (devkit_dir / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
-        "".join(f"{ids[wnids[c]]}\n" for c in val_classes))
+        "".join(f"{ids[w]}\n" for w in truth))
     with tarfile.open(dest / "ILSVRC2012_devkit_t12.tar.gz.part", "w:gz") as tar:
         tar.add(devkit_dir, arcname="ILSVRC2012_devkit_t12")
     for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"):

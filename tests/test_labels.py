@@ -192,3 +192,66 @@ def test_unreadable_meta_mat_is_named(tmp_path):
     (tmp_path / "meta.mat").write_bytes(b"not a mat file")
     with pytest.raises(ImgnetError, match="meta.mat: not a readable ILSVRC2012 devkit meta.mat"):
         parse_meta_mat(tmp_path / "meta.mat")
+
+
+# ------------------------------------------------------------------------------- val ground truth
+def test_shipped_ground_truth_is_the_devkit_file(shared_data):
+    from imagenet_prep.labels import load_val_ground_truth
+
+    shipped = REPO / "imagenet_prep" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    assert shipped.read_bytes() == (shared_data / "devkit_t12" / "data" / shipped.name).read_bytes()
+    truth = load_val_ground_truth()
+    assert len(truth) == 50_000 and truth[0] == "n01751748"  # README: val 1 is ID 490, sea snake
+    caffe = [int(ln.split()[1]) for ln in (shared_data / "caffe_ilsvrc12" / "val.txt").read_text().splitlines()]
+    wnids = sorted(c["wnid"] for c in load_ilsvrc_classes())
+    assert [wnids.index(w) for w in truth[:2000]] == caffe[:2000]
+    assert "ImageNet" in (REPO / "imagenet_prep" / "data" / "SOURCES.md").read_text().split(shipped.name, 1)[1]
+
+
+def test_read_val_labels_takes_indices_and_wnids(tmp_path):
+    from imagenet_prep.labels import read_val_labels
+
+    wnids = sorted(c["wnid"] for c in load_ilsvrc_classes())
+    f = tmp_path / "val.txt"
+    f.write_text("# name label\nILSVRC2012_val_00000001.JPEG 65\n\nILSVRC2012_val_00000002 n09193705\n")
+    assert read_val_labels(f, wnids) == {"ILSVRC2012_val_00000001.JPEG": "n01751748",
+                                         "ILSVRC2012_val_00000002": "n09193705"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a.JPEG 1000\n", r"line 1 is 'a.JPEG 1000'; expected '<name> <index or wnid>' with an index from 0 to 999"),
+    ("a.JPEG n99999999\n", "line 1"),
+    ("a.JPEG\n", "line 1"),
+    ("a.JPEG 1\nb.JPEG 2 3\n", "line 2"),
+    ("a.JPEG 1\na.JPEG 2\n", "line 2 labels a.JPEG a second time"),
+    ("# nothing\n", "holds no labels"),
+])
+def test_read_val_labels_names_the_bad_line(tmp_path, text, message):
+    from imagenet_prep.labels import read_val_labels
+
+    (tmp_path / "val.txt").write_text(text)
+    with pytest.raises(ImgnetError, match=message):
+        read_val_labels(tmp_path / "val.txt", sorted(c["wnid"] for c in load_ilsvrc_classes()))
+
+
+@pytest.mark.slow
+def test_shipped_data_files_reach_the_wheel(tmp_path):
+    """package-data must carry every file of imagenet_prep/data into a built wheel, not only an editable install."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    src = tmp_path / "src"  # a clean copy: a build/ folder left in the repository could hide a missing file
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for part in ("pyproject.toml", "README.md", "cli.py", "imagenet_prep", "trainer"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, src / part, **({"ignore": ignore} if (REPO / part).is_dir() else {}))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("imgnet-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = sorted(p.name for p in (REPO / "imagenet_prep" / "data").iterdir() if p.is_file())
+    assert "ILSVRC2012_validation_ground_truth.txt" in data
+    assert {f"imagenet_prep/data/{n}" for n in data} <= names
+    assert {"imagenet_prep/kaggle_zip.py", "imagenet_prep/wds.py", "cli.py"} <= names

@@ -368,9 +368,35 @@ def test_unknown_layout_lists_what_was_found(tmp_path):
         assert need in msg
 
 
-def test_flat_val_without_devkit(shared_data, tmp_path):
+def test_flat_val_without_devkit_uses_the_shipped_ground_truth(shared_data, tmp_path):
+    link_val(shared_data, tmp_path / "val")
+    src = discover(tmp_path)
+    assert "ILSVRC2012_validation_ground_truth.txt (shipped)" in src.origin["val"] and len(src.label_map) == 1000
+    assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == caffe_val(shared_data)
+
+
+def test_a_devkit_that_disagrees_with_the_shipped_ground_truth(shared_data, tmp_path):
     link_val(shared_data, tmp_path / "val", range(1, 3))
-    with pytest.raises(ImgnetError, match="flat val.*devkit.*ILSVRC2012_devkit_t12.tar.gz.*LOC_val_solution.csv"):
+    kit = tmp_path / "devkit_t12" / "data"
+    kit.mkdir(parents=True)
+    (kit / "meta.mat").symlink_to(shared_data / "devkit_t12" / "data" / "meta.mat")
+    lines = (shared_data / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
+    lines[40_000] = "1" if lines[40_000] != "1" else "2"  # an image the val folder does not even hold
+    (kit / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ImgnetError, match=r"ground_truth.txt \(line 40001\) labels ILSVRC2012_val_00040001.JPEG as "
+                                          r"n\d{8}, but the ILSVRC2012 ground truth .*shipped.* has n\d{8}"):
+        discover(tmp_path)
+
+
+def test_val_class_folders_must_hold_the_official_classes(shared_data, tmp_path):
+    val = imagenette(shared_data, "val")
+    shutil.copytree(val, tmp_path / "val", symlinks=True)
+    src = discover(tmp_path)  # the real val images in their real classes
+    assert len(src.splits["val"]) == 50 and "class folders" in src.origin["val"]
+    a, b = sorted(os.listdir(tmp_path / "val"))[:2]
+    moved = sorted(os.listdir(tmp_path / "val" / a))[0]
+    (tmp_path / "val" / a / moved).rename(tmp_path / "val" / b / moved)
+    with pytest.raises(ImgnetError, match=f"labels {moved} as {b}, but the ILSVRC2012 ground truth .* has {a}"):
         discover(tmp_path)
 
 
@@ -398,3 +424,73 @@ def test_mixed_files_and_folders_and_flat_train(shared_data, tmp_path):
     link_val(shared_data, tmp_path / "train", range(1, 3))
     with pytest.raises(ImgnetError, match="train holds images but no class folders"):
         discover(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ --val-labels
+def test_val_labels_file_in_caffe_shape(shared_data, tmp_path):
+    link_val(shared_data, tmp_path / "val")
+    caffe = shared_data / "caffe_ilsvrc12" / "val.txt"
+    shipped = discover(tmp_path)
+    src = discover(tmp_path, val_labels=caffe)
+    assert src.origin["val"].endswith(f"(labels: --val-labels {caffe})")
+    assert [(i.name, i.label) for i in src.splits["val"]] == [(i.name, i.label) for i in shipped.splits["val"]]
+    # an index is a sorted-wnid index whatever --label-order: the devkit order gives ID - 1 as always
+    devkit = discover(tmp_path, val_labels=caffe, label_order="devkit")
+    ids = [int(x) for x in (shared_data / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
+    assert [i.label for i in devkit.splits["val"]] == [ids[n] - 1 for n in range(N_VAL)]
+
+
+def test_val_labels_override_the_devkit_and_name_missing_images(shared_data, tmp_path):
+    link_val(shared_data, tmp_path / "val", range(1, 4))
+    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+    f = tmp_path / "mine.txt"
+    f.write_text(f"{val_name(1)} n01440764\n{val_name(2)} 1\nILSVRC2012_val_00000003 999\n")
+    src = discover(tmp_path, val_labels=f)
+    assert [i.label for i in src.splits["val"]] == [0, 1, 999]
+    f.write_text(f"{val_name(1)} 0\n")
+    with pytest.raises(ImgnetError, match=f"val image '{val_name(2)}' has no row 'ILSVRC2012_val_00000002' in --val-labels"):
+        discover(tmp_path, val_labels=f)
+
+
+def test_val_labels_need_a_flat_val(shared_data, tmp_path):
+    shutil.copytree(imagenette(shared_data, "val"), tmp_path / "val", symlinks=True)
+    (tmp_path / "v.txt").write_text(f"{val_name(1)} 0\n")
+    with pytest.raises(ImgnetError, match="--val-labels .* labels a flat val, but .*val is sorted into class folders"):
+        discover(tmp_path, val_labels=tmp_path / "v.txt")
+
+
+def test_cli_prep_takes_val_labels(shared_data, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    link_val(shared_data, tmp_path / "src" / "val", range(1, 4))
+    (tmp_path / "v.txt").write_text("".join(f"{val_name(n)} {n}\n" for n in range(1, 4)))
+    r = CliRunner().invoke(main, ["prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "data"),
+                                  "--workers", "1", "--val-labels", str(tmp_path / "v.txt")])
+    assert r.exit_code == 0, r.output
+    from imagenet_prep import open_split
+
+    assert list(open_split(tmp_path / "data", "val").labels) == [1, 2, 3]
+    (tmp_path / "bad.txt").write_text("x y z\n")
+    r = CliRunner().invoke(main, ["prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "data2"),
+                                  "--val-labels", str(tmp_path / "bad.txt")])
+    assert r.exit_code == 2 and "line 1 is 'x y z'" in r.output and "Traceback" not in r.output
+
+
+def test_torrent_tars_without_a_devkit_give_the_devkit_prep(shared_data, tmp_path):
+    """The two official image tars alone (as torrents carry them): the shipped ground truth labels the val,
+    and DATA equals the prep with the devkit, labels.json included."""
+    import json
+
+    import layouts
+    from imagenet_prep.prep import PrepConfig, run_prep
+
+    train, val = layouts.real_images(shared_data, per_class=2, n_val=12)
+    for name, kit in (("with", shared_data), ("without", None)):
+        layouts.official(tmp_path / name, train, val, kit)
+        run_prep(PrepConfig(src=str(tmp_path / name), out=str(tmp_path / f"out-{name}"), workers=1))
+    for split in ("train", "val"):
+        assert layouts.content(tmp_path / "out-without", split) == layouts.content(tmp_path / "out-with", split)
+    assert json.loads((tmp_path / "out-without" / "labels.json").read_text()) == \
+        json.loads((tmp_path / "out-with" / "labels.json").read_text())

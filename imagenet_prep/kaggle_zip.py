@@ -1,0 +1,176 @@
+"""Kaggle's `imagenet-object-localization-challenge.zip`, read in place: never extracted.
+
+The zip holds ILSVRC/Data/CLS-LOC/{train/<wnid>/,val/,test/}, the localisation annotations and, at its
+top, LOC_synset_mapping.txt and LOC_val_solution.csv. Its central directory has about 2M entries
+(ZIP64: the file is about 155 GB). `list_zip` parses that directory once, straight from the bytes
+(zipfile.ZipFile would build 2M ZipInfo objects), and keeps the images of train and val and the two
+label files as entries (name, class, path, local header offset, compressed size, method, CRC-32);
+sources.py caches them in DATA as it caches the tar listings. A worker then reads one member with
+`read_member`: one read of the local header and the compressed bytes, inflate, check the CRC.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+from imagenet_prep.errors import ImgnetError
+
+ZIP_NAME = "imagenet-object-localization-challenge.zip"
+CLS_LOC = "ILSVRC/Data/CLS-LOC/"
+LABEL_FILES = ("LOC_synset_mapping.txt", "LOC_val_solution.csv")
+STORED, DEFLATED = 0, 8
+
+_EOCD, _Z64_LOCATOR, _Z64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+_CENTRAL, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
+_CENTRAL_FMT = struct.Struct("<4s6H3L5H2L")  # 46 bytes: sig, versions, flags, method, time, date, crc, sizes, ...
+_CHUNK = 1 << 24                              # bytes of central directory parsed at a time
+_LOCAL_SLACK = 1024                           # local name + extra fields read along with the data (one read)
+
+
+def _span(f, size: int, where: str) -> tuple[int, int, int]:
+    """(entries, central directory offset, its size), from the end record (ZIP64 where the counts overflow),
+    offsets corrected for bytes prepended to the archive as zipfile does."""
+    tail_len = min(size, 22 + 65535)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(_EOCD)
+    if at < 0 or at + 22 > len(tail):
+        raise ImgnetError(f"{where}: no zip end record; expected the complete Kaggle zip (re-download it)")
+    _, _, _, _, n, cd_size, cd_offset, _ = struct.unpack_from("<4s4H2LH", tail, at)
+    end = size - tail_len + at
+    if n == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
+        loc = at - 20
+        if loc < 0 or tail[loc:loc + 4] != _Z64_LOCATOR:
+            raise ImgnetError(f"{where}: a ZIP64 archive without its ZIP64 locator; expected a complete zip")
+        end = struct.unpack_from("<4sLQL", tail, loc)[2]
+        f.seek(end)
+        rec = f.read(56)
+        if len(rec) != 56 or rec[:4] != _Z64_EOCD:
+            raise ImgnetError(f"{where}: no ZIP64 end record at byte {end}; expected a complete zip")
+        n, cd_size, cd_offset = struct.unpack("<4sQ2H2L4Q", rec)[7:]
+    shift = end - cd_size - cd_offset  # bytes before the archive (a self-extractor stub, a concatenation)
+    if shift < 0:
+        raise ImgnetError(f"{where}: its central directory would start before the file; expected a complete zip")
+    return n, cd_offset + shift, cd_size
+
+
+def _zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int]:
+    """(compressed size, local header offset) with the ZIP64 extra field (0x0001) applied."""
+    i = 0
+    while i + 4 <= len(extra):
+        tag, n = struct.unpack_from("<HH", extra, i)
+        if tag == 1:
+            vals, j = [], i + 4
+            for v in (usize, csize, offset):
+                if v == 0xFFFFFFFF:
+                    vals.append(struct.unpack_from("<Q", extra, j)[0])
+                    j += 8
+                else:
+                    vals.append(v)
+            return vals[1], vals[2]
+        i += 4 + n
+    return csize, offset
+
+
+def central_directory(path: Path):
+    """Yield (name, local header offset, compressed size, method, crc, flags) for every member whose name
+    holds ILSVRC/Data/CLS-LOC/ or ends with a Kaggle label file; others are passed over unparsed."""
+    where = str(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n, pos, cd_size = _span(f, size, where)
+        f.seek(pos)
+        buf, i, seen, left = b"", 0, 0, cd_size
+        while seen < n:
+            if i + 46 > len(buf) or i + 46 + sum(struct.unpack_from("<3H", buf, i + 28)) > len(buf):
+                more = f.read(min(_CHUNK, left))
+                left -= len(more)
+                if not more:
+                    raise ImgnetError(f"{where}: the central directory ends after {seen} of {n} entries; expected "
+                                      "a complete zip (re-download it)")
+                buf, i = buf[i:] + more, 0
+                continue
+            sig, _, _, flags, method, _, _, crc, csize, usize, nlen, elen, clen, _, _, _, offset = \
+                _CENTRAL_FMT.unpack_from(buf, i)
+            if sig != _CENTRAL:
+                raise ImgnetError(f"{where}: entry {seen + 1} of the central directory is damaged; expected a "
+                                  "complete zip (re-download it)")
+            raw = buf[i + 46:i + 46 + nlen]
+            if b"Data/CLS-LOC/" in raw or raw.endswith(b".txt") or raw.endswith(b".csv"):
+                name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+                if 0xFFFFFFFF in (csize, usize, offset):
+                    csize, offset = _zip64(buf[i + 46 + nlen:i + 46 + nlen + elen], usize, csize, offset)
+                yield name, offset, csize, method, crc, flags
+            i += 46 + nlen + elen + clen
+            seen += 1
+
+
+def list_zip(path: Path, junk) -> dict[str, tuple[list[str] | None, list[tuple], list[dict]]]:
+    """{"train": (classes, entries, skipped), "val": (None, entries, skipped), "labels": (None, entries, [])}:
+    entries (name, class or None, path, offset, size, method, crc) in central-directory order; `junk(name,
+    is_dir)` says why a file is not an image candidate (sources.py's rule)."""
+    parts = {"train": (set(), [], []), "val": (None, [], []), "labels": (None, [], [])}
+    p = str(path)
+    for name, offset, csize, method, crc, flags in central_directory(path):
+        base = name.rsplit("/", 1)[-1]
+        at = name.find(CLS_LOC)
+        if at < 0:
+            if base in LABEL_FILES and name.count("/") <= 1:  # the zip's top, or one folder down
+                parts["labels"][1].append((base, None, p, offset, csize, method, crc))
+            continue
+        split, _, rel = name[at + len(CLS_LOC):].partition("/")
+        if split not in ("train", "val") or not rel or name.endswith("/"):
+            continue  # test/, folder entries
+        cls, _, inner = rel.partition("/") if split == "train" else (None, "", rel)
+        if split == "train" and not inner:
+            reason = "not in a class folder (train/<wnid>/)"
+        elif split == "val" and "/" in rel:
+            reason = "in a subfolder of the flat val/"
+        else:
+            reason = next((r for part in rel.split("/") if (r := junk(part, False))), None)
+        if reason is None and flags & 1:
+            reason = "an encrypted zip member"
+        if reason is None and method not in (STORED, DEFLATED):
+            reason = f"compressed with zip method {method}; expected stored (0) or deflate (8)"
+        classes, entries, skipped = parts[split]
+        if reason:
+            skipped.append({"name": rel, "reason": reason})
+            continue
+        if split == "train":
+            classes.add(cls)
+        entries.append((inner if split == "train" else rel, cls, p, offset, csize, method, crc))
+    classes, entries, skipped = parts["train"]
+    return {**parts, "train": (sorted(classes), entries, skipped)}
+
+
+def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int) -> bytes:
+    """The uncompressed bytes of the member whose local header is at `offset`; BadImage when they fail to
+    inflate or fail their CRC-32 (a damaged download: reported as a skipped image, with the reason)."""
+    from imagenet_prep.resize import BadImage
+
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        head = f.read(30 + _LOCAL_SLACK + size)
+        if len(head) < 30 or head[:4] != _LOCAL:
+            raise ImgnetError(f"{path}: no zip member header at byte {offset} for {name}; the zip changed since it "
+                              "was listed (remove DATA/.listing-*.npz or re-download it)")
+        start = 30 + sum(struct.unpack_from("<HH", head, 26))
+        data = head[start:start + size]
+        if len(data) < size:  # unusually long local extra fields, or a truncated file
+            f.seek(offset + start)
+            data = f.read(size)
+    if len(data) != size:
+        raise BadImage(f"zip member truncated: {len(data)} of {size} bytes; re-download the zip")
+    if method == DEFLATED:
+        try:
+            d = zlib.decompressobj(-15)
+            data = d.decompress(data) + d.flush()
+        except zlib.error as e:
+            raise BadImage(f"zip member cannot be inflated ({e}); the zip is damaged there, re-download it") from e
+    got = zlib.crc32(data)
+    if got != crc:
+        raise BadImage(f"zip member fails its CRC-32 check (listed {crc:08x}, read {got:08x}); the zip is "
+                       "damaged there, re-download it")
+    return data

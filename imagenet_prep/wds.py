@@ -1,0 +1,136 @@
+"""timm's `imagenet-1k-wds` webdataset shards (huggingface.co/datasets/timm/imagenet-1k-wds), read in place.
+
+SRC holds imagenet1k-train-NNNN.tar (1024 shards), imagenet1k-validation-NN.tar (64) and _info.json
+({"name", "splits": {split: {"num_samples", "filenames", "shard_lengths", ...}}}). Each shard is a plain,
+pre-shuffled tar of samples `<key>.jpg`, `<key>.cls` (ASCII sorted-wnid index) and `<key>.json`
+({"filename": "<wnid>/<original name>", "label", "width", "height"}); the key is the original stem.
+
+Listing a split reads every shard's headers and its small .cls and .json members (sources.py caches the
+result in DATA as it caches the tar listings); the images are then read by byte range like the members
+of the official tars, so records come out in the contract order whatever the shard order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+
+from imagenet_prep.errors import ImgnetError
+
+SPLIT_OF = {"train": "train", "validation": "val"}
+SHARD = re.compile(r"imagenet1k-(train|validation)-(\d+)\.tar")
+INFO = "_info.json"
+IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif"}
+
+# The train images whose bytes the shards do not keep: 22 CMYK JPEGs and one PNG under a .JPEG name that
+# the shard writer re-encoded as RGB JPEGs (the widely used list of TensorFlow's build_imagenet_data.py).
+# Their records differ from the official tars' within the image policy's tolerance; the report lists them.
+REENCODED = frozenset("""
+n01739381_1309 n02077923_14822 n02447366_23489 n02492035_15739 n02747177_10752 n03018349_4028
+n03062245_4620 n03347037_9675 n03467068_12171 n03529860_11437 n03544143_17228 n03633091_5218
+n03710637_5125 n03961711_5286 n04033995_2932 n04258138_17003 n04264628_27969 n04336792_7448
+n04371774_5854 n04596742_4225 n07583066_647 n13037406_4650 n02105855_2933""".split())
+
+
+def find_shards(src: Path) -> dict[str, list[Path]]:
+    """{"train": shards, "val": shards} found in SRC, in shard-number order; {} when there are none."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for p in src.iterdir():
+        m = SHARD.fullmatch(p.name)
+        if m and p.is_file():
+            found.setdefault(SPLIT_OF[m[1]], []).append((int(m[2]), p))
+    return {s: [p for _, p in sorted(v)] for s, v in found.items()}
+
+
+def read_info(src: Path) -> dict | None:
+    """_info.json, or None where SRC has none; an unreadable one is an error."""
+    path = src / INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info["splits"].items()
+        return info
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ImgnetError(f"{path} is not readable ({type(e).__name__}: {e}); expected timm's _info.json "
+                          '{"name", "splits": {split: {"num_samples", "filenames", "shard_lengths"}}}') from e
+
+
+def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path]) -> dict[str, int]:
+    """{shard name: samples} from _info.json for the shards of `split`; a listed shard missing from SRC
+    is an error (a partial download must not pass for the whole split)."""
+    if info is None:
+        return {}
+    name = {v: k for k, v in SPLIT_OF.items()}[split]
+    entry = info["splits"].get(name)
+    if not isinstance(entry, dict):
+        return {}
+    files, lengths = list(entry.get("filenames") or []), list(entry.get("shard_lengths") or [])
+    have = {p.name for p in shards}
+    missing = [f for f in files if Path(f).name not in have]
+    if missing:
+        raise ImgnetError(f"{src}: {len(missing)} of the {len(files)} {name} shards listed in {INFO} are missing "
+                          f"(e.g. {Path(missing[0]).name}); expected all of them (finish the download)")
+    return {Path(f).name: int(n) for f, n in zip(files, lengths)} if len(lengths) == len(files) else {}
+
+
+def _label(shard: str, key: str, cls: bytes | None, meta: bytes | None, wnids: list[str]) -> tuple[str, str]:
+    """(record name, wnid) of one sample from its .cls and .json, which must agree."""
+    where = f"{shard}: sample {key}"
+    index = None
+    if cls is not None:
+        text = cls.decode("ascii", "replace").strip()
+        if not text.isdigit():
+            raise ImgnetError(f"{where}: .cls holds {text[:20]!r}; expected a sorted-wnid index (a damaged shard?)")
+        index = int(text)
+    filename = None
+    if meta is not None:
+        try:
+            d = json.loads(meta)
+            label, filename = d.get("label"), d.get("filename")
+        except (ValueError, AttributeError) as e:
+            raise ImgnetError(f"{where}: .json is not a JSON object ({e}); expected timm's sample metadata") from e
+        if label is not None:
+            if index is not None and label != index:
+                raise ImgnetError(f"{where}: .cls says {index} but .json says label {label}; expected the same "
+                                  "sorted-wnid index in both (a damaged shard?)")
+            index = label
+    if not isinstance(index, int) or not 0 <= index < len(wnids):
+        raise ImgnetError(f"{where}: label {index!r}; expected a sorted-wnid index from 0 to {len(wnids) - 1}")
+    wnid = wnids[index]
+    if isinstance(filename, str) and "/" in filename and filename.rsplit("/", 2)[-2] != wnid:
+        raise ImgnetError(f"{where}: .json filename {filename!r} is not in class {wnid}, its label {index}; "
+                          "expected the same class in both (a damaged shard?)")
+    name = filename.rsplit("/", 1)[-1] if isinstance(filename, str) and filename else f"{key}.JPEG"
+    return name, wnid
+
+
+def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], expected: int | None) -> list[tuple]:
+    """Entries (name, wnid, path, offset, size) of one shard's samples, from its members (headers already read)."""
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    for m in members:
+        base = m.name.rsplit("/", 1)[-1]
+        key, dot, ext = base.partition(".")  # webdataset: the key ends at the first dot of the base name
+        samples.setdefault(m.name[:len(m.name) - len(base)] + key, {})[ext.lower() if dot else ""] = m
+    if expected is not None and len(samples) != expected:
+        raise ImgnetError(f"{path} holds {len(samples)} samples but {INFO} says {expected}; expected the complete "
+                          "shard (re-download it)")
+    out, p = [], str(path)
+    with open(path, "rb") as f:
+        def read(m):
+            if m is None:
+                return None
+            f.seek(m.offset_data)
+            return f.read(m.size)
+        for key, parts in samples.items():
+            image = next((parts[e] for e in parts if e in IMAGE_EXTS), None)
+            if image is None:
+                raise ImgnetError(f"{path}: sample {key} has no image (members {', '.join(sorted(parts))}); "
+                                  "expected <key>.jpg beside <key>.cls and <key>.json")
+            if "cls" not in parts and "json" not in parts:
+                raise ImgnetError(f"{path}: sample {key} has no .cls nor .json; expected its label in them")
+            name, wnid = _label(p, key, read(parts.get("cls")), read(parts.get("json")), wnids)
+            out.append((name, wnid, p, image.offset_data, image.size))
+    return out
