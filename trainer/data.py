@@ -105,6 +105,18 @@ def draw_augment(rng: np.random.Generator, n: int, lighting_std: float = 0.1) ->
     return Augment(tops, lefts, flips, alphas)
 
 
+def view_geometry(views: str, n: int, aug: Augment | None = None, pos=slice(None)):
+    """(tops int64, lefts int64, flips bool), one entry per view of n images, image-major: the one place that
+    says what a view means. "random": the drawn choices `aug` at positions `pos`; "center": one view at
+    (16, 16), unmirrored; "ten": the ten_crop order (corners, center, then the same mirrored)."""
+    if views == "random":
+        return aug.tops[pos], aug.lefts[pos], aug.flips[pos]
+    ten = views == "ten"
+    off = np.array(TEN_CROP_OFFSETS if ten else ((CENTER, CENTER),), np.int64)
+    flips = np.array(TEN_CROP_FLIPS if ten else (False,))
+    return np.tile(off[:, 0], n), np.tile(off[:, 1], n), np.tile(flips, n)
+
+
 # ----------------------------------------------------------------------------- input transform
 def _np(a) -> np.ndarray:
     return a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
@@ -308,11 +320,8 @@ class ImageNetDataset(torch.utils.data.Dataset):
 
     def params(self, i: int):
         """(tops, lefts, flips, alphas | None) of subset entry i in the current epoch, one row per view."""
-        if self.views == "center":
-            return np.array([CENTER]), np.array([CENTER]), np.array([False]), None
-        if self.views == "ten":
-            off = np.array(TEN_CROP_OFFSETS)
-            return off[:, 0], off[:, 1], np.array(TEN_CROP_FLIPS), None
+        if self.views != "random":
+            return (*view_geometry(self.views, 1), None)
         if self._table is None or self._table[0] != self.epoch:
             n = len(self.indices)
             order, aug = epoch_draws(self.seed, self.epoch, n, self.train, self.lighting_std)
@@ -322,7 +331,7 @@ class ImageNetDataset(torch.utils.data.Dataset):
         _, where, aug = self._table
         p = where[i]
         alphas = aug.alphas[p:p + 1] if self.lighting_std > 0 else None
-        return aug.tops[p:p + 1], aug.lefts[p:p + 1], aug.flips[p:p + 1], alphas
+        return (*view_geometry("random", 1, aug, slice(p, p + 1)), alphas)
 
     def __getitem__(self, i: int):
         i = int(i)

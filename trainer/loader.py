@@ -38,8 +38,8 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import IMAGE_SHAPE, Split, open_split
-from trainer.data import (CENTER, CROP, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, VIEWS, InputTransform, as_stats,
-                          to_device, check_split, default_workers, epoch_draws, log)
+from trainer.data import (CROP, VIEWS, InputTransform, as_stats, check_split, default_workers, epoch_draws, log,
+                          to_device, view_geometry)
 
 
 # ----------------------------------------------------------------------------------- crop reader
@@ -369,16 +369,8 @@ class Loader:
             pos = np.arange(r, n, w)
         batches = [(lo, min(lo + b, mine)) for lo in range(0, mine, b)]
         idx = self.indices[order[pos]]
-        if self.views == "random":
-            tops, lefts, flips = aug.tops[pos], aug.lefts[pos], aug.flips[pos]
-            alphas = aug.alphas[pos] if self.lighting_std > 0 else None
-        elif self.views == "center":
-            tops = lefts = np.full(mine, CENTER, np.int64)
-            flips, alphas = np.zeros(mine, bool), None
-        else:
-            off = np.array(TEN_CROP_OFFSETS, np.int64)
-            tops, lefts = np.tile(off[:, 0], mine), np.tile(off[:, 1], mine)
-            flips, alphas = np.tile(np.array(TEN_CROP_FLIPS), mine), None
+        tops, lefts, flips = view_geometry(self.views, mine, aug, pos)
+        alphas = aug.alphas[pos] if self.views == "random" and self.lighting_std > 0 else None
         return EpochPlan(epoch, v, idx, tops, lefts, flips, alphas, batches, dropped, n)
 
     # ---- workers
