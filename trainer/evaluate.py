@@ -268,6 +268,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.data import check_split
     from trainer.loader import Loader
 
     ckpt_path = Path(ckpt_path)
@@ -287,10 +288,10 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
         if len(s) == 0:
             raise ImgnetError(f"the {split} split in {data_dir} is empty; expected labelled images")
         model = model_from_checkpoint(ckpt, device=str(device), arch=arch)
+        check_split(s, ckpt["stats"], len(labels["classes"]), labels)
         with Loader(s, ckpt["stats"], batch_size=batch_size, train=False, views="ten" if ten_crop else "center",
-                    workers=loader_workers(workers, device), device=str(device), drop_last=False,
-                    mean=ck.mean_mode(ckpt), lighting_std=0.0, num_classes=len(labels["classes"]),
-                    labels=labels) as loader:
+                    workers=loader_workers(workers, device), device=str(device), mean=ck.mean_mode(ckpt),
+                    lighting_std=0.0) as loader:
             t0 = time.perf_counter()
             r = evaluate(model, loader, ten_crop=ten_crop, device=device, progress=progress, return_predictions=True, amp=amp)
             seconds = time.perf_counter() - t0
