@@ -1,6 +1,6 @@
 """Augmentations and the input transform that turn a packed split into AlexNet's network input.
 
-The network input (DESIGN.md; paper section 4.1), on the 0-255 scale with no division by a std:
+The network input (docs/design.md; paper section 4.1), on the 0-255 scale with no division by a std:
 
     x = crop(P - M) + 255 * eigvec @ (alpha * eigval)
 
@@ -34,7 +34,7 @@ CROP = 224  # network input side (section 3.5)
 PAD = SIZE - CROP  # 32: crop offsets run 0..32 inclusive, 33 x 33 positions (section 4.1)
 CENTER = PAD // 2  # 16
 VIEWS = {"random": 1, "center": 1, "ten": 10}
-# ten_crop order (DESIGN.md): top-left, top-right, bottom-left, bottom-right, center, then the same mirrored
+# ten_crop order (docs/design.md): top-left, top-right, bottom-left, bottom-right, center, then the same mirrored
 TEN_CROP_OFFSETS = ((0, 0), (0, PAD), (PAD, 0), (PAD, PAD), (CENTER, CENTER)) * 2  # (top, left)
 TEN_CROP_FLIPS = (False,) * 5 + (True,) * 5
 
@@ -71,7 +71,7 @@ def hflip(img: np.ndarray) -> np.ndarray:
 
 def ten_crop(img: np.ndarray, size: int = CROP) -> np.ndarray:
     """uint8 (H, W, 3) -> (10, size, size, 3): the four corner crops and the center crop, then each of
-    them mirrored left-right (views[5:] = views[:5][:, :, ::-1]), as DESIGN.md orders them."""
+    them mirrored left-right (views[5:] = views[:5][:, :, ::-1]), as docs/design.md orders them."""
     h, w = img.shape[:2]
     offsets = ((0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2))
     five = np.stack([random_crop(img, t, l, size) for t, l in offsets])

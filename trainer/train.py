@@ -1,10 +1,15 @@
-"""`imgnet train`: AlexNet with the paper's recipe (Krizhevsky et al. 2012, section 5) from packed splits.
+"""`imgnet train`: the paper's recipe (Krizhevsky et al. 2012, section 5) from packed splits, for AlexNet or
+any model `--arch` names (trainer/arch.py).
 
     from trainer.train import TrainConfig, train
     summary = train(TrainConfig(data="DATA", out="RUN"))
 
-RUN/config.json (settings, versions, device), RUN/log.jsonl (one line per epoch), RUN/checkpoints/last.pt
-and best.pt (self-contained, see trainer/checkpoint.py), RUN/curves.png.
+RUN/config.json (launch record, one more per resume), RUN/log.jsonl (one line per epoch),
+RUN/checkpoints/last.pt and best.pt (self-contained, see trainer/checkpoint.py), RUN/curves.png.
+
+Layout: `_train` sets the run up and runs the epoch loop; one epoch of SGD is trainer.loop.train_epoch, the
+every-N-steps host sync trainer.loop.HostSync, the run's state trainer.checkpoint.RunState (turned into a
+checkpoint and back by trainer.checkpoint), the run folder trainer.runfolder.
 
 Devices: one GPU or the CPU; two GPUs as in the paper with `model_parallel` (one tower per GPU); many
 GPUs or machines data parallel, one process per GPU:
@@ -13,17 +18,15 @@ GPUs or machines data parallel, one process per GPU:
 paper), split evenly between them, so the recipe does not change with the process count. Only rank 0
 writes files; RUN must be on a filesystem every node sees for --resume.
 
-Exact resume works at epoch boundaries: the loader's order and augmentation are a function of
-(seed, epoch), and the checkpoint holds the optimizer, schedule and every RNG state. A Ctrl-C inside an
-epoch saves the weights of that moment; resuming then restarts that epoch from its first batch with
-them (not bit-exact; the next log line says so).
+Exact resume: the loader's order and augmentation are a function of (seed, epoch), and the checkpoint
+holds the optimizer, schedule and every RNG state. A Ctrl-C or SIGTERM inside an epoch saves the position
+in it (batch, step, running sums); resuming continues with the batches that epoch had not seen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import sys
 import time
