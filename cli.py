@@ -152,7 +152,7 @@ def train(data, out, compile_, **options):
 @_friendly
 def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission, amp, arch):
     """Top-1/top-5 error of a checkpoint on a whole split; writes test-center.json or test-ten-crop.json beside it."""
-    from trainer.evaluate import run_test
+    from trainer.evaluate import METRICS, run_test
 
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
                  device=device, submission=submission, amp=amp, arch=arch)
@@ -169,7 +169,7 @@ def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submissio
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
         click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines{note})")
-    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", "top1_err", "top5_err", "mistake_severity")}))
+    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", *METRICS, "mistake_severity")}))
 
 
 # ------------------------------------------------------------------------------------- predict

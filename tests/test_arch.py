@@ -99,7 +99,7 @@ def test_train_test_predict_a_user_model_and_a_new_metric_reaches_log_and_report
     from trainer.train import train
 
     # one new entry in METRICS, nothing else: it must reach the log and the test JSON
-    monkeypatch.setitem(ev.METRICS, "top2_err", lambda logp, y, top: (top[:, :2] != y.view(-1, 1)).all(1).sum())
+    monkeypatch.setitem(ev.METRICS, "top2_err", lambda s: (s.top[:, :2] != s.y.view(-1, 1)).all(1).sum())
     data = make_data(tmp_path / "data", classes=3)
     run = tmp_path / "run"
     with pytest.raises(ImgnetError, match="--towers: AlexNet-only"):

@@ -26,6 +26,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,13 +60,22 @@ def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- metrics
-# name -> the batch's sum over images, from logp float32 (B, C) (log of the mean softmax over the views),
-# y int64 (B,) and top int64 (B, min(5, C)) (classes best first). The mean is sum / n. A metric added here
-# shows up in training validation, log.jsonl (as val_<name>) and the test JSON with no other edit.
+class Scored(NamedTuple):
+    """What a metric sees of one batch. A metric that needs more of each image (its split index, say, for
+    relabelled ground truth) gets a new field here, and the metrics that do not use it stay as they are."""
+
+    logp: torch.Tensor  # float32 (B, C): log of the mean softmax over each image's views
+    y: torch.Tensor  # int64 (B,): labels
+    top: torch.Tensor  # int64 (B, min(5, C)): classes, best first
+
+
+# name -> the batch's sum over its images (a tensor on the device); the mean is sum / n. A metric added
+# here shows up in training validation (summed across processes), log.jsonl (as val_<name>) and the
+# `imgnet test` JSON (as <name>) with no other edit.
 METRICS = {
-    "top1_err": lambda logp, y, top: (top[:, 0] != y).sum(),
-    "top5_err": lambda logp, y, top: (top != y.view(-1, 1)).all(dim=1).sum(),
-    "loss": lambda logp, y, top: F.nll_loss(logp, y, reduction="sum"),  # mean NLL of the averaged softmax
+    "top1_err": lambda s: (s.top[:, 0] != s.y).sum(),
+    "top5_err": lambda s: (s.top != s.y.view(-1, 1)).all(dim=1).sum(),
+    "loss": lambda s: F.nll_loss(s.logp, s.y, reduction="sum"),  # NLL of the view-averaged softmax
 }
 
 
@@ -171,8 +181,9 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
                     logits = model(x)
                 logp = average_views(logits, views)  # (B, C) float32
                 top = logp.topk(min(5, logp.shape[1]), dim=1).indices  # (B, k) best first
+                scored = Scored(logp, y, top)
                 for k, fn in METRICS.items():
-                    sums[k] += fn(logp, y, top).double()
+                    sums[k] += fn(scored).double()
                 n += y.shape[0]
                 if return_predictions:
                     ys.append(y)

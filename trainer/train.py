@@ -369,11 +369,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     say = _printer(cfg.progress and d.main)
     _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, say)
     say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
-        f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)")
-    if note:
-        say(note)
-    if state.epoch >= cfg.epochs:
-        say(f"{run} has already trained {state.epoch} epochs (--epochs {cfg.epochs}); nothing to do")
+        f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
         sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
@@ -388,13 +384,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
             with _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start.batch) as bar:
                 sync.begin(epoch, len(train_loader), lr, bar)
                 totals = train_epoch(net, train_loader, optimizer, scaler, sync, state, cfg.amp, start)
-            if totals.stopped:
+            if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
                 state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
                                 "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
-                if (path := save(ckdir / "last.pt")) is not None:
-                    print(f"stopped in epoch {epoch} after batch {totals.batch}/{len(train_loader)}: saved {path}; "
-                          "the same command with --resume continues exactly", file=sys.stderr)
-                raise KeyboardInterrupt("stop requested")
+                _stopped(save(ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(train_loader)}")
             t_train = time.perf_counter() - t0
             val = _validate(eval_net, val_loader, d, device, cfg.amp)
             metrics = _end_epoch(state, epoch, lr, totals, val, d, device, t0, t_train, train_loader, data)
@@ -407,11 +400,17 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
                 _plot(run)
             say(_epoch_line(metrics, cfg.epochs))
             if epoch < cfg.epochs and sync.stop_requested():
-                say(f"stopped after epoch {epoch}: {ckdir / 'last.pt'}; the same command with --resume continues")
-                raise KeyboardInterrupt("stop requested")
+                _stopped(ckdir / "last.pt" if d.main else None, f"after epoch {epoch}")
     return {"run": str(run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
             "best_epoch": state.best_epoch, "last": state.metrics, "checkpoint": str(ckdir / "best.pt"),
             "seconds": time.perf_counter() - t_start, "main": d.main}
+
+
+def _stopped(path: Path | None, where: str):
+    """End the run on a stop request; rank 0 (`path` not None) says where and what continues it."""
+    if path is not None:
+        print(f"stopped {where}: saved {path}; the same command with --resume continues exactly", file=sys.stderr)
+    raise KeyboardInterrupt("stop requested")
 
 
 def _epoch_start(state: ck.RunState, epoch: int) -> EpochTotals:
@@ -457,6 +456,8 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
         dist.barrier()
     if not d.main:
         return
+    if state.epoch >= cfg.epochs:
+        say(f"{run} has already trained {state.epoch} epochs (--epochs {cfg.epochs}); nothing to do")
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
