@@ -55,8 +55,10 @@ def test_arch_names_and_alexnet_only_switches():
             arch.check_arch(bad)
     values = {"num_classes": 5, "towers": 2, "lrn": "none", "pool": "overlap", "activation": "relu",
               "dropout": 0.5, "bias_init": "paper"}
-    with pytest.raises(ImgnetError, match="--lrn: AlexNet-only"):
+    with pytest.raises(ImgnetError, match="--lrn: --arch alexnet-owt does not take"):
         arch.settings_of("alexnet-owt", values)
+    with pytest.raises(ImgnetError, match="--dropout: --arch tiny_arch:make does not take"):  # a user's model brings its own
+        arch.settings_of("tiny_arch:make", {**values, "lrn": "paper", "dropout": 0.2})
     assert arch.settings_of("alexnet-owt", {**values, "lrn": "paper", "dropout": 0.2}) == {
         "num_classes": 5, "dropout": 0.2, "bias_init": "paper"}
     assert arch.settings_of("alexnet", values)["lrn"] == "none"
@@ -102,7 +104,7 @@ def test_train_test_predict_a_user_model_and_a_new_metric_reaches_log_and_report
     monkeypatch.setitem(ev.METRICS, "top2_err", lambda s: (s.top[:, :2] != s.y.view(-1, 1)).all(1).sum())
     data = make_data(tmp_path / "data", classes=3)
     run = tmp_path / "run"
-    with pytest.raises(ImgnetError, match="--towers: AlexNet-only"):
+    with pytest.raises(ImgnetError, match="--towers: --arch tiny_arch:make does not take"):
         train(tiny(data, run, arch="tiny_arch:make", towers=1))
     s = train(tiny(data, run, arch="tiny_arch:make", epochs=2, bias_init="caffe"))
     assert s["epochs"] == 2 and s["main"]

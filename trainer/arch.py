@@ -36,14 +36,16 @@ def check_arch(arch: str) -> str:
 
 def settings_of(arch: str, values: dict) -> dict:
     """The model keywords `arch` takes from `values` (a TrainConfig as a dict plus num_classes), checked.
-    ImgnetError when an AlexNet-only switch is set away from its default for another arch."""
+    ImgnetError when an AlexNet-only switch (or, for a user's model, --dropout) is set away from its default."""
     if arch == DEFAULT:
         return asdict(AlexNetSettings(**{f.name: values[f.name] for f in fields(AlexNetSettings)}))
     defaults = AlexNetSettings()
-    changed = [n for n in ALEXNET_ONLY if n in values and values[n] != getattr(defaults, n)]
+    own = ALEXNET_ONLY + (() if arch in BUILTIN else ("dropout",))  # a user's model has its own dropout
+    changed = [n for n in own if n in values and values[n] != getattr(defaults, n)]
     if changed:
-        raise ImgnetError(f"{', '.join('--' + n.replace('_', '-') for n in changed)}: AlexNet-only switch(es); "
-                          f"--arch {arch} does not take them (leave them at their defaults)")
+        raise ImgnetError(f"{', '.join('--' + n.replace('_', '-') for n in changed)}: --arch {arch} does not take "
+                          "this setting (the AlexNet-only switches, and --dropout for a module:callable model, "
+                          "stay at their defaults)")
     if arch in BUILTIN:
         kind = BUILTIN[arch][1]
         return asdict(kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values}))
