@@ -423,3 +423,21 @@ def test_version_1_checkpoint_resumes_tests_and_predicts(data, tmp_path):
     assert len(predict(run / "checkpoints" / "best.pt", [img], device="cpu")[0]["top"]) == 2
     s = train(tiny(data, run, epochs=2, bias_init="caffe", resume=True))  # the same command as before
     assert s["epochs"] == 2 and ck.load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_cli_model_switches_come_from_the_model_settings():
+    from dataclasses import fields
+
+    import click
+
+    from cli import train as cmd
+    from trainer.model import AlexNetSettings
+
+    opts = {p.name: p for p in cmd.params}
+    for f in fields(AlexNetSettings):
+        if not f.metadata:
+            continue
+        o = opts[f.name]
+        assert o.default == f.default and o.help == f.metadata["help"], f.name
+        if isinstance(o.type, click.Choice):
+            assert tuple(o.type.choices) == tuple(f.metadata["choices"]), f.name
