@@ -81,6 +81,23 @@ def pca_stats(data, sample, workers):
 
 
 # --------------------------------------------------------------------------------------- train
+def _model_options(fn):
+    """The AlexNet switches as options, made from trainer.model.AlexNetSettings (the one definition)."""
+    from dataclasses import fields
+
+    from trainer.model import AlexNetSettings
+
+    for f in reversed([f for f in fields(AlexNetSettings) if f.metadata]):
+        m = f.metadata
+        if m["choices"] is not None:
+            kind = (click.IntRange(min(m["choices"]), max(m["choices"])) if f.type == "int"
+                    else click.Choice(list(m["choices"])))
+        else:
+            kind = click.FloatRange(m["low"], m["high_open"], max_open=True)
+        fn = click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=m["help"])(fn)
+    return fn
+
+
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep` and `imgnet pca-stats`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: config.json, log.jsonl, checkpoints/, curves.png.")
@@ -89,18 +106,16 @@ def pca_stats(data, sample, workers):
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, help="Initial learning rate (section 5).")
 @click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, help="SGD momentum (section 5).")
 @click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, help="L2 weight decay (section 5).")
+@click.option("--bias-decay/--no-bias-decay", default=True, help="Decay the biases too (the paper's rule as written); --no-bias-decay: weights only, as Caffe and cuda-convnet.")
 @click.option("--lr-schedule", default="plateau", help="plateau: divide by 10 when val top-1 error stops improving; step:30,60,80: after those epochs.")
 @click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, help="Multiply the lr by this at each drop (section 5: divide by 10).")
 @click.option("--patience", type=click.IntRange(1), default=3, help="plateau: epochs without a new best val top-1 error before dividing the lr.")
 @click.option("--max-lr-drops", type=click.IntRange(0), default=3, help="plateau: divide at most this often (section 5: three times).")
 @click.option("--val-from-train", type=click.IntRange(0), default=0, help="Hold out N train images per class to steer the schedule and pick best.pt, leaving the val split for the final number [default: use val].")
-@click.option("--lrn", type=click.Choice(["paper", "caffe", "none"]), default="paper", help="Local response normalisation: the paper's alpha, Caffe's alpha/n, or none (section 3.3).")
-@click.option("--pool", type=click.Choice(["overlap", "nonoverlap"]), default="overlap", help="Max pooling 3/2 or 2/2 (section 3.4).")
-@click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", help="Section 3.1.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, help="Dropout in fc6 and fc7 (section 4.2); 0 turns it off.")
+@click.option("--arch", default="alexnet", help="alexnet (the paper's), alexnet-owt (torchvision's variant) or module:callable, your factory called with num_classes.")
+@click.option("--init", type=click.Choice(["paper", "module"]), default="paper", help="paper: section 5's init for every arch; module: a module:callable keeps its own.")
+@_model_options
 @click.option("--lighting-std", type=click.FloatRange(0), default=0.1, help="Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.")
-@click.option("--towers", type=click.IntRange(1, 2), default=2, help="2: the two-GPU net; 1: the paper's one-GPU net.")
-@click.option("--bias-init", type=click.Choice(["paper", "caffe"]), default="paper", help="Bias of conv2, conv4, conv5, fc6, fc7: 1 (paper) or 0.1 (Caffe).")
 @click.option("--mean", type=click.Choice(["image", "rgb"]), default="image", help="Subtract the mean image or the mean RGB.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: the loader's choice].")
 @click.option("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
@@ -116,6 +131,8 @@ def train(data, out, compile_, **options):
     from trainer.train import TrainConfig, train as run_train
 
     s = run_train(TrainConfig(data=data, out=out, compile=compile_, **options))
+    if not s["main"]:  # under torchrun rank 0 alone reports
+        return
     if s["best_epoch"] is not None:
         click.echo(f"best val top-1 error {s['best_val_top1_err']:.4f} at epoch {s['best_epoch']} of {s['epochs']}: "
                    f"{s['checkpoint']}")
@@ -133,13 +150,14 @@ def train(data, out, compile_, **options):
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
 @click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order).")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
+@click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission, amp):
+def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission, amp, arch):
     """Top-1/top-5 error of a checkpoint on a whole split; writes test-center.json or test-ten-crop.json beside it."""
-    from trainer.evaluate import run_test
+    from trainer.evaluate import METRICS, run_test
 
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp)
+                 device=device, submission=submission, amp=amp, arch=arch)
     sev = r["mistake_severity"]
     click.echo(f"{r['split']}: {r['n']:,} images, {r['view']}, {r['device']}, {r['images_per_s']:.0f} images/s")
     click.echo(f"  top-1 error       {r['top1_err']:.4f}")
@@ -153,7 +171,7 @@ def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submissio
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
         click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines{note})")
-    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", "top1_err", "top5_err", "mistake_severity")}))
+    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", *METRICS, "mistake_severity")}))
 
 
 # ------------------------------------------------------------------------------------- predict
@@ -163,8 +181,9 @@ def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submissio
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the ten views [default: center crop].")
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (one object per image) instead of text.")
+@click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def predict(ckpt, images, ten_crop, device, as_json):
+def predict(ckpt, images, ten_crop, device, as_json, arch):
     """Top-5 classes of image files (any format Pillow reads, any size or colour mode).
 
     Exit status: 0 when every image was classified; 1 when some could not be read or decoded (each is
@@ -173,7 +192,7 @@ def predict(ckpt, images, ten_crop, device, as_json):
 
     from trainer.evaluate import predict as run_predict
 
-    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device)
+    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device, arch=arch)
     failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=1))

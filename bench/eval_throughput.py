@@ -62,7 +62,7 @@ def ours(model, split, stats, ten: bool, batch_size: int, workers: int | None, d
 
     kw = dict(batch_size=batch_size, train=False, views="ten" if ten else "center",
               workers=loader_workers(workers, device),
-              device=str(device), drop_last=False, lighting_std=0.0)
+              device=str(device), lighting_std=0.0)
     with Loader(split, stats, indices=np.arange(min(batch_size, len(split))), **kw) as warm:
         evaluate(model, warm, device=device)
     with Loader(split, stats, **kw) as loader:

@@ -1,3 +1,4 @@
+import os
 import pickle
 import random
 
@@ -112,3 +113,60 @@ def test_model_from_checkpoint_rebuilds_the_network(tmp_path):
         assert torch.equal(net(x), rebuilt(x))
     with pytest.raises(ImgnetError, match="do not fit"):
         ck.model_from_checkpoint(dict(ck.load_checkpoint(path), model_kwargs={**kw, "num_classes": 4}))
+
+
+# ------------------------------------------------------------------------------ hostile runs
+def test_a_killed_save_leaves_a_temp_file_that_the_next_save_removes(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # a pid that no longer runs: the writer killed mid-save
+    stale = tmp_path / f".last.pt.tmp{p.pid}"
+    stale.write_bytes(b"PK\x03\x04 half of a large checkpoint")
+    live = tmp_path / f".best.pt.tmp{os.getppid()}"  # a writer that still runs keeps its file
+    live.write_bytes(b"in progress")
+    ck.save_checkpoint(tmp_path / "last.pt", small_ckpt())
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", live.name])
+
+
+def test_truncated_checkpoint_message_is_whole_and_says_what_to_do(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt())
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImgnetError) as e:
+        ck.load_checkpoint(path)
+    msg = str(e.value)
+    assert "truncated" in msg and str(tmp_path / "best.pt") in msg and "new --out" in msg
+    assert msg.count("(") == msg.count(")")  # nothing cut in the middle
+
+
+def test_repair_best_relinks_a_missing_or_stale_best(tmp_path):
+    last = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt(epoch=2, best_epoch=2))
+    assert "missing" in ck.repair_best(tmp_path, ck.load_checkpoint(last))  # crash before the link
+    assert os.path.samefile(tmp_path / "best.pt", last)
+    assert ck.repair_best(tmp_path, ck.load_checkpoint(last)) is None  # nothing more to do
+    ck.save_checkpoint(tmp_path / "best.pt", small_ckpt(epoch=1, best_epoch=1))  # an older best
+    assert "stale" in ck.repair_best(tmp_path, ck.load_checkpoint(last))
+    assert ck.load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    (tmp_path / "best.pt").unlink()
+    older = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt(epoch=3, best_epoch=2))
+    assert "cannot be rebuilt" in ck.repair_best(tmp_path, ck.load_checkpoint(older))
+
+
+def test_restore_reads_a_version_1_checkpoint(tmp_path):
+    from trainer.schedule import LrSchedule
+
+    v1 = small_ckpt(version=1, scheduler=LrSchedule("plateau", 0.01).state_dict(), best_val_top1_err=0.4,
+                    best_epoch=2, interrupted=None, scaler=None)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    v1["optimizer"] = opt.state_dict()
+    path = ck.save_checkpoint(tmp_path / "last.pt", v1)
+    loaded = ck.load_checkpoint(path)
+    assert "arch" not in loaded and "step" not in loaded
+    state = ck.RunState(LrSchedule("plateau", 0.01))
+    note = ck.restore(loaded, state, optimizer=opt, scaler=torch.amp.GradScaler("cuda", enabled=False), rank=0,
+                      world=1, steps_per_epoch=5)
+    assert note is None and (state.epoch, state.step, state.best_epoch) == (3, 15, 2)  # step: 3 epochs of 5
+    assert ck.saved_config(loaded)["arch"] == "alexnet" and ck.saved_config(loaded)["bias_decay"] is True

@@ -21,8 +21,8 @@ from imagenet_prep.stats import compute_stats, load_stats
 from imagenet_prep.store import write_split
 from trainer import data as D
 from trainer import loader as L
-from trainer.data import (CROP, ImageNetDataset, InputTransform, center_crop, draw_augment, hflip, lighting_offset,
-                          pca_lighting, random_crop, ten_crop)
+from trainer.data import (CROP, ImageNetDataset, InputTransform, center_crop, check_split, draw_augment, hflip,
+                          lighting_offset, pca_lighting, random_crop, ten_crop, view_geometry)
 from trainer.loader import Loader, WorkerError
 
 N = 40  # images in the test split
@@ -222,7 +222,7 @@ def test_every_image_at_most_once_and_the_drop_is_logged(packed, caplog):
 def test_ranks_get_disjoint_equal_shares(packed):
     _, split, stats, _ = packed
     b, w = 3, 2
-    plans = [Loader(split, stats, batch_size=b, workers=0, rank=r, world_size=w, seed=2).plan(0) for r in range(w)]
+    plans = [Loader(split, stats, batch_size=b, workers=0, shard=(r, w), seed=2).plan(0) for r in range(w)]
     single = Loader(split, stats, batch_size=b * w, workers=0, seed=2).plan(0)
     assert len(plans[0].batches) == len(plans[1].batches) == N // (b * w)
     a, c = plans[0].indices, plans[1].indices
@@ -232,7 +232,7 @@ def test_ranks_get_disjoint_equal_shares(packed):
         mine, whole = slice(s * b, (s + 1) * b), slice(s * b * w, (s + 1) * b * w)
         np.testing.assert_array_equal(np.concatenate([a[mine], c[mine]]), single.indices[whole])
         np.testing.assert_array_equal(np.concatenate([plans[0].tops[mine], plans[1].tops[mine]]), single.tops[whole])
-    ev = [Loader(split, stats, batch_size=4, train=False, workers=0, rank=r, world_size=3).plan(0).indices
+    ev = [Loader(split, stats, batch_size=4, train=False, workers=0, shard=(r, 3)).plan(0).indices
           for r in range(3)]
     np.testing.assert_array_equal(np.sort(np.concatenate(ev)), np.arange(N))  # without drop_last: all, once
 
@@ -310,17 +310,35 @@ def test_dataset_gives_the_loaders_inputs(packed):
     assert ten.shape == (10, 3, 224, 224)
 
 
+def test_view_geometry_is_what_the_loader_the_dataset_and_ten_crop_use(packed):
+    d, split, stats, _ = packed
+    img = split[0].image
+    tops, lefts, flips = view_geometry("ten", 1)
+    cut = np.stack([hflip(random_crop(img, t, l_)) if f else random_crop(img, t, l_)
+                    for t, l_, f in zip(tops.tolist(), lefts.tolist(), flips.tolist())])
+    np.testing.assert_array_equal(cut, ten_crop(img))  # the contract's order, from the one definition
+    assert [a.tolist() for a in view_geometry("center", 2)] == [[16, 16], [16, 16], [False, False]]
+    for views in ("center", "ten"):
+        plan = Loader(split, stats, batch_size=4, train=False, views=views, workers=0).plan(0)
+        want = view_geometry(views, len(plan.indices))
+        for got, w in zip((plan.tops, plan.lefts, plan.flips), want):
+            np.testing.assert_array_equal(got, w)
+        ds_params = ImageNetDataset(split, stats, train=False, views=views).params(3)[:3]
+        for got, w in zip(ds_params, view_geometry(views, 1)):
+            np.testing.assert_array_equal(got, w)
+
+
 # --------------------------------------------------------------------------------------- refusals
 def test_refusals_name_the_reason(packed, tmp_path):
     d, split, stats, _ = packed
     with pytest.raises(ImgnetError, match="imgnet pca-stats"):
         Loader(split, tmp_path, workers=0)  # a folder without stats.json
     with pytest.raises(ImgnetError, match="num_classes=3"):
-        Loader(split, stats, workers=0, num_classes=3)  # labels run to 4
+        check_split(split, stats, num_classes=3)  # labels run to 4: the caller's check (train, test)
     other = read_labels_json(d)
     other["classes"] = [dict(c, wnid=f"z{i}") for i, c in enumerate(other["classes"])]  # same size, other classes
     with pytest.raises(ImgnetError, match="another label map"):
-        Loader(split, stats, workers=0, labels=other)
+        check_split(split, stats, labels=other)
     with pytest.raises(ImgnetError, match="statistics were computed"):
         Loader(split, dict(stats, source={"labels_sha256": "0" * 64}), workers=0)
     bad = dataclasses.replace(split, meta=dict(split.meta, image_shape=[128, 128, 3]))
@@ -328,7 +346,7 @@ def test_refusals_name_the_reason(packed, tmp_path):
         Loader(bad, stats, workers=0)
     with pytest.raises(ImgnetError, match="repeat"):
         Loader(split, stats, workers=0, indices=[1, 2, 2])
-    Loader(split, stats, workers=0, num_classes=5, labels=read_labels_json(d)).close()  # the matching ones pass
+    check_split(split, stats, num_classes=5, labels=read_labels_json(d))  # the matching ones pass
 
 
 # --------------------------------------------------------------------------------------- failures

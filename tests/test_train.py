@@ -325,3 +325,119 @@ def test_plot_reads_a_torn_log_and_marks_lr_drops(tmp_path):
     assert read_log(tmp_path / "log.jsonl") == rows  # a line cut by a crash is left out
     png = plot_run(tmp_path)
     assert png == tmp_path / "curves.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- hostile runs, switches
+def test_lr_prints_without_float_noise():
+    s = LrSchedule("step:1,2", 0.01)
+    s.step(1, 0.5)
+    s.step(2, 0.5)
+    assert s.lr == 0.0001 and repr(s.lr) == "0.0001"  # not 0.00010000000000000002
+
+
+def test_model_settings_are_one_definition():
+    from trainer.model import AlexNetSettings
+    from dataclasses import fields
+
+    cfg = TrainConfig()
+    for f in fields(AlexNetSettings):
+        if f.name != "num_classes":
+            assert getattr(cfg, f.name) == f.default, f.name  # TrainConfig mirrors AlexNet's settings
+
+
+def test_bias_decay_switch_leaves_biases_alone(tmp_path):
+    from trainer.train import make_optimizer
+
+    for bias_decay, bias_moves in ((True, True), (False, False)):
+        net = torch.nn.Linear(4, 3)
+        torch.nn.init.constant_(net.bias, 1.0)
+        w0, b0 = net.weight.detach().clone(), net.bias.detach().clone()
+        opt = make_optimizer(net, tiny(tmp_path, tmp_path, bias_decay=bias_decay, weight_decay=0.1, lr=1.0))
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)  # only the decay moves the parameters
+        opt.step()
+        assert torch.allclose(net.weight, w0 * 0.9)
+        assert (not torch.equal(net.bias, b0)) == bias_moves
+
+
+def test_only_rank_0_prints_the_summary(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import trainer.train
+    from cli import main
+
+    summary = {"main": False, "best_epoch": 1, "best_val_top1_err": 0.5, "epochs": 1, "checkpoint": "x"}
+    monkeypatch.setattr(trainer.train, "train", lambda cfg: summary)
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(main, args).output == ""  # rank 1 of a torchrun job
+    summary["main"] = True
+    assert "best val top-1 error 0.5000 at epoch 1" in CliRunner().invoke(main, args).output
+
+
+@pytest.mark.slow
+def test_crash_before_best_is_linked_and_resume_records(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    opts = dict(arch="tiny_arch:make", bias_init="caffe")  # a small model: the run folder is what is tested
+    real = ck.link_checkpoint
+
+    def crash(*a):
+        raise OSError(5, "Input/output error")  # the process dies after last.pt, before best.pt
+
+    monkeypatch.setattr(ck, "link_checkpoint", crash)
+    with pytest.raises(OSError):
+        train(tiny(data, run, epochs=2, **opts))
+    monkeypatch.setattr(ck, "link_checkpoint", real)
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / "checkpoints" / "best.pt").exists()
+    train(tiny(data, run, epochs=2, resume=True, **opts))  # repairs best.pt, then trains epoch 2
+    best, last = (ck.load_checkpoint(run / "checkpoints" / n) for n in ("best.pt", "last.pt"))
+    assert best["epoch"] == last["best_epoch"]
+    train(tiny(data, run, epochs=1, resume=True, **opts))  # nothing to do: 2 of 2 done
+    rec = json.loads((run / "config.json").read_text())
+    assert rec["epochs"] == 2 and [r["epochs"] for r in rec["resumes"]] == [2, 1]  # the launch record stays
+    assert rec["resumes"][0]["environment"]["argv"]
+    with pytest.raises(ImgnetError, match=r"finished: 2 of 2 epochs"):
+        train(tiny(data, run, epochs=2, **opts))
+
+
+@pytest.mark.slow
+def test_version_1_checkpoint_resumes_tests_and_predicts(data, tmp_path):
+    # a run of the code before checkpoint version 2: no arch, no step, config without arch / init / bias_decay
+    from trainer.evaluate import predict, run_test
+
+    run = tmp_path / "run"
+    train(tiny(data, run, epochs=1, bias_init="caffe"))
+    c = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for k in ("arch", "step"):
+        del c[k]
+    for k in ("arch", "init", "bias_decay"):
+        del c["config"][k]
+    c["version"] = 1
+    ck.save_checkpoint(run / "checkpoints" / "last.pt", c)
+    ck.link_checkpoint(run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
+    r = run_test(data, run / "checkpoints" / "best.pt", workers=0, device="cpu", progress=False)
+    assert r["n"] == 4 and 0 <= r["top1_err"] <= 1
+    img = run / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (10, 200, 30)).save(img)
+    assert len(predict(run / "checkpoints" / "best.pt", [img], device="cpu")[0]["top"]) == 2
+    s = train(tiny(data, run, epochs=2, bias_init="caffe", resume=True))  # the same command as before
+    assert s["epochs"] == 2 and ck.load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_cli_model_switches_come_from_the_model_settings():
+    from dataclasses import fields
+
+    import click
+
+    from cli import train as cmd
+    from trainer.model import AlexNetSettings
+
+    opts = {p.name: p for p in cmd.params}
+    for f in fields(AlexNetSettings):
+        if not f.metadata:
+            continue
+        o = opts[f.name]
+        assert o.default == f.default and o.help == f.metadata["help"], f.name
+        if isinstance(o.type, click.Choice):
+            assert tuple(o.type.choices) == tuple(f.metadata["choices"]), f.name

@@ -1,6 +1,6 @@
 """Augmentations and the input transform that turn a packed split into AlexNet's network input.
 
-The network input (DESIGN.md; paper section 4.1), on the 0-255 scale with no division by a std:
+The network input (docs/design.md; paper section 4.1), on the 0-255 scale with no division by a std:
 
     x = crop(P - M) + 255 * eigvec @ (alpha * eigval)
 
@@ -34,7 +34,7 @@ CROP = 224  # network input side (section 3.5)
 PAD = SIZE - CROP  # 32: crop offsets run 0..32 inclusive, 33 x 33 positions (section 4.1)
 CENTER = PAD // 2  # 16
 VIEWS = {"random": 1, "center": 1, "ten": 10}
-# ten_crop order (DESIGN.md): top-left, top-right, bottom-left, bottom-right, center, then the same mirrored
+# ten_crop order (docs/design.md): top-left, top-right, bottom-left, bottom-right, center, then the same mirrored
 TEN_CROP_OFFSETS = ((0, 0), (0, PAD), (PAD, 0), (PAD, PAD), (CENTER, CENTER)) * 2  # (top, left)
 TEN_CROP_FLIPS = (False,) * 5 + (True,) * 5
 
@@ -71,7 +71,7 @@ def hflip(img: np.ndarray) -> np.ndarray:
 
 def ten_crop(img: np.ndarray, size: int = CROP) -> np.ndarray:
     """uint8 (H, W, 3) -> (10, size, size, 3): the four corner crops and the center crop, then each of
-    them mirrored left-right (views[5:] = views[:5][:, :, ::-1]), as DESIGN.md orders them."""
+    them mirrored left-right (views[5:] = views[:5][:, :, ::-1]), as docs/design.md orders them."""
     h, w = img.shape[:2]
     offsets = ((0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2))
     five = np.stack([random_crop(img, t, l, size) for t, l in offsets])
@@ -103,6 +103,18 @@ def draw_augment(rng: np.random.Generator, n: int, lighting_std: float = 0.1) ->
     flips = rng.random(n) < 0.5
     alphas = float(lighting_std) * rng.standard_normal((n, 3))
     return Augment(tops, lefts, flips, alphas)
+
+
+def view_geometry(views: str, n: int, aug: Augment | None = None, pos=slice(None)):
+    """(tops int64, lefts int64, flips bool), one entry per view of n images, image-major: the one place that
+    says what a view means. "random": the drawn choices `aug` at positions `pos`; "center": one view at
+    (16, 16), unmirrored; "ten": the ten_crop order (corners, center, then the same mirrored)."""
+    if views == "random":
+        return aug.tops[pos], aug.lefts[pos], aug.flips[pos]
+    ten = views == "ten"
+    off = np.array(TEN_CROP_OFFSETS if ten else ((CENTER, CENTER),), np.int64)
+    flips = np.array(TEN_CROP_FLIPS if ten else (False,))
+    return np.tile(off[:, 0], n), np.tile(off[:, 1], n), np.tile(flips, n)
 
 
 # ----------------------------------------------------------------------------- input transform
@@ -308,11 +320,8 @@ class ImageNetDataset(torch.utils.data.Dataset):
 
     def params(self, i: int):
         """(tops, lefts, flips, alphas | None) of subset entry i in the current epoch, one row per view."""
-        if self.views == "center":
-            return np.array([CENTER]), np.array([CENTER]), np.array([False]), None
-        if self.views == "ten":
-            off = np.array(TEN_CROP_OFFSETS)
-            return off[:, 0], off[:, 1], np.array(TEN_CROP_FLIPS), None
+        if self.views != "random":
+            return (*view_geometry(self.views, 1), None)
         if self._table is None or self._table[0] != self.epoch:
             n = len(self.indices)
             order, aug = epoch_draws(self.seed, self.epoch, n, self.train, self.lighting_std)
@@ -322,7 +331,7 @@ class ImageNetDataset(torch.utils.data.Dataset):
         _, where, aug = self._table
         p = where[i]
         alphas = aug.alphas[p:p + 1] if self.lighting_std > 0 else None
-        return aug.tops[p:p + 1], aug.lefts[p:p + 1], aug.flips[p:p + 1], alphas
+        return (*view_geometry("random", 1, aug, slice(p, p + 1)), alphas)
 
     def __getitem__(self, i: int):
         i = int(i)

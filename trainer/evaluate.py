@@ -5,6 +5,10 @@ For the training loop (per-epoch validation):
     from trainer.evaluate import evaluate
     m = evaluate(model, val_loader)     # Loader(..., train=False, views="center", drop_last=False)
     m["top1_err"], m["top5_err"], m["loss"], m["n"]     # fractions in [0, 1], mean NLL, images
+    m["sums"]                           # {name: sum over the images}: what processes add up
+
+Every metric is defined once, in METRICS, as a sum over images: training validation (log.jsonl as
+val_<name>), the per-epoch log and the `imgnet test` JSON all take whatever METRICS holds.
 
 `evaluate` puts the model in eval mode and restores its previous mode; it runs under
 torch.inference_mode (and bf16 autocast on CUDA). With a views="ten" loader (rows 10*i..10*i+9 are image
@@ -22,6 +26,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 
 from imagenet_prep.atomic import write_json, write_text
 from imagenet_prep.errors import ImgnetError
-from trainer.data import CENTER, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, center_crop, ten_crop  # noqa: F401 - ten_crop: the contract's name
+from trainer import checkpoint as ck
+from trainer.data import TEN_CROP_FLIPS, TEN_CROP_OFFSETS, center_crop, ten_crop, view_geometry  # noqa: F401 - ten_crop: the contract's name
 
 VIEWS = 10
 TOP_CONFUSIONS = 20
@@ -54,6 +60,30 @@ def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- metrics
+class Scored(NamedTuple):
+    """What a metric sees of one batch. A metric that needs more of each image (its split index, say, for
+    relabelled ground truth) gets a new field here, and the metrics that do not use it stay as they are."""
+
+    logp: torch.Tensor  # float32 (B, C): log of the mean softmax over each image's views
+    y: torch.Tensor  # int64 (B,): labels
+    top: torch.Tensor  # int64 (B, min(5, C)): classes, best first
+
+
+# name -> the batch's sum over its images (a tensor on the device); the mean is sum / n. A metric added
+# here shows up in training validation (summed across processes), log.jsonl (as val_<name>) and the
+# `imgnet test` JSON (as <name>) with no other edit.
+METRICS = {
+    "top1_err": lambda s: (s.top[:, 0] != s.y).sum(),
+    "top5_err": lambda s: (s.top != s.y.view(-1, 1)).all(dim=1).sum(),
+    "loss": lambda s: F.nll_loss(s.logp, s.y, reduction="sum"),  # NLL of the view-averaged softmax
+}
+
+
+def metric_means(sums: dict, n: int) -> dict:
+    """{name: sum / n} for the sums of METRICS over n images."""
+    return {k: v / n for k, v in sums.items()}
+
+
 def topk_errors(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> tuple[float, ...]:
     """Fraction of rows whose true class is not among the k highest scores, for each k in `ks`
     (k is capped at the class count)."""
@@ -123,17 +153,15 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
              progress: bool = False, return_predictions: bool = False, amp: str = "off") -> dict:
     """Top-1/top-5 error and mean loss of `model` over every batch of `loader` (yielding (x, y)).
 
-    Returns {"top1_err", "top5_err", "loss", "n", "views"}; with return_predictions also "y" (int64 (n,))
+    Returns the mean of every METRICS entry by name ("top1_err", "top5_err", "loss"), their "sums", "n" and
+    "views"; with return_predictions also "y" (int64 (n,))
     and "top5" (int64 (n, min(5, C)), best first) in loader order. `device` defaults to the model's."""
     from tqdm import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # running sums stay on the device: no host sync per batch
-    top1_wrong = torch.zeros((), dtype=torch.int64, device=device)
-    top5_wrong = torch.zeros((), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in METRICS}  # on the device: no sync
     n, views, ys, tops = 0, None, [], []
     bar = tqdm(total=len(loader), unit="batch", desc="test", dynamic_ncols=True, disable=None if progress else True)
     try:
@@ -153,10 +181,9 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
                     logits = model(x)
                 logp = average_views(logits, views)  # (B, C) float32
                 top = logp.topk(min(5, logp.shape[1]), dim=1).indices  # (B, k) best first
-                hit = top == y.view(-1, 1)
-                top1_wrong += (~hit[:, 0]).sum()
-                top5_wrong += (~hit.any(dim=1)).sum()
-                loss_sum += F.nll_loss(logp, y, reduction="sum").double()
+                scored = Scored(logp, y, top)
+                for k, fn in METRICS.items():
+                    sums[k] += fn(scored).double()
                 n += y.shape[0]
                 if return_predictions:
                     ys.append(y)
@@ -167,8 +194,8 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
         model.train(was_training)
     if n == 0:
         raise ImgnetError("the loader yielded no images; expected a non-empty labelled split")
-    out = {"top1_err": top1_wrong.item() / n, "top5_err": top5_wrong.item() / n, "loss": loss_sum.item() / n,
-           "n": n, "views": views}
+    sums = {k: v.item() for k, v in sums.items()}
+    out = {**metric_means(sums, n), "sums": sums, "n": n, "views": views}
     if return_predictions:
         out["y"] = torch.cat(ys).cpu().numpy().astype(np.int64)
         out["top5"] = torch.cat(tops).cpu().numpy().astype(np.int64)
@@ -189,44 +216,11 @@ def loader_workers(workers: int | None, device) -> int | None:
     return workers
 
 
-def _num_classes(ckpt: dict) -> int | None:
-    return (ckpt.get("model_kwargs") or {}).get("num_classes", 1000)
-
-
-def check_checkpoint_labels(ckpt: dict, ckpt_path, data_labels: dict | None = None, data_dir=None) -> None:
-    """The checkpoint's label map must fit its model and, when given, DATA/labels.json (same classes,
-    same order): otherwise an ImgnetError naming both sides."""
-    from imagenet_prep.labels import labels_sha256
-
-    labels = ckpt.get("labels")
-    if not isinstance(labels, dict) or not labels.get("classes"):
-        raise ImgnetError(f"{ckpt_path} holds no label map ('labels'); expected a checkpoint written by `imgnet train`")
-    n_model, n_labels = _num_classes(ckpt), len(labels["classes"])
-    if n_model != n_labels:
-        raise ImgnetError(f"{ckpt_path}: the model has {n_model} outputs but its label map lists {n_labels} classes")
-    if data_labels is None:
-        return
-    n_data = len(data_labels["classes"])
-    lj = Path(data_dir) / "labels.json"
-    if n_data != n_labels:
-        raise ImgnetError(f"{ckpt_path} was trained on {n_labels} classes but {lj} lists {n_data}; "
-                          "expected the DATA folder the checkpoint was trained from (same classes)")
-    a, b = labels_sha256(labels), labels_sha256(data_labels)
-    if a != b:
-        first = next((i for i, (c, d) in enumerate(zip(labels["classes"], data_labels["classes"]))
-                      if c.get("wnid") != d.get("wnid")), None)
-        where = (f" (index {first}: {labels['classes'][first]['wnid']} in the checkpoint, "
-                 f"{data_labels['classes'][first]['wnid']} in labels.json)" if first is not None else "")
-        raise ImgnetError(f"{ckpt_path} has another label map (labels_sha256 {a[:12]}) than {lj} "
-                          f"(labels_sha256 {b[:12]}){where}; expected the same classes in the same order")
+check_checkpoint_labels = ck.check_labels  # the checks live with the checkpoint schema
 
 
 def _class_names(labels: dict) -> tuple[list[str], list[str]]:
     return [c["wnid"] for c in labels["classes"]], [c.get("words") or c["wnid"] for c in labels["classes"]]
-
-
-def _mean_mode(ckpt: dict) -> str:
-    return (ckpt.get("config") or {}).get("mean", "image")
 
 
 # ------------------------------------------------------------------------------------ submission
@@ -278,12 +272,14 @@ def summarize(y: np.ndarray, top5: np.ndarray, labels: dict) -> dict:
 
 def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", batch_size: int = 128,
              workers: int | None = None, device: str | None = None, submission=None,
-             progress: bool = True, amp: str = "off") -> dict:
+             progress: bool = True, amp: str = "off", arch: str | None = None) -> dict:
     """`imgnet test`: evaluate a checkpoint on a whole packed split; writes test-center.json or
-    test-ten-crop.json beside the checkpoint (and the devkit submission file when asked); returns the report."""
+    test-ten-crop.json beside the checkpoint (and the devkit submission file when asked); returns the report.
+    `arch`: the user's --arch, needed only for a checkpoint of a module:callable model."""
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from trainer.checkpoint import load_checkpoint, model_from_checkpoint
+    from trainer.data import check_split
     from trainer.loader import Loader
 
     ckpt_path = Path(ckpt_path)
@@ -302,11 +298,11 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
                               "images; `imgnet test` needs a labelled split (`imgnet predict` takes unlabelled images)")
         if len(s) == 0:
             raise ImgnetError(f"the {split} split in {data_dir} is empty; expected labelled images")
-        model = model_from_checkpoint(ckpt, device=str(device))
+        model = model_from_checkpoint(ckpt, device=str(device), arch=arch)
+        check_split(s, ckpt["stats"], len(labels["classes"]), labels)
         with Loader(s, ckpt["stats"], batch_size=batch_size, train=False, views="ten" if ten_crop else "center",
-                    workers=loader_workers(workers, device), device=str(device), drop_last=False,
-                    mean=_mean_mode(ckpt), lighting_std=0.0, num_classes=len(labels["classes"]),
-                    labels=labels) as loader:
+                    workers=loader_workers(workers, device), device=str(device), mean=ck.mean_mode(ckpt),
+                    lighting_std=0.0) as loader:
             t0 = time.perf_counter()
             r = evaluate(model, loader, ten_crop=ten_crop, device=device, progress=progress, return_predictions=True, amp=amp)
             seconds = time.perf_counter() - t0
@@ -315,8 +311,8 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     assert r["n"] == len(s), (r["n"], len(s))  # drop_last is off: every image once
     view = "ten-crop" if ten_crop else "center"
     summary = summarize(r["y"], r["top5"], labels)
-    report = {"split": split, "view": view, "n": r["n"], "top1_err": r["top1_err"], "top5_err": r["top5_err"],
-              "loss": r["loss"], "mistake_severity": summary["mistake_severity"],
+    report = {"split": split, "view": view, "n": r["n"], **metric_means(r["sums"], r["n"]),
+              "mistake_severity": summary["mistake_severity"],
               "severity_n": summary["severity_n"], "checkpoint": str(ckpt_path), "data": str(data_dir),
               "epoch": ckpt.get("epoch"), "device": str(device), "seconds": seconds,
               "images_per_s": r["n"] / seconds, "confusions": summary["confusions"],
@@ -332,7 +328,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
 
 # --------------------------------------------------------------------------------------- predict
 def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = None, topk: int = 5,
-            batch_images: int = 16) -> list[dict]:
+            batch_images: int = 16, arch: str | None = None) -> list[dict]:
     """`imgnet predict`: classify image files of any size and colour mode, prepared with prep's resize
     policy (shorter side 256, central 256x256, RGB), center crop or the ten views.
 
@@ -349,8 +345,8 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
     check_checkpoint_labels(ckpt, ckpt_path)
     wnids, words = _class_names(ckpt["labels"])
     device = torch.device(device or default_device())
-    model = model_from_checkpoint(ckpt, device=str(device))
-    transform = InputTransform(ckpt["stats"], mean=_mean_mode(ckpt), lighting_std=0.0)
+    model = model_from_checkpoint(ckpt, device=str(device), arch=arch)
+    transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0)
     k = min(topk, len(wnids))
 
     results: list[dict] = [None] * len(images)  # type: ignore[list-item]
@@ -361,10 +357,8 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
             return
         crops = np.concatenate([v for _, v in pending])  # uint8 (m * views, 224, 224, 3)
         views, m = pending[0][1].shape[0], len(pending)
-        offsets = np.array(TEN_CROP_OFFSETS if views == VIEWS else ((CENTER, CENTER),)).reshape(-1, 2)
-        flips = np.array(TEN_CROP_FLIPS if views == VIEWS else (False,))
-        x = transform(torch.from_numpy(crops).to(device), np.tile(offsets[:, 0], m), np.tile(offsets[:, 1], m),
-                      np.tile(flips, m))  # alphas None: no lighting at test time
+        tops, lefts, flips = view_geometry("ten" if views == VIEWS else "center", m)
+        x = transform(torch.from_numpy(crops).to(device), tops, lefts, flips)  # alphas None: no lighting at test time
         with torch.inference_mode(), autocast("off", device.type):
             logits = model(x)
         probs = average_views(logits, views).exp().cpu()

@@ -38,8 +38,8 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import IMAGE_SHAPE, Split, open_split
-from trainer.data import (CENTER, CROP, TEN_CROP_FLIPS, TEN_CROP_OFFSETS, VIEWS, InputTransform, as_stats,
-                          to_device, check_split, default_workers, epoch_draws, log)
+from trainer.data import (CROP, VIEWS, InputTransform, as_stats, check_split, default_workers, epoch_draws, log,
+                          to_device, view_geometry)
 
 
 # ----------------------------------------------------------------------------------- crop reader
@@ -253,28 +253,20 @@ class RawBatch(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- the loader
-def _dist_default(rank, world_size):
-    if rank is None or world_size is None:
-        import torch.distributed as dist
-
-        on = dist.is_available() and dist.is_initialized()
-        rank = (dist.get_rank() if on else 0) if rank is None else rank
-        world_size = (dist.get_world_size() if on else 1) if world_size is None else world_size
-    return int(rank), int(world_size)
-
-
 class Loader:
     """Batches of network input from a packed split: `for x, y in loader`, x float (B, 3, 224, 224) on
     `device` ((B * 10, ...) for views="ten", image-major in ten_crop order), y int64 (B,).
 
-    train=True shuffles with a fresh permutation each epoch and drops the last partial batch; views
+    train=True shuffles with a fresh permutation each epoch and drops the last partial batch (evaluation,
+    train=False, delivers every image once, in order); views
     "random" (default for training: random crop, flip, PCA lighting), "center" or "ten" (evaluation,
     alpha = 0). Each iteration is one epoch: `set_epoch(e)` chooses it, otherwise epochs count on from
-    0. Deterministic for a seed whatever `workers` (0 reads in this process). Under torch.distributed
-    (rank/world_size default from the initialised group) the ranks take disjoint shares of one
-    permutation: with drop_last every rank gets len(loader) batches and the remainder is dropped
-    (`dropped`, logged), never padded; without it every image is delivered once, and the ranks' shares
-    differ by at most one image. output="uint8" yields RawBatch (the device-ready uint8 crops and their
+    0. Deterministic for a seed whatever `workers` (0 reads in this process). `shard=(rank, world_size)`
+    (data parallel: the caller's process group, passed in, never looked up) gives the ranks disjoint shares
+    of one permutation: in training every rank gets len(loader) batches and the remainder is dropped
+    (`dropped`, logged), never padded; in evaluation every image is delivered once, and the ranks' shares
+    differ by at most one image. Checks of the split against a model or a label map are the caller's
+    (trainer.data.check_split). output="uint8" yields RawBatch (the device-ready uint8 crops and their
     parameters) for callers that apply `loader.transform` themselves; on the CPU its images are a view of
     a batch slot, valid until the next batch is asked for.
 
@@ -282,16 +274,15 @@ class Loader:
     A worker that raises or dies ends the iteration with WorkerError; Ctrl-C stops them all."""
 
     def __init__(self, split, stats, batch_size: int = 128, train: bool = True, views: str | None = None,
-                 workers: int | None = None, seed: int = 0, device="cpu", drop_last: bool | None = None,
-                 rank: int | None = None, world_size: int | None = None, mean: str = "image",
-                 lighting_std: float = 0.1, channels_last: bool = False, indices=None,
-                 num_classes: int | None = None, labels: dict | None = None, output: str = "float",
-                 prefetch: int | None = None, start_method: str | None = None, timeout: float = 300.0):
+                 workers: int | None = None, seed: int = 0, device="cpu", *, shard: tuple[int, int] = (0, 1),
+                 mean: str = "image", lighting_std: float = 0.1, channels_last: bool = False, indices=None,
+                 output: str = "float", prefetch: int | None = None, start_method: str | None = None,
+                 timeout: float = 300.0):
         if isinstance(split, (str, os.PathLike)):
             split = open_split(split, "train" if train else "val")
         self.split = split
         self.stats = as_stats(stats)
-        check_split(split, self.stats, num_classes, labels)
+        check_split(split, self.stats)
         views = views or ("random" if train else "center")
         if views not in VIEWS:
             raise ImgnetError(f"views={views!r}; expected one of {', '.join(VIEWS)}")
@@ -299,7 +290,7 @@ class Loader:
             raise ImgnetError(f"batch_size={batch_size}; expected at least 1")
         if output not in ("float", "uint8"):
             raise ImgnetError(f"output={output!r}; expected 'float' or 'uint8'")
-        self.rank, self.world_size = _dist_default(rank, world_size)
+        self.rank, self.world_size = (int(v) for v in shard)
         if not 0 <= self.rank < self.world_size:
             raise ImgnetError(f"rank {self.rank} outside 0..{self.world_size - 1} of world_size {self.world_size}")
         if indices is None:
@@ -314,7 +305,7 @@ class Loader:
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.views = views
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.drop_last = self.train  # training: equal batches on every rank; evaluation: every image once
         self.workers = default_workers() if workers is None else int(workers)
         self.seed = int(seed)
         self.device = torch.device(device)
@@ -369,16 +360,8 @@ class Loader:
             pos = np.arange(r, n, w)
         batches = [(lo, min(lo + b, mine)) for lo in range(0, mine, b)]
         idx = self.indices[order[pos]]
-        if self.views == "random":
-            tops, lefts, flips = aug.tops[pos], aug.lefts[pos], aug.flips[pos]
-            alphas = aug.alphas[pos] if self.lighting_std > 0 else None
-        elif self.views == "center":
-            tops = lefts = np.full(mine, CENTER, np.int64)
-            flips, alphas = np.zeros(mine, bool), None
-        else:
-            off = np.array(TEN_CROP_OFFSETS, np.int64)
-            tops, lefts = np.tile(off[:, 0], mine), np.tile(off[:, 1], mine)
-            flips, alphas = np.tile(np.array(TEN_CROP_FLIPS), mine), None
+        tops, lefts, flips = view_geometry(self.views, mine, aug, pos)
+        alphas = aug.alphas[pos] if self.views == "random" and self.lighting_std > 0 else None
         return EpochPlan(epoch, v, idx, tops, lefts, flips, alphas, batches, dropped, n)
 
     # ---- workers

@@ -17,8 +17,8 @@ function for the same weights.
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from imagenet_prep.errors import ImgnetError
 from trainer.lrn import LocalResponseNorm
 
-__all__ = ["AlexNet", "LocalResponseNorm", "ModelParallelAlexNet", "conv_widths", "feature_side"]
+__all__ = ["AlexNet", "AlexNetOWT", "LocalResponseNorm", "ModelParallelAlexNet", "conv_widths", "feature_side"]
 
 INPUT_SIDE = 224
 LRNS = ("paper", "caffe", "none")
@@ -78,32 +78,48 @@ def _pool(name: str) -> nn.Module:
     return nn.MaxPool2d(window, stride)
 
 
-def _check_settings(num_classes, towers, lrn, pool, activation, dropout, bias_init) -> None:
-    def choice(what, value, allowed):
-        if value not in allowed:
-            raise ImgnetError(f"{what} {value!r} is not known; expected one of {', '.join(map(str, allowed))}")
+def _option(help: str, choices=None, low=None, high_open=None) -> dict:
+    """Field metadata: the help of the CLI option generated from the field, and its allowed values."""
+    return {"help": help, "choices": choices, "low": low, "high_open": high_open}
 
-    if not (isinstance(num_classes, int) and num_classes >= 1):
-        raise ImgnetError(f"num_classes {num_classes!r} is not valid; expected a positive integer")
-    choice("towers", towers, (1, 2))
-    choice("lrn", lrn, LRNS)
-    choice("pool", pool, tuple(POOLS))
-    choice("activation", activation, ACTIVATIONS)
-    choice("bias_init", bias_init, tuple(BIAS_INITS))
-    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ImgnetError(f"dropout {dropout!r} is not valid; expected a probability in [0, 1)")
+
+@dataclass(frozen=True)
+class AlexNetSettings:
+    """AlexNet's settings, checked once here: the keywords of AlexNet(...), the fields of TrainConfig and the
+    `imgnet train` options are this one definition (the paper's ablations as switches)."""
+
+    num_classes: int = 1000  # fc8 outputs; taken from the data, not an option
+    towers: int = field(default=2, metadata=_option("2: the two-GPU net; 1: the paper's one-GPU net.", (1, 2)))
+    lrn: str = field(default="paper", metadata=_option(
+        "Local response normalisation: the paper's alpha, Caffe's alpha/n, or none (section 3.3).", LRNS))
+    pool: str = field(default="overlap", metadata=_option("Max pooling 3/2 or 2/2 (section 3.4).", tuple(POOLS)))
+    activation: str = field(default="relu", metadata=_option("Section 3.1.", ACTIVATIONS))
+    dropout: float = field(default=0.5, metadata=_option(
+        "Dropout in fc6 and fc7 (section 4.2); 0 turns it off.", low=0.0, high_open=1.0))
+    bias_init: str = field(default="paper", metadata=_option(
+        "Bias of conv2, conv4, conv5, fc6, fc7: 1 (paper) or 0.1 (Caffe).", tuple(BIAS_INITS)))
+
+    def __post_init__(self):
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+            raise ImgnetError(f"num_classes={self.num_classes!r}; expected a positive integer")
+        for f in fields(self):
+            v, m = getattr(self, f.name), f.metadata
+            if m.get("choices") is not None and v not in m["choices"]:
+                raise ImgnetError(f"{f.name}={v!r}; expected one of {', '.join(map(str, m['choices']))}")
+            if m.get("low") is not None and not (isinstance(v, (int, float)) and m["low"] <= v < m["high_open"]):
+                raise ImgnetError(f"{f.name}={v!r}; expected a number in [{m['low']}, {m['high_open']})")
+
+
+ALEXNET_ONLY = tuple(f.name for f in fields(AlexNetSettings) if f.name not in ("num_classes", "dropout", "bias_init"))
 
 
 def model_settings(**model_kwargs) -> dict:
     """AlexNet's keyword arguments with defaults filled in, checked (ImgnetError names a bad one)."""
-    params = inspect.signature(AlexNet.__init__).parameters
-    unknown = sorted(set(model_kwargs) - set(params) - {"self"})
+    names = [f.name for f in fields(AlexNetSettings)]
+    unknown = sorted(set(model_kwargs) - set(names))
     if unknown:
-        raise ImgnetError(f"unknown model setting(s) {', '.join(unknown)}; expected some of "
-                          f"{', '.join(p for p in params if p != 'self')}")
-    kw = {name: model_kwargs.get(name, p.default) for name, p in params.items() if name != "self"}
-    _check_settings(**kw)
-    return kw
+        raise ImgnetError(f"unknown model setting(s) {', '.join(unknown)}; expected some of {', '.join(names)}")
+    return asdict(AlexNetSettings(**model_kwargs))
 
 
 def init_paper(model: nn.Module, bias_init: str = "paper") -> None:
@@ -121,9 +137,8 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000, towers: int = 2, lrn: str = "paper", pool: str = "overlap",
                  activation: str = "relu", dropout: float = 0.5, bias_init: str = "paper"):
         super().__init__()
-        _check_settings(num_classes, towers, lrn, pool, activation, dropout, bias_init)
-        self.model_kwargs = dict(num_classes=num_classes, towers=towers, lrn=lrn, pool=pool,
-                                 activation=activation, dropout=dropout, bias_init=bias_init)  # rebuilds it
+        self.model_kwargs = asdict(AlexNetSettings(num_classes, towers, lrn, pool, activation, dropout,
+                                                   bias_init))  # checked; AlexNet(**model_kwargs) rebuilds it
         c1, c2, c3, c4, c5 = conv_widths(towers)
         g = towers  # conv2, conv4, conv5 and the LRNs see only their own tower's maps
         self.features = nn.Sequential(OrderedDict([
@@ -154,6 +169,60 @@ class AlexNet(nn.Module):
     def to_model_parallel(self, devices: Sequence[str | torch.device] = ("cuda:0", "cuda:1")) -> "ModelParallelAlexNet":
         """The same net with tower t on devices[t] (a copy of the weights)."""
         return ModelParallelAlexNet.from_grouped(self, devices)
+
+
+# ---------------------------------------------------------------------------- torchvision's variant
+def init_by_position(model: nn.Module, bias_init: str = "paper") -> None:
+    """Section 5's rule for a network without AlexNet's layer names: every Conv2d/Linear weight ~ N(0, 0.01);
+    bias 1 (or Caffe's 0.1) in the 2nd, 4th and 5th convolution and in every linear layer but the last
+    (AlexNet's conv2, conv4, conv5, fc6, fc7), else 0."""
+    one = BIAS_INITS[bias_init]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    ones = {id(m) for i, m in enumerate(convs, 1) if i in (2, 4, 5)} | {id(m) for m in linears[:-1]}
+    for m in convs + linears:
+        nn.init.normal_(m.weight, 0.0, WEIGHT_STD)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, one if id(m) in ones else 0.0)
+
+
+@dataclass(frozen=True)
+class AlexNetOWTSettings:
+    """The settings `AlexNetOWT` takes (the AlexNet-only switches do not apply to it)."""
+
+    num_classes: int = 1000
+    dropout: float = 0.5  # before fc6 and fc7, as torchvision places it
+    bias_init: str = "paper"  # the paper's init rule by position (init_by_position)
+
+    def __post_init__(self):
+        AlexNetSettings(num_classes=self.num_classes, dropout=self.dropout, bias_init=self.bias_init)  # same checks
+
+
+class AlexNetOWT(nn.Module):
+    """torchvision's `alexnet` ("one weird trick", Krizhevsky 2014): 64-192-384-256-256 kernels, no LRN, no
+    groups, adaptive 6x6 average pooling; 61,100,840 parameters at 1000 classes, with torchvision's
+    state_dict keys and shapes. Takes this project's input (224 crops, 0-255 scale, mean subtracted) and the
+    paper's init, so torchvision's pretrained weights (which expect [0, 1] inputs divided by a std) do not apply."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, bias_init: str = "paper"):
+        super().__init__()
+        self.model_kwargs = asdict(AlexNetOWTSettings(num_classes, dropout, bias_init))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # 0-2
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # 3-5
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),  # 6-7
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),  # 8-9
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))  # 10-12
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # 6x6 already for 224 input: an identity there
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, FC_WIDTH), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(FC_WIDTH, FC_WIDTH), nn.ReLU(inplace=True),
+            nn.Linear(FC_WIDTH, num_classes))
+        init_by_position(self, bias_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))  # (N, 256, 6, 6)
+        return self.classifier(torch.flatten(x, 1))  # (N, num_classes)
 
 
 # ------------------------------------------------------------------------------- model parallel

@@ -1,10 +1,15 @@
-"""`imgnet train`: AlexNet with the paper's recipe (Krizhevsky et al. 2012, section 5) from packed splits.
+"""`imgnet train`: the paper's recipe (Krizhevsky et al. 2012, section 5) from packed splits, for AlexNet or
+any model `--arch` names (trainer/arch.py).
 
     from trainer.train import TrainConfig, train
     summary = train(TrainConfig(data="DATA", out="RUN"))
 
-RUN/config.json (settings, versions, device), RUN/log.jsonl (one line per epoch), RUN/checkpoints/last.pt
-and best.pt (self-contained, see trainer/checkpoint.py), RUN/curves.png.
+RUN/config.json (launch record, one more per resume), RUN/log.jsonl (one line per epoch),
+RUN/checkpoints/last.pt and best.pt (self-contained, see trainer/checkpoint.py), RUN/curves.png.
+
+Layout: `_train` sets the run up and runs the epoch loop; one epoch of SGD is trainer.loop.train_epoch, the
+every-N-steps host sync trainer.loop.HostSync, the run's state trainer.checkpoint.RunState (turned into a
+checkpoint and back by trainer.checkpoint), the run folder trainer.runfolder.
 
 Devices: one GPU or the CPU; two GPUs as in the paper with `model_parallel` (one tower per GPU); many
 GPUs or machines data parallel, one process per GPU:
@@ -13,36 +18,32 @@ GPUs or machines data parallel, one process per GPU:
 paper), split evenly between them, so the recipe does not change with the process count. Only rank 0
 writes files; RUN must be on a filesystem every node sees for --resume.
 
-Exact resume works at epoch boundaries: the loader's order and augmentation are a function of
-(seed, epoch), and the checkpoint holds the optimizer, schedule and every RNG state. A Ctrl-C inside an
-epoch saves the weights of that moment; resuming then restarts that epoch from its first batch with
-them (not bit-exact; the next log line says so).
+Exact resume: the loader's order and augmentation are a function of (seed, epoch), and the checkpoint
+holds the optimizer, schedule and every RNG state. A Ctrl-C or SIGTERM inside an epoch saves the position
+in it (batch, step, running sums); resuming continues with the batches that epoch had not seen.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
+import functools
 import os
-import platform
-import signal
-import socket
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
+from trainer import arch as arch_lib
 from trainer import checkpoint as ck
-from trainer.evaluate import autocast
-from trainer import model as model_lib
+from trainer import runfolder
+from trainer.loop import EpochTotals, HostSync, StopRequest, train_epoch
+from trainer.model import AlexNetSettings
+from trainer.schedule import LrSchedule, parse_schedule  # noqa: F401 - part of this module's interface
 
 HOLDOUT_SEED = 0  # --val-from-train picks the same images whatever --seed, so runs compare on one set
 
@@ -56,14 +57,18 @@ class TrainConfig:
     batch_size: int = 128            # images per SGD step, all processes together
     lr: float = 0.01                 # initial learning rate, equal for all layers
     momentum: float = 0.9
-    weight_decay: float = 5e-4       # L2 on every weight and bias, as the paper's update rule
+    weight_decay: float = 5e-4       # L2 on the weights, as the paper's update rule
+    bias_decay: bool = True          # decay the biases too (the paper's rule read literally); False: Caffe and
+                                     # cuda-convnet, which decay weights only
     lr_schedule: str = "plateau"     # plateau | step:E1,E2,... (divide after epochs E1, E2, ...)
     lr_factor: float = 0.1           # multiplier per drop: "divide the learning rate by 10"
     patience: int = 3                # plateau: epochs without a new best val top-1 error before a drop
     max_lr_drops: int = 3            # plateau: "reduced three times prior to termination"
     val_from_train: int = 0          # images per class held out of train to steer the schedule and pick
                                      # best.pt (0: use the val split)
-    # model, section 3, and the paper's ablations (trainer.model.AlexNet keywords)
+    # model, section 3, and the paper's ablations (trainer.model.AlexNetSettings, checked against it)
+    arch: str = "alexnet"            # alexnet (the paper's) | alexnet-owt (torchvision's) | module:callable
+    init: str = "paper"              # paper (section 5, every arch) | module (a module:callable's own init)
     towers: int = 2                  # 2: the two-GPU net (groups=2); 1: the paper's one-GPU net
     lrn: str = "paper"               # paper (alpha on the plain sum) | caffe (alpha / n) | none
     pool: str = "overlap"            # overlap (3/2) | nonoverlap (2/2), section 3.4
@@ -88,15 +93,16 @@ class TrainConfig:
 # settings that may differ between a run and its --resume; the others define the run
 RUNTIME_FIELDS = {"data", "out", "epochs", "workers", "device", "amp", "channels_last", "compile", "resume", "progress"}
 SYNC_EVERY = 16  # CUDA: steps between host syncs (NaN check, stop request, progress bar)
-CHOICES = {"lrn": model_lib.LRNS, "pool": tuple(model_lib.POOLS), "activation": model_lib.ACTIVATIONS,
-           "bias_init": tuple(model_lib.BIAS_INITS), "mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"),
-           "towers": (1, 2)}  # the model's own lists, so that a new switch value needs one edit
+CHOICES = {"mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"), "init": ("paper", "module")}
+MODEL_FIELDS = tuple(f.name for f in fields(AlexNetSettings) if f.name != "num_classes")  # mirrored in TrainConfig
 
 
 def check_config(cfg: TrainConfig) -> None:
     """ImgnetError for a setting no run can use (device-dependent checks come later)."""
     if not cfg.data or not cfg.out:
         raise ImgnetError("TrainConfig needs data (the DATA folder) and out (the RUN folder)")
+    arch_lib.check_arch(cfg.arch)
+    arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": 1000})  # the model's own checks, once
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ImgnetError(f"{name}={getattr(cfg, name)!r}; expected one of {', '.join(map(str, allowed))}")
@@ -104,69 +110,14 @@ def check_config(cfg: TrainConfig) -> None:
     for name, v in positive.items():
         if not v > 0:
             raise ImgnetError(f"{name}={v}; expected a positive number")
-    if not 0 <= cfg.dropout < 1:
-        raise ImgnetError(f"dropout={cfg.dropout}; expected a probability in [0, 1)")
     for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
         if getattr(cfg, name) < 0:
             raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
     if not 0 < cfg.lr_factor < 1:
         raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
+    if cfg.model_parallel and cfg.arch != "alexnet":
+        raise ImgnetError(f"--model-parallel splits AlexNet's two towers; --arch {cfg.arch} has none")
     parse_schedule(cfg.lr_schedule)
-
-
-# ------------------------------------------------------------------------------- lr schedule
-def parse_schedule(spec: str) -> tuple[str, list[int]]:
-    """'plateau' -> ('plateau', []); 'step:30,60,80' -> ('step', [30, 60, 80])."""
-    if spec == "plateau":
-        return "plateau", []
-    if spec.startswith("step:"):
-        try:
-            ms = [int(s) for s in spec[5:].split(",") if s.strip()]
-        except ValueError:
-            ms = []
-        if ms and all(m > 0 for m in ms) and ms == sorted(set(ms)):
-            return "step", ms
-    raise ImgnetError(f"--lr-schedule {spec!r}; expected 'plateau' or 'step:E1,E2,...' "
-                      "(increasing epochs after which the lr is divided by 10, e.g. step:30,60,80)")
-
-
-class LrSchedule:
-    """The learning rate of each epoch. plateau: multiply by `factor` when the val top-1 error has not
-    improved for `patience` epochs, at most `max_drops` times (section 5 did this by hand "when the
-    validation error rate stopped improving"); step: multiply after each listed epoch."""
-
-    def __init__(self, spec: str, base_lr: float, factor: float = 0.1, patience: int = 3, max_drops: int = 3):
-        self.kind, self.milestones = parse_schedule(spec)
-        self.base_lr, self.factor, self.patience, self.max_drops = base_lr, factor, patience, max_drops
-        self.drops = 0
-        self.best = math.inf  # lowest val top-1 error seen
-        self.bad_epochs = 0  # epochs since `best` improved
-
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.factor ** self.drops
-
-    def step(self, epoch: int, val_top1_err: float) -> bool:
-        """Record the finished `epoch` (1-based); True when the next epoch runs at a lower lr."""
-        before = self.drops
-        if val_top1_err < self.best:
-            self.best, self.bad_epochs = val_top1_err, 0
-        else:
-            self.bad_epochs += 1
-        if self.kind == "step":
-            self.drops = sum(m <= epoch for m in self.milestones)
-        elif self.bad_epochs >= self.patience and self.drops < self.max_drops:
-            self.drops += 1
-            self.bad_epochs = 0
-        return self.drops != before
-
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, "milestones": list(self.milestones), "base_lr": self.base_lr,
-                "factor": self.factor, "patience": self.patience, "max_drops": self.max_drops,
-                "drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.drops, self.best, self.bad_epochs = s["drops"], s["best"], s["bad_epochs"]
 
 
 # ------------------------------------------------------------------------ processes, devices
@@ -271,102 +222,34 @@ def open_data(cfg: TrainConfig) -> dict:
 
 
 def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
+    from trainer.data import check_split
     from trainer.loader import Loader
 
     if cfg.batch_size % d.world:
         raise ImgnetError(f"--batch-size {cfg.batch_size} does not split over {d.world} processes; "
                           f"expected a multiple of {d.world}")
     per_rank = cfg.batch_size // d.world
-    common = dict(workers=cfg.workers, seed=cfg.seed, device=str(device), rank=d.rank, world_size=d.world,
-                  mean=cfg.mean, channels_last=cfg.channels_last, num_classes=data["num_classes"],
-                  labels=data["labels"])
+    common = dict(workers=cfg.workers, seed=cfg.seed, device=str(device), shard=(d.rank, d.world), mean=cfg.mean,
+                  channels_last=cfg.channels_last)
+    for split in (data["train"], data["val"]):
+        check_split(split, data["stats"], data["num_classes"], data["labels"])
     train_loader = Loader(data["train"], data["stats"], batch_size=per_rank, train=True, views="random",
                           lighting_std=cfg.lighting_std, indices=data["train_idx"], **common)
     val_loader = Loader(data["val"], data["stats"], batch_size=per_rank, train=False, views="center",
-                        drop_last=False, lighting_std=0.0, indices=data["val_idx"], **common)
+                        lighting_std=0.0, indices=data["val_idx"], **common)
     if len(train_loader) == 0:
         n = len(data["train"]) if data["train_idx"] is None else len(data["train_idx"])
         raise ImgnetError(f"{n} train images make no full batch of {cfg.batch_size}; expected a smaller --batch-size")
     return train_loader, val_loader
 
 
-# --------------------------------------------------------------------------------- run folder
-def _append_line(path: Path, obj: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_log(path: Path) -> list[dict]:
-    from trainer.plot import read_log
-
-    return read_log(path) if path.is_file() else []
-
-
-def environment(device: torch.device, d: Dist) -> dict:
-    import importlib.metadata as md
-
-    try:
-        version = md.version("imgnet")
-    except md.PackageNotFoundError:
-        version = None
-    env = {"imgnet": version, "torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "platform": platform.platform(), "hostname": socket.gethostname(),
-           "device": str(device), "world_size": d.world, "argv": sys.argv,
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   gpu=torch.cuda.get_device_name(device), gpus=torch.cuda.device_count())
-    if d.world > 1:
-        env["backend"] = dist.get_backend()
-    return env
-
-
-def _describe_run(run: Path) -> str:
-    rows = _read_log(run / "log.jsonl")
-    try:
-        epochs = json.loads((run / "config.json").read_text()).get("epochs")
-    except (OSError, ValueError):
-        epochs = None
-    done = rows[-1]["epoch"] if rows else 0
-    state = "finished" if epochs and done >= epochs else "unfinished"
-    return f"{state}: {done} of {epochs if epochs else '?'} epochs"
-
-
-def prepare_run(cfg: TrainConfig, run: Path) -> dict | None:
-    """Refuse to overwrite a run; with resume, the checkpoint to continue from (checked)."""
-    if run.exists() and not run.is_dir():
-        raise ImgnetError(f"--out {run} is a file; expected a folder for the run")
-    last = run / "checkpoints" / "last.pt"
-    if not cfg.resume:
-        if last.exists() or _read_log(run / "log.jsonl"):  # a run that stopped before its first epoch is no loss
-            raise ImgnetError(f"{run} already holds a run ({_describe_run(run)}); pass --resume to continue it "
-                              "or choose another --out")
-        return None
-    if not last.is_file():
-        raise ImgnetError(f"--resume: {last} not found; nothing to continue (start without --resume)")
-    ckpt = ck.load_checkpoint(last)
-    saved = ckpt.get("config") or {}
-    now = asdict(cfg)
-    diff = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RUNTIME_FIELDS and saved.get(k) != now[k]]
-    if diff:
-        raise ImgnetError(f"--resume with other settings than {run} was started with ({'; '.join(diff)}); "
-                          "repeat the run's options (only --epochs, --workers, --device, --amp, --compile and "
-                          "--channels-last may change) or choose another --out")
-    return ckpt
-
-
 # ---------------------------------------------------------------------------------- training
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None):
-    """(AlexNet on `device`, or split over cuda:0 and cuda:1 with model_parallel; its kwargs).
-    `state`: grouped (one-device) weights to start from, as checkpoints hold them."""
-    from trainer.model import AlexNet
-
-    kwargs = dict(num_classes=num_classes, towers=cfg.towers, lrn=cfg.lrn, pool=cfg.pool,
-                  activation=cfg.activation, dropout=cfg.dropout, bias_init=cfg.bias_init)
+    """(the model of `cfg.arch` on `device`, or AlexNet split over cuda:0 and cuda:1 with model_parallel;
+    the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them."""
+    settings = arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    model = AlexNet(**kwargs)
+    model, kwargs = arch_lib.build(cfg.arch, settings, init=cfg.init, bias_init=cfg.bias_init)
     if state is not None:
         model.load_state_dict(state)
     if cfg.model_parallel:
@@ -378,7 +261,20 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state:
     return model, kwargs
 
 
-def check_model_parallel(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """Section 5: v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v. torch keeps v in gradient units (w -= lr v):
+    the same steps at a constant lr; after a drop the carried momentum moves at the new lr at once.
+    bias_decay=False: no decay on biases (any 1-d parameter), as Caffe and cuda-convnet."""
+    params = list(model.parameters())
+    if not cfg.bias_decay:
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def check_device(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ImgnetError(f"--amp fp16 needs CUDA (GradScaler); on {device.type} use --amp bf16 or --amp off")
     if not cfg.model_parallel:
         return
     if d.world > 1:
@@ -414,256 +310,167 @@ def _seed_process(seed: int, rank: int) -> None:
 
 
 def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off") -> dict:
-    from trainer.evaluate import evaluate
+    """{metric name: mean over the val images of all processes} for every metric of trainer.evaluate.METRICS,
+    and "n"."""
+    from trainer.evaluate import METRICS, evaluate, metric_means
 
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
-    m = evaluate(model, loader, amp=amp) if len(loader) else {"top1_err": 0.0, "top5_err": 0.0, "loss": 0.0, "n": 0}
-    n = m["n"]
-    top1, top5, loss, n = _all_sum([m["top1_err"] * n, m["top5_err"] * n, m["loss"] * n, n], d, device)
+    m = evaluate(model, loader, amp=amp) if len(loader) else {"sums": dict.fromkeys(METRICS, 0.0), "n": 0}
+    *sums, n = _all_sum([m["sums"][k] for k in METRICS] + [m["n"]], d, device)
     if n == 0:
         raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
-    return {"top1_err": top1 / n, "top5_err": top5 / n, "loss": loss / n, "n": int(n)}
-
-
-class _StopRequest:
-    """Ctrl-C or SIGTERM (cluster pre-emption, `kill`) asks training to stop: the loop finishes the step
-    in flight, saves an exact checkpoint and stops. A second signal stops at once, without saving."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt(f"signal {signum} (second)")
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              "(again to stop at once, without one)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
+    return {**metric_means(dict(zip(METRICS, sums)), n), "n": int(n)}
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train AlexNet as `cfg` says; returns a summary {"run", "epochs", "best_val_top1_err", "best_epoch",
-    "last", "checkpoint", "seconds"}. Raises ImgnetError for bad input (before any work where possible)."""
+    """Train the model `cfg` names; returns a summary {"run", "epochs", "best_val_top1_err", "best_epoch",
+    "last", "checkpoint", "seconds", "main"} ("main": this is rank 0, the process that reports). Raises
+    ImgnetError for bad input (before any work where possible)."""
     check_config(cfg)
     d, device = init_distributed(cfg.device)
-    opened: list = []  # splits and loaders (worker processes, LMDB handles), closed whatever happens
     try:
-        return _train(cfg, d, device, opened)
+        with contextlib.ExitStack() as opened:  # splits and loaders (worker processes, LMDB handles)
+            return _train(cfg, d, device, opened)
     finally:
-        for thing in reversed(opened):
-            thing.close()
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: list) -> dict:
+def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ImgnetError(f"--amp fp16 needs CUDA (GradScaler); on {device.type} use --amp bf16 or --amp off")
+    check_device(cfg, device, d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: time the convolution algorithms once
     run = Path(cfg.out)
-    ckdir, log_path = run / "checkpoints", run / "log.jsonl"
-    resume_from = prepare_run(cfg, run)
+    ckdir = run / "checkpoints"
+    resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
     data = open_data(cfg)
-    opened += [data["train"], data["val"]]
-    n_cls = data["num_classes"]
+    for split in (data["train"], data["val"]):
+        opened.callback(split.close)
     if resume_from is not None:
-        from trainer.evaluate import check_checkpoint_labels
-
-        check_checkpoint_labels(resume_from, ckdir / "last.pt", data["labels"], cfg.data)
-    check_model_parallel(cfg, device, d)
-    train_loader, val_loader = make_loaders(cfg, data, d, device)
-    opened += [train_loader, val_loader]
-
-    model, model_kwargs = build_model(cfg, n_cls, device, resume_from["model"] if resume_from else None)
-    # section 5: v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v. torch keeps v in gradient units (w -= lr v):
-    # the same steps at a constant lr; after a drop the carried momentum moves at the new lr at once
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops)
+        ck.check_labels(resume_from, ckdir / "last.pt", data["labels"], cfg.data)
+    train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
+    model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None)
+    optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    state = ck.RunState(LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops))
     _seed_process(cfg.seed, d.rank)
-    done, best_err, best_epoch, note, inside = 0, math.inf, None, None, None
-    if resume_from is not None:
-        c = resume_from
-        optimizer.load_state_dict(c["optimizer"])
-        sched.load_state_dict(c["scheduler"])
-        if c.get("scaler") and cfg.amp == "fp16":
-            scaler.load_state_dict(c["scaler"])
-        done, best_err = c["epoch"], c["best_val_top1_err"]
-        best_epoch = c.get("best_epoch")
-        rngs = c.get("rng") or []
-        if len(rngs) == d.world:
-            ck.set_rng_state(rngs[d.rank])
-        inside = c.get("interrupted")
-        if inside:
-            note = (f"resumed inside epoch {inside['epoch']} after batch {inside['batch']} of "
-                    f"{len(train_loader)}, from the checkpoint its interrupt saved")
-        if len(rngs) != d.world:
-            note = f"resumed with {d.world} processes from a run with {len(rngs)}: random streams reseeded"
+    note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
+                                                        rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
     net, eval_net = _wrap(model, cfg, device, d)
+    fixed = {"arch": cfg.arch, "model_kwargs": model_kwargs, "config": asdict(cfg), "labels": data["labels"],
+             "stats": _checkpoint_stats(data["stats"])}
 
-    if d.world > 1:  # every process has checked RUN (prepare_run) before rank 0 writes into it
-        dist.barrier()
-    if d.main:
-        run.mkdir(parents=True, exist_ok=True)
-        ckdir.mkdir(exist_ok=True)
-        env = environment(device, d)
-        n_params = sum(p.numel() for p in model.parameters())
-        write_json(run / "config.json", {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": n_params,
-                                          "val_source": data["val_source"], "environment": env})
-        if resume_from is not None:  # the log keeps exactly the epochs the checkpoint holds
-            rows = [r for r in _read_log(log_path) if r["epoch"] <= done]
-            if resume_from.get("metrics") and not any(r["epoch"] == done for r in rows):
-                rows.append(resume_from["metrics"])
-            tmp = log_path.with_name(".log.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, log_path)
+    def save(path: Path) -> Path | None:  # every process takes part (RNG gather); rank 0 writes
+        rng = _gather_rng(d)
+        return ck.save_checkpoint(path, ck.to_checkpoint(state, run=fixed, model=model, optimizer=optimizer,
+                                                         scaler=scaler, rng=rng)) if d.main else None
+
     say = _printer(cfg.progress and d.main)
-    say(f"train: {len(train_loader.indices)} images, "
-        f"{len(train_loader)} steps of {cfg.batch_size} per epoch; {train_loader.dropped} left out by drop_last "
-        "each epoch (other ones each epoch)")
-    if note:
-        say(note)
-    if done >= cfg.epochs:
-        say(f"{run} has already trained {done} epochs (--epochs {cfg.epochs}); nothing to do")
-
-    stats_ckpt = {k: v for k, v in data["stats"].items() if k != "mean_image"}
-    stats_ckpt["mean_image"] = torch.from_numpy(np.asarray(data["stats"]["mean_image"], np.float32))
-
-    def checkpoint(epoch_done: int, metrics: dict | None, sched_state: dict, best: tuple, rng: list,
-                   interrupted: dict | None = None) -> dict:
-        return {"format": ck.FORMAT, "version": ck.VERSION, "model": ck.model_state(model),
-                "model_kwargs": model_kwargs, "optimizer": optimizer.state_dict(), "scheduler": sched_state,
-                "scaler": scaler.state_dict() if cfg.amp == "fp16" else None, "epoch": epoch_done,
-                "best_val_top1_err": best[0], "best_epoch": best[1], "config": asdict(cfg),
-                "labels": data["labels"], "stats": stats_ckpt, "rng": rng, "metrics": metrics,
-                "interrupted": interrupted}
-
-    last_metrics = resume_from.get("metrics") if resume_from is not None else None
-    step = inside["step"] if inside else done * len(train_loader)
-    # one host sync (NaN check, stop request, bar) every `sync_every` steps: each is a GPU pipeline stall
-    sync_every = SYNC_EVERY if device.type == "cuda" else 1
-    with _StopRequest() as stop:
-        for epoch in range(done + 1, cfg.epochs + 1):
-            # the state of the run as of `done` epochs: weights, optimizer, sched, best, last_metrics
-            sched_state = sched.state_dict()
-            lr = sched.lr
+    _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, say)
+    say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
+        f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
+    with StopRequest() as stop:
+        # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
+        sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
+                        functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg))
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            lr = state.schedule.lr
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            start = inside["batch"] if inside else 0  # resumed inside this epoch: the batches it had not seen
-            train_loader.set_epoch(epoch, start)
-            net.train()
+            start = _epoch_start(state, epoch)
+            train_loader.set_epoch(epoch, start.batch)
             t0 = time.perf_counter()
-            loss_sum = torch.tensor(inside["loss_sum"] if inside else 0.0, dtype=torch.float64, device=device)
-            wrong = torch.tensor(inside["wrong"] if inside else 0, dtype=torch.int64, device=device)
-            seen = seen0 = inside["seen"] if inside else 0
-            inside = None
-            bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss: step
-            bad_val = torch.zeros((), dtype=torch.float64, device=device)  # and value
-            window = torch.zeros((), dtype=torch.float64, device=device)  # loss sum since the last sync
-            bar = _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start)
-            for i, (x, y) in enumerate(train_loader, start=start + 1):  # i: batches of the epoch done after this one
-                with autocast(cfg.amp, device.type):
-                    logits = net(x)  # (B, num_classes)
-                y = y.to(logits.device)
-                loss = F.cross_entropy(logits.float(), y)
-                step += 1
-                lv = loss.detach().double()
-                first = (bad_step < 0) & ~lv.isfinite()
-                bad_step, bad_val = torch.where(first, step, bad_step), torch.where(first, lv, bad_val)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                window += lv.to(device)
-                loss_sum += lv.to(device) * y.shape[0]
-                wrong += (logits.detach().argmax(1) != y).sum().to(device)
-                seen += y.shape[0]
-                if i % sync_every and i < len(train_loader):
-                    continue
-                # every process learns whether any of them diverged or was asked to stop
-                flags = torch.stack([(bad_step >= 0).double(), torch.tensor(float(stop.signum is not None),
-                                    dtype=torch.float64, device=device), window])
-                if d.world > 1:
-                    dist.all_reduce(flags)
-                diverged, stopping, window_sum = flags.tolist()
-                window.zero_()
-                if diverged:
-                    if bar is not None:
-                        bar.close()  # the message then starts on a line of its own
-                    at, value = int(bad_step.item()), bad_val.item()
-                    if at < 0:  # another process diverged (here it shows from the next step on)
-                        at, value = step, float("nan")
-                    raise ImgnetError(_diverged_message(value, at, epoch, i - (step - at), len(train_loader), lr,
-                                                        ckdir, cfg))
-                if bar is not None:
-                    dt = time.perf_counter() - t0
-                    n_win = (i - 1) % sync_every + 1
-                    bar.set_postfix_str(f"loss {window_sum / d.world / n_win:.3f} lr {lr:g} "
-                                        f"{(seen - seen0) * d.world / dt:.0f} img/s", refresh=False)
-                    bar.update(n_win)
-                if stopping and i < len(train_loader):
-                    if bar is not None:
-                        bar.close()
-                    inner = {"epoch": epoch, "batch": i, "step": step, "loss_sum": float(loss_sum.item()),
-                             "wrong": int(wrong.item()), "seen": seen}
-                    rng = _gather_rng(d)
-                    if d.main:
-                        path = ck.save_checkpoint(ckdir / "last.pt", checkpoint(
-                            done, last_metrics, sched_state, (best_err, best_epoch), rng, interrupted=inner))
-                        print(f"stopped in epoch {epoch} after batch {i}/{len(train_loader)}: saved {path}; "
-                              "the same command with --resume continues exactly", file=sys.stderr)
-                    raise KeyboardInterrupt("stop requested")
-            if bar is not None:
-                bar.close()
+            with _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start.batch) as bar:
+                sync.begin(epoch, len(train_loader), lr, bar)
+                totals = train_epoch(net, train_loader, optimizer, scaler, sync, state, cfg.amp, start)
+            if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
+                state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
+                                "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
+                _stopped(save(ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(train_loader)}")
             t_train = time.perf_counter() - t0
-            loss_total, wrong_total, n_total = _all_sum([loss_sum.item(), float(wrong.item()), float(seen)], d, device)
             val = _validate(eval_net, val_loader, d, device, cfg.amp)
-            t_epoch = time.perf_counter() - t0
-            is_best = val["top1_err"] < best_err
-            best = (val["top1_err"], epoch) if is_best else (best_err, best_epoch)
-            sched.step(epoch, val["top1_err"])
-            metrics = {"epoch": epoch, "lr": lr, "train_loss": loss_total / n_total,
-                       "train_top1_err": wrong_total / n_total, "val_top1_err": val["top1_err"],
-                       "val_top5_err": val["top5_err"], "val_loss": val["loss"],
-                       "images_per_s": (n_total - seen0 * d.world) / t_train, "seconds": t_epoch,
-                       "train_seconds": t_train, "val_seconds": t_epoch - t_train, "step": step,
-                       "lr_drops": sched.drops, "next_lr": sched.lr, "best_val_top1_err": best[0],
-                       "is_best": is_best, "n_train": int(n_total), "train_dropped": train_loader.dropped,
-                       "n_val": val["n"],
-                       "val_source": data["val_source"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            metrics = _end_epoch(state, epoch, lr, totals, val, d, device, t0, t_train, train_loader, data)
             if note:
                 metrics["note"], note = note, None
-            rng = _gather_rng(d)
-            if d.main:
-                last = ck.save_checkpoint(ckdir / "last.pt", checkpoint(epoch, metrics, sched.state_dict(), best, rng))
-                if is_best:
-                    ck.link_checkpoint(last, ckdir / "best.pt")
-                _append_line(log_path, metrics)
+            if save(ckdir / "last.pt") is not None:
+                if metrics["is_best"]:
+                    ck.link_checkpoint(ckdir / "last.pt", ckdir / "best.pt")
+                runfolder.append_line(run / "log.jsonl", metrics)
                 _plot(run)
-            done, last_metrics, (best_err, best_epoch) = epoch, metrics, best
             say(_epoch_line(metrics, cfg.epochs))
-            stopping = torch.tensor(float(stop.signum is not None), dtype=torch.float64, device=device)
-            if d.world > 1:
-                dist.all_reduce(stopping)
-            if stopping.item() and epoch < cfg.epochs:
-                say(f"stopped after epoch {epoch}: {ckdir / 'last.pt'}; the same command with --resume continues")
-                raise KeyboardInterrupt("stop requested")
-    return {"run": str(run), "epochs": done, "best_val_top1_err": best_err if best_epoch else None,
-            "best_epoch": best_epoch, "last": last_metrics, "checkpoint": str(ckdir / "best.pt"),
-            "seconds": time.perf_counter() - t_start}
+            if epoch < cfg.epochs and sync.stop_requested():
+                _stopped(ckdir / "last.pt" if d.main else None, f"after epoch {epoch}")
+    return {"run": str(run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
+            "best_epoch": state.best_epoch, "last": state.metrics, "checkpoint": str(ckdir / "best.pt"),
+            "seconds": time.perf_counter() - t_start, "main": d.main}
+
+
+def _stopped(path: Path | None, where: str):
+    """End the run on a stop request; rank 0 (`path` not None) says where and what continues it."""
+    if path is not None:
+        print(f"stopped {where}: saved {path}; the same command with --resume continues exactly", file=sys.stderr)
+    raise KeyboardInterrupt("stop requested")
+
+
+def _epoch_start(state: ck.RunState, epoch: int) -> EpochTotals:
+    """Where `epoch` starts: its first batch, or where an interrupt inside it stopped (consumed here)."""
+    inside, state.inside = state.inside, None
+    if not inside:
+        return EpochTotals()
+    assert inside["epoch"] == epoch, (inside, epoch)
+    return EpochTotals(inside["loss_sum"], inside["wrong"], inside["seen"], batch=inside["batch"])
+
+
+def _end_epoch(state: ck.RunState, epoch: int, lr: float, totals: EpochTotals, val: dict, d: Dist,
+               device: torch.device, t0: float, t_train: float, train_loader, data: dict) -> dict:
+    """Record a finished epoch in `state` (best, schedule, counters); returns its log.jsonl line."""
+    loss_total, wrong_total, n_total = _all_sum([totals.loss_sum, float(totals.wrong), float(totals.seen)], d, device)
+    t_epoch = time.perf_counter() - t0
+    is_best = val["top1_err"] < state.best_err
+    if is_best:
+        state.best_err, state.best_epoch = val["top1_err"], epoch
+    state.schedule.step(epoch, val["top1_err"])
+    metrics = {"epoch": epoch, "lr": lr, "train_loss": loss_total / n_total, "train_top1_err": wrong_total / n_total,
+               **{f"val_{k}": v for k, v in val.items() if k != "n"},
+               "images_per_s": (n_total - totals.seen_before * d.world) / t_train, "seconds": t_epoch,
+               "train_seconds": t_train, "val_seconds": t_epoch - t_train, "step": state.step,
+               "lr_drops": state.schedule.drops, "next_lr": state.schedule.lr, "best_val_top1_err": state.best_err,
+               "is_best": is_best, "n_train": int(n_total), "train_dropped": train_loader.dropped, "n_val": val["n"],
+               "val_source": data["val_source"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    state.epoch, state.metrics = epoch, metrics
+    return metrics
+
+
+def _checkpoint_stats(stats: dict) -> dict:
+    out = {k: v for k, v in stats.items() if k != "mean_image"}
+    out["mean_image"] = torch.from_numpy(np.asarray(stats["mean_image"], np.float32))
+    return out
+
+
+def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device, model, model_kwargs: dict,
+                     data: dict, resume_from: dict | None, state: ck.RunState, say) -> None:
+    """Rank 0 writes this launch's record; on resume it trims the log to the checkpoint, repairs best.pt
+    and clears the temporary files a killed save left."""
+    if d.world > 1:  # every process has checked RUN (prepare) before rank 0 writes into it
+        dist.barrier()
+    if not d.main:
+        return
+    if state.epoch >= cfg.epochs:
+        say(f"{run} has already trained {state.epoch} epochs (--epochs {cfg.epochs}); nothing to do")
+    ckdir = run / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
+              "val_source": data["val_source"], "environment": runfolder.environment(device, d.world)}
+    runfolder.write_record(run, record, resume=resume_from is not None)
+    if resume_from is None:
+        return
+    runfolder.trim_log(run / "log.jsonl", state.epoch, state.metrics)
+    for tmp in ck.remove_stale_temps(ckdir):
+        say(f"removed {tmp}, left by a save that did not finish")
+    fixed = ck.repair_best(ckdir, resume_from)
+    if fixed:
+        say(fixed)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -711,12 +518,11 @@ def _printer(enabled: bool):
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
-    if not enabled:
-        return None
+    """A tqdm bar on stderr; a disabled one (every call a no-op) where not `enabled`."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                file=sys.stderr)
+                file=sys.stderr, disable=not enabled)
 
 
 _plot_failed = False

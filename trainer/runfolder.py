@@ -1,0 +1,117 @@
+"""The run folder RUN: config.json (the launch record, plus one record per resume), log.jsonl (one line
+per epoch), checkpoints/, curves.png. Only rank 0 writes here."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagenet_prep.atomic import write_json, write_text
+from imagenet_prep.errors import ImgnetError
+from trainer import checkpoint as ck
+
+
+def read_log(path: Path) -> list[dict]:
+    from trainer.plot import read_log as read
+
+    return read(path) if path.is_file() else []
+
+
+def append_line(path: Path, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trim_log(path: Path, epochs: int, metrics: dict | None) -> None:
+    """On resume the log keeps exactly the epochs the checkpoint holds (a crash may have logged more, or,
+    between the checkpoint and the log line, one fewer: `metrics` restores it)."""
+    rows = [r for r in read_log(path) if r["epoch"] <= epochs]
+    if metrics and not any(r["epoch"] == epochs for r in rows):
+        rows.append(metrics)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def environment(device: torch.device, world: int) -> dict:
+    import importlib.metadata as md
+
+    try:
+        version = md.version("imgnet")
+    except md.PackageNotFoundError:
+        version = None
+    env = {"imgnet": version, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "hostname": socket.gethostname(),
+           "device": str(device), "world_size": world, "argv": sys.argv,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   gpu=torch.cuda.get_device_name(device), gpus=torch.cuda.device_count())
+    if world > 1:
+        import torch.distributed as dist
+
+        env["backend"] = dist.get_backend()
+    return env
+
+
+def write_record(run: Path, record: dict, resume: bool) -> None:
+    """config.json: the launch record; a resume keeps it and appends its own record under "resumes"
+    (so that the command that started the run, and every later one, stay readable)."""
+    path = run / "config.json"
+    try:
+        launch = json.loads(path.read_text()) if resume else None
+    except (OSError, ValueError):
+        launch = None  # a run whose record was lost: this resume's record stands in for it
+    if launch is None:
+        write_json(path, record)
+    else:
+        write_json(path, {**launch, "resumes": launch.get("resumes", []) + [record]})
+
+
+def target_epochs(run: Path) -> int | None:
+    """The most epochs any launch or resume of the run asked for."""
+    try:
+        rec = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    asked = [r.get("epochs") for r in [rec, *rec.get("resumes", [])] if r.get("epochs")]
+    return max(asked) if asked else None
+
+
+def describe(run: Path) -> str:
+    rows = read_log(run / "log.jsonl")
+    epochs = target_epochs(run)
+    done = rows[-1]["epoch"] if rows else 0
+    state = "finished" if epochs and done >= epochs else "unfinished"
+    return f"{state}: {done} of {epochs if epochs else '?'} epochs"
+
+
+def prepare(run: Path, resume: bool, settings: dict, runtime: set) -> dict | None:
+    """Refuse to overwrite a run; with resume, the checkpoint to continue from, checked against `settings`
+    (the TrainConfig as a dict; the `runtime` fields may differ)."""
+    if run.exists() and not run.is_dir():
+        raise ImgnetError(f"--out {run} is a file; expected a folder for the run")
+    last = run / "checkpoints" / "last.pt"
+    if not resume:
+        if last.exists() or read_log(run / "log.jsonl"):  # a run that stopped before its first epoch is no loss
+            raise ImgnetError(f"{run} already holds a run ({describe(run)}); pass --resume to continue it "
+                              "or choose another --out")
+        return None
+    if not last.is_file():
+        raise ImgnetError(f"--resume: {last} not found; nothing to continue (start without --resume)")
+    ckpt = ck.load_checkpoint(last)
+    saved = ck.saved_config(ckpt)
+    diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if k not in runtime and saved.get(k) != v]
+    if diff:
+        raise ImgnetError(f"--resume with other settings than {run} was started with ({'; '.join(diff)}); "
+                          "repeat the run's options (only --epochs, --workers, --device, --amp, --compile and "
+                          "--channels-last may change) or choose another --out")
+    return ckpt

@@ -1,0 +1,62 @@
+"""The learning-rate schedule of section 5: divide by 10 when the validation error stops improving."""
+
+from __future__ import annotations
+
+import math
+
+from imagenet_prep.errors import ImgnetError
+
+
+def parse_schedule(spec: str) -> tuple[str, list[int]]:
+    """'plateau' -> ('plateau', []); 'step:30,60,80' -> ('step', [30, 60, 80])."""
+    if spec == "plateau":
+        return "plateau", []
+    if spec.startswith("step:"):
+        try:
+            ms = [int(s) for s in spec[5:].split(",") if s.strip()]
+        except ValueError:
+            ms = []
+        if ms and all(m > 0 for m in ms) and ms == sorted(set(ms)):
+            return "step", ms
+    raise ImgnetError(f"--lr-schedule {spec!r}; expected 'plateau' or 'step:E1,E2,...' "
+                      "(increasing epochs after which the lr is divided by 10, e.g. step:30,60,80)")
+
+
+class LrSchedule:
+    """The learning rate of each epoch. plateau: multiply by `factor` when the val top-1 error has not
+    improved for `patience` epochs, at most `max_drops` times (section 5 did this by hand "when the
+    validation error rate stopped improving"); step: multiply after each listed epoch."""
+
+    def __init__(self, spec: str, base_lr: float, factor: float = 0.1, patience: int = 3, max_drops: int = 3):
+        self.kind, self.milestones = parse_schedule(spec)
+        self.base_lr, self.factor, self.patience, self.max_drops = base_lr, factor, patience, max_drops
+        self.drops = 0
+        self.best = math.inf  # lowest val top-1 error seen
+        self.bad_epochs = 0  # epochs since `best` improved
+
+    @property
+    def lr(self) -> float:
+        # 12 significant digits: 0.01 * 0.1**2 is 0.00010000000000000002 in binary; the run means 0.0001
+        return float(f"{self.base_lr * self.factor ** self.drops:.12g}")
+
+    def step(self, epoch: int, val_top1_err: float) -> bool:
+        """Record the finished `epoch` (1-based); True when the next epoch runs at a lower lr."""
+        before = self.drops
+        if val_top1_err < self.best:
+            self.best, self.bad_epochs = val_top1_err, 0
+        else:
+            self.bad_epochs += 1
+        if self.kind == "step":
+            self.drops = sum(m <= epoch for m in self.milestones)
+        elif self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.drops += 1
+            self.bad_epochs = 0
+        return self.drops != before
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "milestones": list(self.milestones), "base_lr": self.base_lr,
+                "factor": self.factor, "patience": self.patience, "max_drops": self.max_drops,
+                "drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.drops, self.best, self.bad_epochs = s["drops"], s["best"], s["bad_epochs"]
