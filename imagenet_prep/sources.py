@@ -364,24 +364,32 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
     def entries():
         if problem:
             raise ImgnetError(problem)
-        out, skipped_all = [], list(skipped)
-        p = str(path)
-        with open(path, "rb") as f:
-            for cls, m in class_tars.items():
-                where = f"{path}:{m.name}"
-                try:
-                    inner_tf = tarfile.open(fileobj=_Window(f, m.offset_data, m.size), mode="r:")
-                except tarfile.TarError as e:
-                    raise ImgnetError(f"{where}: not a readable tar ({e}); expected a tar of one class's images") from e
-                except OSError as e:
-                    raise os_failure(where, e) from e
-                with inner_tf:
-                    inner, sk = _tar_files(inner_tf, where, m.size)
-                skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
-                out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
-        _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
-        return out, skipped_all
+        try:
+            return _list_class_tars(path, class_tars, skipped, cache)
+        except OSError as e:
+            raise os_failure(str(path), e) from e
     return _Split(str(path), sorted(class_tars), entries, "class tars", problem=problem)
+
+
+def _list_class_tars(path: Path, class_tars: dict, skipped: list[dict], cache) -> tuple[list[tuple], list[dict]]:
+    """The members of each class tar inside the train tar (headers only), cached."""
+    out, skipped_all = [], list(skipped)
+    p = str(path)
+    with open(path, "rb") as f:
+        for cls, m in class_tars.items():
+            where = f"{path}:{m.name}"
+            try:
+                inner_tf = tarfile.open(fileobj=_Window(f, m.offset_data, m.size), mode="r:")
+            except tarfile.TarError as e:
+                raise ImgnetError(f"{where}: not a readable tar ({e}); expected a tar of one class's images") from e
+            except OSError as e:
+                raise os_failure(where, e) from e
+            with inner_tf:
+                inner, sk = _tar_files(inner_tf, where, m.size)
+            skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
+            out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
+    _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
+    return out, skipped_all
 
 
 def _val_tar_split(path: Path, cache_dir=None) -> _Split:
@@ -722,7 +730,10 @@ def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str
 
 def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
     """Kaggle's zip: its central directory parsed once (cached), train and val and the two label files."""
-    parts = _cached_parts(cache_dir, [path], ["train", "val", "labels"], lambda: kaggle_zip.list_zip(path, _junk))
+    try:
+        parts = _cached_parts(cache_dir, [path], ["train", "val", "labels"], lambda: kaggle_zip.list_zip(path, _junk))
+    except OSError as e:
+        raise os_failure(str(path), e) from e
     splits = {}
     (classes, train, skipped_t), (_, val, skipped_v) = parts["train"], parts["val"]
     if train or classes:
@@ -738,6 +749,8 @@ def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
                 return read_item(item)
             except BadImage as e:
                 raise ImgnetError(f"{path}: {item.name}: {e}; expected an intact Kaggle zip") from e
+            except OSError as e:
+                raise os_failure(f"{item.name} in {path}", e) from e
         return read
     files = {e[0]: (f"{path}:{e[0]}", reader(Item(e[0], -1, *e[2:]))) for e in parts["labels"][1]}
     return splits, files
@@ -812,7 +825,7 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
         if s not in found:
             raise ImgnetError(f"{src} ({layout} layout) has no {s} split; it has {', '.join(found) or 'none'}")
     for s, sp in found.items():  # an incomplete split not asked for matters only where its classes count
-        if sp.problem and s not in wanted and all(x.classes is not None for x in found.values()):
+        if sp.problem and (s in wanted or all(x.classes is not None for x in found.values())):
             raise ImgnetError(sp.problem)
     if "train" in found and found["train"].classes is None:
         raise ImgnetError(f"{found['train'].where} holds images but no class folders; expected train/<class>/ folders")
