@@ -64,6 +64,11 @@ def _parquet_file(path: Path):
 
     try:
         return pq.ParquetFile(path)
+    except OSError as e:
+        if e.errno is None:  # pyarrow's own errors about the content carry no errno
+            raise ImgnetError(f"{path}: not a readable parquet file ({e}); expected a complete shard of "
+                              "ILSVRC/imagenet-1k (re-download it)") from e
+        raise os_failure(str(path), e) from e
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ... for a damaged file
         raise ImgnetError(f"{path}: not a readable parquet file ({e}); expected a complete shard of "
                           "ILSVRC/imagenet-1k (re-download it)") from e
