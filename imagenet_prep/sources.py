@@ -802,6 +802,16 @@ def _first_per_class(items: list[Item], n: int) -> list[Item]:
 
 def discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
              splits=None, cache_dir=None, val_labels=None) -> Source:
+    """Find the layout of `src` and list its images (see _discover). An OSError while listing (EIO, EACCES,
+    ESTALE on a file or folder) is an I/O failure: a one-line error naming the file and errno."""
+    try:
+        return _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels)
+    except OSError as e:
+        raise os_failure(os.fsdecode(e.filename) if e.filename else str(src), e) from e
+
+
+def _discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
+              splits=None, cache_dir=None, val_labels=None) -> Source:
     """Find the layout of `src` and list its images.
 
     label_order "sorted" | "devkit"; `classes=N` keeps the first N classes in label order (renumbered from 0);

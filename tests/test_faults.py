@@ -354,3 +354,73 @@ def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
     assert "loop" in skipped[f"{W1}/sub/back/"] and skipped[f"{W1}/Thumbs.db"] == "system file"
     assert "not a regular file" in skipped[f"{W1}/pipe"]
     assert [i.name for i in found.splits["train"]] == [f"{W1}_0.JPEG", f"{W2}_0.JPEG"]
+
+
+def test_read_failure_while_listing_shards_names_the_shard(tmp_path, monkeypatch):
+    from imagenet_prep import wds
+
+    src = layouts.timm_wds(tmp_path / "src", _train(1), [], shards=(1, 0), info=False)
+    monkeypatch.setattr(wds, "open", _faulty_open(wds, errno.EIO, "imagenet1k-train-0000.tar"), raising=False)
+    with pytest.raises(ImgnetError, match=r"imagenet1k-train-0000.tar \(EIO"):
+        discover(src, splits=["train"])
+
+
+class _FailingFile:
+    """A file whose reads fail with EIO once `good` bytes are read."""
+
+    def __init__(self, f, good: int):
+        self._f, self._left = f, good
+
+    def read(self, n=-1):
+        if self._left <= 0:
+            raise OSError(errno.EIO, "Input/output error")
+        data = self._f.read(n if n >= 0 else self._left)
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _hf_rows():
+    return [(f"{n.rsplit('.', 1)[0]}_{w}.JPEG", d, [W1, W2].index(w)) for w, n, d in _train(3)]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "targz"])
+def test_hf_read_failure_stops_the_run_and_the_rerun_completes(tmp_path, monkeypatch, kind):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from imagenet_prep import hf
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    rows = _hf_rows()
+    if kind == "parquet":
+        image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        table = pa.table({"image": pa.array([{"bytes": d, "path": p} for p, d, _ in rows], image),
+                          "label": pa.array([lbl for _, _, lbl in rows], pa.int64())})
+        pq.write_table(table, src / "train-00000-of-00001.parquet", row_group_size=2)
+    else:
+        for k in range(5):
+            (src / f"train_images_{k}.tar.gz").write_bytes(gzip.compress(_tar([(p, d) for p, d, _ in rows[k::5]])))
+    discover(src, cache_dir=out)  # listed and cached with the real reads
+    if kind == "parquet":
+        monkeypatch.setattr(pq, "ParquetFile", lambda path, *a, **kw: (_ for _ in ()).throw(
+            OSError(errno.ESTALE, "Stale file handle", str(path))))
+    else:
+        monkeypatch.setattr(hf, "open", lambda path, mode="rb": _FailingFile(builtins.open(path, mode), 40),
+                            raising=False)
+    with pytest.raises(ImgnetError) as e:
+        run_prep(PrepConfig(src=str(src), out=str(out), workers=1))
+    assert ("ESTALE" if kind == "parquet" else "EIO") in str(e.value)
+    assert ("train-00000-of-00001.parquet" if kind == "parquet" else "train_images_0.tar.gz") in str(e.value)
+    monkeypatch.undo()
+    report = run_prep(PrepConfig(src=str(src), out=str(out), workers=2))["splits"]["train"]
+    assert report["written"] == 6 and report["rejected"] == []
