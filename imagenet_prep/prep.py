@@ -273,6 +273,9 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
                       "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
                       "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
                       "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0}
+            if writer.written == 0:
+                print(f"warning: {name} ends with 0 images ({len(items)} listed, {len(skipped)} skipped, "
+                      f"{len(report['rejected']) - len(skipped)} rejected: see {REPORT})", file=sys.stderr)
             meta = writer.finish({
                 "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
                 "num_classes": len(labels["classes"]), "label_order": cfg.label_order,

@@ -206,3 +206,12 @@ def test_kaggle_csv_with_bom_labels_the_val_end_to_end(shared_data, tmp_path):
     found = sources.discover(src)
     want = {n: w for n, w, _ in val}
     assert {i.name: found.label_map.all_names[i.label] for i in found.splits["val"]} == want
+
+
+def test_a_split_that_ends_with_no_image_warns(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "train" / W1).mkdir(parents=True)
+    (src / "train" / W1 / "bad.JPEG").write_bytes(b"<html>not an image</html>")
+    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
+    assert report["written"] == 0 and [r["name"] for r in report["rejected"]] == ["bad.JPEG"]
+    assert "warning: train ends with 0 images" in capsys.readouterr().err
