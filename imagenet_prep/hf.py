@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid, load_class_meta
-from imagenet_prep.sources import _junk, _listing_file, _load_listing, _save_listing, _skip, _Split, os_failure
+from imagenet_prep.sources import _junk, _listing_file, _load_listing, _save_listing, _skip, _Split, os_failure, shown
 
 PARQUET, TARGZ = "hf-parquet", "hf-targz"
 LAYOUTS = (PARQUET, TARGZ)
@@ -257,7 +257,7 @@ def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
             continue
         name, wnid = original_name(m.name, f"{path} member {pos}")
         if wnid not in known:
-            raise ImgnetError(f"{path} member {pos} ({m.name}) names class {wnid}, which is not one of the 1000 "
+            raise ImgnetError(f"{path} member {pos} ({shown(m.name)}) names class {wnid}, which is not one of the 1000 "
                               "ILSVRC2012 classes; expected <original stem>_<wnid>.JPEG with an ILSVRC2012 wnid")
         entries.append((name, wnid, p, 0, pos))
     return entries, skipped
@@ -287,7 +287,7 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
         names = sorted(e[0] for e in out)
         dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
         if dup:
-            raise ImgnetError(f"image {dup} appears twice in the shards of {shards[0].parent}; expected each "
+            raise ImgnetError(f"image {shown(dup)} appears twice in the shards of {shards[0].parent}; expected each "
                               "image once (shards of two revisions mixed?)")
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")

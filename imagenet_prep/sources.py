@@ -80,18 +80,28 @@ class Item:
     crc: int = -1     # a zip member: CRC-32 of the uncompressed bytes, checked on reading
 
 
+def shown(text) -> str:
+    """A name or path for a one-line message: as is, or repr() where it holds a newline, another control
+    character or undecodable bytes (surrogateescape), so that the message stays one printable line."""
+    text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
+    return text if text.isprintable() else repr(text)
+
+
 def os_failure(what: str, e: OSError, hint: str = "fix the source (drive, network share, permissions) and rerun "
                "the same command to continue") -> ImgnetError:
     """An I/O failure while reading the source, as a one-line error naming `what` and the errno: it stops
     the run (skipping the image or folder would silently lose it)."""
     code = errno.errorcode.get(e.errno, "no errno") if e.errno is not None else "no errno"
-    return ImgnetError(f"cannot read {what} ({code}: {e.strerror or e}); an I/O failure, not a bad image: "
+    return ImgnetError(f"cannot read {shown(what)} ({code}: {e.strerror or e}); an I/O failure, not a bad image: "
                        f"{hint}")
 
 
 def read_failure(path: str, name: str, e: OSError) -> ImgnetError:
     """os_failure for the bytes of one image: nothing is recorded for it, the rerun reads it again."""
-    where = path if path.endswith(name) else f"{name!r} in {path}"
+    if path.endswith(name):
+        where = path if name.isprintable() else f"{shown(name)} in {shown(path[:len(path) - len(name)])}"
+    else:
+        where = f"{shown(name)} in {shown(path)}"
     return os_failure(where, e, "nothing was recorded for it; fix the source (drive, network share, permissions) "
                       "and rerun the same command to continue")
 
@@ -194,7 +204,7 @@ def _tar_files(tf: tarfile.TarFile, where: str, limit: int) -> tuple[list[tarfil
             if reason:
                 skipped.append(_skip(m.name, reason))
             elif m.offset_data + m.size > limit:
-                raise ImgnetError(f"{where}: member {m.name} ends at byte {m.offset_data + m.size} but the tar has "
+                raise ImgnetError(f"{where}: member {shown(m.name)} ends at byte {m.offset_data + m.size} but the tar has "
                                   f"{limit}; expected a complete archive (re-download it)")
             else:
                 files.append(m)
@@ -356,7 +366,7 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
         if base.endswith(".tar") and len(base) > 4:
             if base[:-4] in class_tars:
                 raise ImgnetError(f"{path}: class tar {base} is there twice ({class_tars[base[:-4]].name} and "
-                                  f"{m.name}); expected each class once (re-download the archive)")
+                                  f"{shown(m.name)}); expected each class once (re-download the archive)")
             class_tars[base[:-4]] = m
         else:
             skipped.append(_skip(m.name, "not a class tar (<class>.tar) in the train archive"))
@@ -377,7 +387,7 @@ def _list_class_tars(path: Path, class_tars: dict, skipped: list[dict], cache) -
     p = str(path)
     with open(path, "rb") as f:
         for cls, m in class_tars.items():
-            where = f"{path}:{m.name}"
+            where = f"{path}:{shown(m.name)}"
             try:
                 inner_tf = tarfile.open(fileobj=_Window(f, m.offset_data, m.size), mode="r:")
             except tarfile.TarError as e:
@@ -705,7 +715,7 @@ def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], exp
     names = Counter(e[0] for e in entries)
     if len(names) != len(entries):
         dup = next(n for n, k in names.items() if k > 1)
-        raise ImgnetError(f"{src}: {dup} is a sample of two {split} shards (or twice in one); expected each image "
+        raise ImgnetError(f"{src}: {shown(dup)} is a sample of two {split} shards (or twice in one); expected each image "
                           "once (shards of two downloads mixed?)")
     return wnids, entries, skipped
 
@@ -748,7 +758,7 @@ def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
             try:
                 return read_item(item)
             except BadImage as e:
-                raise ImgnetError(f"{path}: {item.name}: {e}; expected an intact Kaggle zip") from e
+                raise ImgnetError(f"{path}: {shown(item.name)}: {e}; expected an intact Kaggle zip") from e
             except OSError as e:
                 raise os_failure(f"{item.name} in {path}", e) from e
         return read

@@ -91,7 +91,8 @@ def _pack_parquet(units, writer: store.LmdbWriter, cfg, workers: int, bar, clock
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(prep._pool(workers, cfg))
-            results = pool.imap(_row_group, tasks, window=2 * workers, describe=lambda t: f"row group {t[0]}")
+            # a result is a whole row group's records: a window just over one per worker bounds the memory
+            results = pool.imap(_row_group, tasks, window=workers + 2, describe=lambda t: f"row group {t[0]}")
         else:
             results = map(_row_group, tasks)
         for key, out in results:

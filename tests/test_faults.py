@@ -91,7 +91,7 @@ def test_read_failure_in_a_tar_member_and_a_zip_member(tmp_path, monkeypatch):
     discover(src, cache_dir=tmp_path / "a")  # listed (cached) with the real open: then reading a member fails
     with monkeypatch.context() as m:
         m.setattr(sources, "open", _faulty_open(sources, errno.EIO, "img_train.tar"), raising=False)
-        with pytest.raises(ImgnetError, match=rf"'{W1}_0.JPEG' in .*ILSVRC2012_img_train.tar \(EIO"):
+        with pytest.raises(ImgnetError, match=rf"{W1}_0.JPEG in .*ILSVRC2012_img_train.tar \(EIO"):
             run_prep(PrepConfig(src=str(src), out=str(tmp_path / "a"), workers=2))
     assert run_prep(PrepConfig(src=str(src), out=str(tmp_path / "a"), workers=1))["splits"]["train"]["written"] == 4
     zsrc = tmp_path / "zip"
@@ -424,3 +424,15 @@ def test_hf_read_failure_stops_the_run_and_the_rerun_completes(tmp_path, monkeyp
     monkeypatch.undo()
     report = run_prep(PrepConfig(src=str(src), out=str(out), workers=2))["splits"]["train"]
     assert report["written"] == 6 and report["rejected"] == []
+
+
+def test_a_read_failure_on_an_odd_name_is_still_one_line(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "train" / W1).mkdir(parents=True)
+    for name in ("a\nb.JPEG", UNDECODABLE):
+        (src / "train" / W1 / name).write_bytes(_jpeg(1))
+    monkeypatch.setattr(sources, "open", _faulty_open(sources, errno.EIO, ".JPEG"), raising=False)
+    with pytest.raises(ImgnetError) as e:
+        run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))
+    msg = str(e.value)
+    assert msg.isprintable() and "EIO" in msg and ("'a\\nb.JPEG' in " in msg or "'latin1-\\udce9" in msg)
