@@ -20,10 +20,9 @@ official tars' listings are (sources.py), keyed by the shard's path, size and mt
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import gzip
 import os
 import re
-import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid, load_class_meta
-from imagenet_prep.sources import _junk, _listing_file, _load_listing, _save_listing, _skip, _Split
+from imagenet_prep.sources import _junk, _listing_file, _load_listing, _save_listing, _skip, _Split, os_failure, shown
 
 PARQUET, TARGZ = "hf-parquet", "hf-targz"
 LAYOUTS = (PARQUET, TARGZ)
@@ -65,6 +64,11 @@ def _parquet_file(path: Path):
 
     try:
         return pq.ParquetFile(path)
+    except OSError as e:
+        if e.errno is None:  # pyarrow's own errors about the content carry no errno
+            raise ImgnetError(f"{path}: not a readable parquet file ({e}); expected a complete shard of "
+                              "ILSVRC/imagenet-1k (re-download it)") from e
+        raise os_failure(str(path), e) from e
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ... for a damaged file
         raise ImgnetError(f"{path}: not a readable parquet file ({e}); expected a complete shard of "
                           "ILSVRC/imagenet-1k (re-download it)") from e
@@ -118,6 +122,10 @@ def read_row_group(path: str, rg: int) -> list[tuple[str | None, bytes | None]]:
         # one thread: each worker process is one core's share (pyarrow's pool would oversubscribe them)
         image = _fields(pf.read_row_group(rg, columns=["image"], use_threads=False))
         return list(zip(image["path"].to_pylist(), image["bytes"].to_pylist()))
+    except OSError as e:
+        if e.errno is not None:  # the file, not its content: stops the run, the rerun reads the row group again
+            raise os_failure(f"{path} row group {rg}", e) from e
+        raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e
     except Exception as e:  # noqa: BLE001
         raise ImgnetError(f"{path} row group {rg}: unreadable ({e}); expected a complete shard (re-download it)") from e
 
@@ -169,19 +177,64 @@ class _Counted:
         return data
 
 
+class _Tail:
+    """The decompressed stream as tarfile reads it, keeping its last `keep` bytes: where the iteration stops,
+    the end-of-archive blocks are checked in them (tarfile's stream mode reads ahead at most a buffer)."""
+
+    def __init__(self, f, keep: int):
+        self._f, self._keep, self.buf, self.total = f, keep, bytearray(), 0
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self.total += len(data)
+        self.buf += data
+        if len(self.buf) > self._keep:
+            del self.buf[:len(self.buf) - self._keep]
+        return data
+
+    def at(self, pos: int, n: int) -> bytes:
+        """Bytes [pos, pos + n) of the stream (b"" where it ends first), then the rest is read to its end so
+        that gzip checks its CRC and length."""
+        while self.total < pos + n and self.read(1 << 16):
+            pass
+        start = pos - (self.total - len(self.buf))
+        got = bytes(self.buf[start:start + n]) if start >= 0 else b""
+        self._keep = 0
+        while self.read(1 << 20):
+            pass
+        return got
+
+
 def _stream(path: Path, bar=None):
     """(position, TarInfo, open tar) over a tar.gz read once as a stream. Members are not kept (tarfile keeps
-    every TarInfo it has read, about 260,000 per train shard); a damaged shard is a one-line error."""
+    every TarInfo it has read, about 260,000 per train shard). A damaged or short shard is a one-line error:
+    after the last member the tar's two zero blocks must follow and the gzip stream must end with its CRC."""
+    bufsize = 1 << 20
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=_Counted(f, bar), mode="r|gz", bufsize=1 << 20) as tf:
-            pos = 0
-            while (m := tf.next()) is not None:
-                yield pos, m, tf
-                tf.members.clear()
-                pos += 1
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ImgnetError(f"{path}: not a readable .tar.gz ({e}); expected a complete Hugging Face shard "
-                          "(re-download it)") from e
+        with open(path, "rb") as f, gzip.GzipFile(fileobj=_Counted(f, bar), mode="rb") as gz:
+            tail = _Tail(gz, 4 * bufsize)
+            with tarfile.open(fileobj=tail, mode="r|", bufsize=bufsize) as tf:
+                pos = 0
+                while (m := tf.next()) is not None:
+                    yield pos, m, tf
+                    tf.members.clear()
+                    pos += 1
+                end = tail.at(tf.offset, 2 * tarfile.BLOCKSIZE)
+                if len(end) != 2 * tarfile.BLOCKSIZE or end.count(0) != len(end):
+                    raise ImgnetError(f"{path}: the tar inside ends early or is damaged after member {pos} (byte "
+                                      f"{tf.offset} of the stream, where two zero blocks or the next header should "
+                                      "be); expected a complete Hugging Face shard (re-download it)")
+    except OSError as e:
+        if e.errno is not None:
+            raise os_failure(str(path), e) from e
+        raise _unreadable(path, e) from e
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> ImgnetError:
+    return ImgnetError(f"{path}: not a readable .tar.gz ({type(e).__name__}: {e}); expected a complete Hugging Face "
+                       "shard (re-download it)")
 
 
 def stream_targz(path: Path, want=None):
@@ -204,7 +257,7 @@ def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
             continue
         name, wnid = original_name(m.name, f"{path} member {pos}")
         if wnid not in known:
-            raise ImgnetError(f"{path} member {pos} ({m.name}) names class {wnid}, which is not one of the 1000 "
+            raise ImgnetError(f"{path} member {pos} ({shown(m.name)}) names class {wnid}, which is not one of the 1000 "
                               "ILSVRC2012 classes; expected <original stem>_<wnid>.JPEG with an ILSVRC2012 wnid")
         entries.append((name, wnid, p, 0, pos))
     return entries, skipped
@@ -234,7 +287,7 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
         names = sorted(e[0] for e in out)
         dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
         if dup:
-            raise ImgnetError(f"image {dup} appears twice in the shards of {shards[0].parent}; expected each "
+            raise ImgnetError(f"image {shown(dup)} appears twice in the shards of {shards[0].parent}; expected each "
                               "image once (shards of two revisions mixed?)")
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
@@ -247,9 +300,10 @@ def _scan_all(paths: list[Path], scan, bar):
     if scan is not _list_targz or len(paths) < 2 or (os.cpu_count() or 1) < 2:
         yield from (scan(p, bar) for p in paths)
         return
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(min(len(paths), os.cpu_count() or 1)) as pool:
-        for p, listed in zip(paths, pool.imap(_list_targz, paths)):
+    from imagenet_prep.pool import WorkerPool
+
+    with WorkerPool(min(len(paths), os.cpu_count() or 1), name="list", hint="rerun the same command") as pool:
+        for p, listed in zip(paths, pool.imap(_list_targz, paths, window=len(paths), describe=str)):
             bar.update(p.stat().st_size)
             yield listed
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from imagenet_prep import store
 from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
+from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
 
 # images per LMDB transaction: bounds the work a kill can lose (the variable lets tests commit often)
 COMMIT_EVERY = int(os.environ.get("IMGNET_COMMIT_EVERY", "256"))
@@ -63,32 +63,34 @@ def _init_pool_worker(encoding: str, quality: int) -> None:
     _init_worker(encoding, quality)
 
 
-def process_item(item) -> tuple[bytes | None, str | None, str | None]:
-    """Source item -> (encoded 256x256 image, None, from_mode) or (None, reason, None) when skipped."""
-    from imagenet_prep.sources import read_item
+def process_item(item) -> tuple[bytes | None, str | None, dict | None]:
+    """Source item -> (encoded 256x256 image, None, converted entry or None) or (None, reason, None) when the
+    content is rejected. An OSError while reading the source bytes is not a bad image: it raises an
+    ImgnetError naming the file and errno, which stops the run (the rerun resumes and writes the image)."""
+    from imagenet_prep.resize import BadImage
+    from imagenet_prep.sources import read_failure, read_item
 
     try:
         data = read_item(item)
-    except OSError as e:  # unreadable file: permissions, I/O error
-        return None, f"cannot read: {e}", None
-    except Exception as e:  # noqa: BLE001 - one odd file must not stall every rerun at the same place
-        return None, f"cannot read ({type(e).__name__}: {e})", None
-    return process_bytes(data)
+    except BadImage as e:  # a zip member that fails to inflate or its CRC: its bytes are damaged
+        return None, e.reason, None
+    except OSError as e:
+        raise read_failure(item.path, item.name, e) from None
+    return process_bytes(data, item.name)
 
 
-def process_bytes(data: bytes) -> tuple[bytes | None, str | None, str | None]:
-    """The source bytes of one image -> (encoded 256x256 image, None, from_mode) or (None, reason, None)."""
-    from imagenet_prep.resize import BadImage, prepare_image
+def process_bytes(data: bytes, name: str | None = None) -> tuple[bytes | None, str | None, dict | None]:
+    """The source bytes of one image -> (encoded 256x256 image, None, the report's converted entry or None)
+    or (None, reason, None) when its content cannot be used (resize.prepare raises only BadImage for that)."""
+    from imagenet_prep.resize import BadImage, prepare
 
     try:
-        img, from_mode = prepare_image(data)
+        p = prepare(data, name=name)
     except BadImage as e:
-        return None, str(e), None
-    except OSError as e:  # unreadable file: permissions, I/O error
-        return None, f"cannot read: {e}", None
-    except Exception as e:  # noqa: BLE001 - one odd file must not stall every rerun at the same place
-        return None, f"cannot decode ({type(e).__name__}: {e})", None
-    return store.encode_image(img, *_ENCODING), None, from_mode
+        return None, e.reason, None
+    except MemoryError:
+        return None, "cannot decode: out of memory (an image over the limits of this machine)", None
+    return store.encode_image(p.image, *_ENCODING), None, p.report_entry(name) if name is not None else None
 
 
 # -------------------------------------------------------------------------------- main side
@@ -106,7 +108,7 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
     """What the content of a split depends on: a resumed run must match it exactly."""
     h = hashlib.sha256()
     for it in items:
-        h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode())
+        h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode("utf-8", "surrogateescape"))  # undecodable bytes
     return {"layout": layout, "items_sha256": h.hexdigest(), "count": len(items), "encoding": cfg.encoding,
             "quality": cfg.quality if cfg.encoding == "jpeg" else None, "format": cfg.format,
             "labels_sha256": labels_sha}
@@ -152,25 +154,19 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _pool(workers: int, cfg: PrepConfig):
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(cfg.encoding, cfg.quality))
+def _pool(workers: int, cfg: PrepConfig) -> WorkerPool:
+    """Workers that a dead one (OOM killer, kill -9) cannot hang: WorkerDied names the cause and the image."""
+    return WorkerPool(workers, _init_pool_worker, (cfg.encoding, cfg.quality), name="prep",
+                      hint="the images committed so far are kept: rerun the same command to continue")
 
 
-def _windowed(pool, todo, window: int):
-    """pool.imap over `todo` in order with at most two windows in flight: results wait in memory only
-    while the writer is behind by less than 2 * window images (imap alone would queue them all)."""
-    pending = None
-    for lo in range(0, len(todo), window):
-        nxt = pool.imap(process_item, todo[lo:lo + window], chunksize=32)
-        if pending is not None:
-            yield from pending
-        pending = nxt
-    if pending is not None:
-        yield from pending
+def _windowed(pool: WorkerPool, todo, window: int):
+    """process_item over `todo` in order; results wait in memory only while the writer is behind by less
+    than 2 * window images."""
+    return pool.imap(process_item, todo, window=2 * window, describe=lambda it: repr(it.name))
 
 
-def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: str) -> int:
+def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: str, clock) -> int:
     """Process items[writer.consumed:] and commit them in order; returns how many were processed."""
     start = writer.consumed
     todo = items[start:]
@@ -188,19 +184,19 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     records, rejected, converted = [], [], []
     consumed = start
     try:
-        for item, (data, reason, from_mode) in zip(todo, results):
+        for item, (data, reason, entry) in zip(todo, results):
             consumed += 1
             if data is None:
                 rejected.append({"name": item.name, "reason": reason})
             else:
                 records.append((data, item.label, item.name))
-                if from_mode:
-                    converted.append({"name": item.name, "from_mode": from_mode})
+                if entry:
+                    converted.append(entry)
             if consumed - writer.consumed >= COMMIT_EVERY:
-                writer.commit(records, consumed, rejected, converted)
+                clock.commit(writer, records, consumed, rejected, converted)
                 records, rejected, converted = [], [], []
             bar.update(1)
-        writer.commit(records, consumed, rejected, converted)
+        clock.commit(writer, records, consumed, rejected, converted)
     except KeyboardInterrupt:
         bar.close()
         print(f"\ninterrupted: the {writer.written} images committed to {writer.path} are kept; rerun the same "
@@ -214,28 +210,72 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
     return len(todo)
 
 
+class _Clock:
+    """Seconds spent on one split over every run that worked on it: kept in the writer's progress (each
+    commit saves it), so that a resumed split's report gives the time and rate of the whole split."""
+
+    def __init__(self, writer: store.LmdbWriter):
+        self.base, self.t0 = float(writer.progress.get("seconds", 0.0)), time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.base + time.perf_counter() - self.t0
+
+    def stamp(self, writer: store.LmdbWriter) -> None:
+        writer.progress["seconds"] = round(self.seconds(), 3)
+
+    def commit(self, writer: store.LmdbWriter, *args) -> None:
+        self.stamp(writer)
+        writer.commit(*args)
+
+
+def pillow_build() -> str:
+    """The resize build in use (resize.pillow_flavour), or "unknown" where it cannot be told."""
+    from imagenet_prep.resize import pillow_flavour
+
+    try:
+        return pillow_flavour()
+    except RuntimeError:
+        return "unknown"
+
+
+def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
+    """A split is resized by one Pillow build: resuming under another would mix the pixels of both."""
+    build = pillow_build()
+    old = writer.progress.get("pillow")
+    if old and old != build and writer.consumed:
+        fix = ("`pip install --force-reinstall --no-deps pillow-simd`" if old == "pillow-simd"
+               else f"reinstall {old}")
+        raise ImgnetError(f"{work} was started with {old} and this run has {build}; resuming would mix the pixels "
+                          f"of two resize builds: {fix} to continue, or pass --force to start the split over")
+    writer.progress["pillow"] = build
+
+
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
                 workers: int, differs=()) -> dict:
     from imagenet_prep import hf, unordered
 
     final, work = _paths(out, name, cfg.format)
-    t0 = time.perf_counter()
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
     try:
         assert not (writer.complete and cfg.format == "lmdb"), f"{work} is complete: the caller skips it"
         if writer.complete:  # killed while converting to HDF5: the staged split is done, convert again
             meta = writer.meta
         else:
+            _check_pillow(writer, work)
+            clock = _Clock(writer)
             if fingerprint["layout"] in hf.LAYOUTS:  # shard by shard, committed out of order
-                n_done = unordered.pack(items, writer, cfg, workers, name, fingerprint["layout"])
+                unordered.pack(items, writer, cfg, workers, name, fingerprint["layout"], clock)
             else:
-                n_done = _pack(items, writer, cfg, workers, name)
-            seconds = time.perf_counter() - t0
+                _pack(items, writer, cfg, workers, name, clock)
+            seconds = clock.seconds()
             report = {"found": len(items) + len(skipped), "written": writer.written,
                       "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
                       "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
-                      "seconds": round(seconds, 3),
-                      "images_per_s": n_done / seconds if seconds > 0 else 0.0}
+                      "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
+                      "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0}
+            if writer.written == 0:
+                print(f"warning: {name} ends with 0 images ({len(items)} listed, {len(skipped)} skipped, "
+                      f"{len(report['rejected']) - len(skipped)} rejected: see {REPORT})", file=sys.stderr)
             meta = writer.finish({
                 "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
                 "num_classes": len(labels["classes"]), "label_order": cfg.label_order,
@@ -261,7 +301,7 @@ def run_prep(cfg: PrepConfig) -> dict:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
     out = Path(cfg.out)
     _check_writable(out)
-    with _exclusive(out):
+    with _exclusive(out), sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
         return _run_prep(cfg, out)
 
 

@@ -30,12 +30,15 @@ holds, as ImageFolder does.
 from __future__ import annotations
 
 import csv
+import errno
+import gzip
 import hashlib
 import io
 import json
 import os
 import re
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +59,7 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
-LISTING_VERSION = 2  # of the cached listings; a new value makes every older cache file unused
+LISTING_VERSION = 3  # of the cached listings; a new value makes every older cache file unused
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
 # candidate, whatever its extension: decoding by content happens in resize.py.
@@ -75,6 +78,32 @@ class Item:
     size: int = -1
     method: int = -1  # a zip member: compression method (0 stored, 8 deflate), offset = its local header
     crc: int = -1     # a zip member: CRC-32 of the uncompressed bytes, checked on reading
+
+
+def shown(text) -> str:
+    """A name or path for a one-line message: as is, or repr() where it holds a newline, another control
+    character or undecodable bytes (surrogateescape), so that the message stays one printable line."""
+    text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
+    return text if text.isprintable() else repr(text)
+
+
+def os_failure(what: str, e: OSError, hint: str = "fix the source (drive, network share, permissions) and rerun "
+               "the same command to continue") -> ImgnetError:
+    """An I/O failure while reading the source, as a one-line error naming `what` and the errno: it stops
+    the run (skipping the image or folder would silently lose it)."""
+    code = errno.errorcode.get(e.errno, "no errno") if e.errno is not None else "no errno"
+    return ImgnetError(f"cannot read {shown(what)} ({code}: {e.strerror or e}); an I/O failure, not a bad image: "
+                       f"{hint}")
+
+
+def read_failure(path: str, name: str, e: OSError) -> ImgnetError:
+    """os_failure for the bytes of one image: nothing is recorded for it, the rerun reads it again."""
+    if path.endswith(name):
+        where = path if name.isprintable() else f"{shown(name)} in {shown(path[:len(path) - len(name)])}"
+    else:
+        where = f"{shown(name)} in {shown(path)}"
+    return os_failure(where, e, "nothing was recorded for it; fix the source (drive, network share, permissions) "
+                      "and rerun the same command to continue")
 
 
 def read_item(item: Item) -> bytes:
@@ -133,6 +162,7 @@ class _Split:
     entries: Callable[[], tuple[list[tuple], list[dict]]]
     labelled_by: str = ""            # where the classes of a split that is not flat come from, for `origin`
     relabel: bool = False            # a val that labels itself (shards) but that --val-labels may relabel
+    problem: str | None = None       # why the split cannot be listed (an incomplete archive): its classes are partial
 
 
 class _Window(io.RawIOBase):
@@ -174,41 +204,91 @@ def _tar_files(tf: tarfile.TarFile, where: str, limit: int) -> tuple[list[tarfil
             if reason:
                 skipped.append(_skip(m.name, reason))
             elif m.offset_data + m.size > limit:
-                raise ImgnetError(f"{where}: member {m.name} ends at byte {m.offset_data + m.size} but the tar has "
+                raise ImgnetError(f"{where}: member {shown(m.name)} ends at byte {m.offset_data + m.size} but the tar has "
                                   f"{limit}; expected a complete archive (re-download it)")
             else:
                 files.append(m)
     except tarfile.TarError as e:
         raise ImgnetError(f"{where}: not a readable tar ({e}); expected an uncompressed tar archive") from e
+    except OSError as e:
+        raise os_failure(where, e) from e
+    check_tar_end(tf, where, limit)
     return files, skipped
+
+
+def check_tar_end(tf: tarfile.TarFile, where: str, limit: int | None = None) -> None:
+    """A tar ends with two zero blocks: tarfile ends its iteration without a word at a header cut short, at
+    a damaged header and at a cut exactly between members, so the bytes where it stopped must be those
+    blocks. `limit`: the tar's size (a nested tar: its declared size), None for a stream (read on)."""
+    at = tf.offset
+    try:
+        if limit is not None and at + 2 * tarfile.BLOCKSIZE > limit:
+            tail = b"\1"  # cut short: no room for the end blocks
+        else:
+            tf.fileobj.seek(at)
+            tail = tf.fileobj.read(2 * tarfile.BLOCKSIZE)
+    except OSError as e:
+        raise os_failure(where, e) from e
+    if len(tail) != 2 * tarfile.BLOCKSIZE or tail.count(0) != len(tail):
+        raise ImgnetError(f"{where}: the tar ends early or is damaged at byte {at} (after {len(tf.members)} "
+                          "members, where two zero blocks or the next header should be); expected a complete "
+                          "archive (re-download it)")
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:")
-    except (tarfile.TarError, OSError) as e:
+    except tarfile.TarError as e:
         raise ImgnetError(f"{path}: not a readable tar ({e}); expected the official uncompressed archive") from e
+    except OSError as e:
+        raise os_failure(str(path), e) from e
 
 
 # ---------------------------------------------------------------------------------- enumerators
+def _scan(folder) -> list[os.DirEntry]:
+    """The entries of a folder; an unreadable folder is an I/O failure that stops the run (skipping it would
+    silently lose a class)."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as e:
+        raise os_failure(f"folder {folder}", e) from e
+
+
+def _kind(e: os.DirEntry) -> str:
+    """"dir", "file" or why the entry is neither (a broken link, a link loop, a device ...)."""
+    try:
+        if e.is_dir():
+            return "dir"
+        if e.is_file():
+            return "file"
+        e.stat()  # follows links: ELOOP, ENOENT for a loop or a dangling link
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if err.errno == errno.ENOENT:
+            return "a broken symbolic link"
+        raise os_failure(e.path, err) from err
+    return "not a regular file nor a folder"
+
+
 def _dir_split(root: Path) -> _Split:
     """A split folder: class folders (each walked recursively), or flat files when it has no folders."""
     dirs, files, skipped = [], [], []
-    with os.scandir(root) as it:
-        for e in it:
-            is_dir = e.is_dir()
-            reason = _junk(e.name, is_dir)
-            if reason:
-                skipped.append(_skip(e.name + "/" * is_dir, reason))
-            elif is_dir:
-                dirs.append(e.name)
-            elif e.is_file():
-                files.append(e)
-            else:
-                skipped.append(_skip(e.name, "not a regular file (a broken link?)"))
+    for e in _scan(root):
+        kind = _kind(e)
+        reason = _junk(e.name, kind == "dir")
+        if reason:
+            skipped.append(_skip(e.name + "/" * (kind == "dir"), reason))
+        elif kind == "dir":
+            dirs.append(e.name)
+        elif kind == "file":
+            files.append(e)
+        else:
+            skipped.append(_skip(e.name, kind))
     if dirs and files:
-        raise ImgnetError(f"{root} holds both image files (e.g. {min(e.name for e in files)}) and folders "
-                          f"(e.g. {min(dirs)}/); expected either class folders only or images only (a flat val)")
+        raise ImgnetError(f"{root} holds both image files (e.g. {min(e.name for e in files)!r}) and folders "
+                          f"(e.g. {min(dirs)!r}); expected either class folders only or images only (a flat val)")
     if files:
         def flat():
             return [(e.name, None, e.path, 0, -1) for e in files], list(skipped)
@@ -217,24 +297,52 @@ def _dir_split(root: Path) -> _Split:
     def walk():
         entries, skipped_all = [], list(skipped)
         for cls in dirs:
-            stack = [(os.path.join(root, cls), "")]
+            top = os.path.join(root, cls)
+            stack, seen = [(top, "")], set()
             while stack:  # depth-first; nested folders give names "sub/x.JPEG"
                 folder, prefix = stack.pop()
-                with os.scandir(folder) as it:
-                    for e in it:
-                        rel = prefix + e.name
-                        is_dir = e.is_dir()
-                        reason = _junk(e.name, is_dir)
-                        if reason:
-                            skipped_all.append(_skip(f"{cls}/{rel}" + "/" * is_dir, reason))
-                        elif is_dir:
-                            stack.append((e.path, rel + "/"))
-                        elif e.is_file():
-                            entries.append((rel, cls, e.path, 0, -1))
-                        else:
-                            skipped_all.append(_skip(f"{cls}/{rel}", "not a regular file (a broken link?)"))
+                st = _stat(folder)
+                if (st.st_dev, st.st_ino) in seen:  # a link back to a folder above: walked once
+                    skipped_all.append(_skip(f"{cls}/{prefix}", "a symbolic link loop (a folder already listed)"))
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                for e in _scan(folder):
+                    rel = prefix + e.name
+                    kind = _kind(e)
+                    reason = _junk(e.name, kind == "dir")
+                    if reason:
+                        skipped_all.append(_skip(f"{cls}/{rel}" + "/" * (kind == "dir"), reason))
+                    elif kind == "dir":
+                        stack.append((e.path, rel + "/"))
+                    elif kind == "file":
+                        entries.append((rel, cls, e.path, 0, -1))
+                    else:
+                        skipped_all.append(_skip(f"{cls}/{rel}", kind))
         return entries, skipped_all
     return _Split(str(root), sorted(dirs), walk, "class folders")
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise os_failure(f"folder {path}", e) from e
+
+
+_WNID_LIKE = re.compile(r"[nN]\d{8}")
+
+
+def check_class_names(classes, where: str) -> None:
+    """Among wnid class folders, one that looks like a wnid but is not one (other case, a suffix such as
+    "n01440764 (copy)") is an error: it would be an extra class and switch the layout to ImageFolder."""
+    classes = list(classes)
+    if not any(map(is_wnid, classes)):
+        return
+    odd = sorted(c for c in classes if not is_wnid(c) and _WNID_LIKE.match(c))
+    if odd:
+        raise ImgnetError(f"{where}: class {odd[0]!r} looks like a wnid but is not one (other case or a suffix: a "
+                          f"copy?){f' and {len(odd) - 1} more' if len(odd) > 1 else ''}; expected n + 8 digits "
+                          "(e.g. n01440764): rename or remove it")
 
 
 def _train_tar_split(path: Path, cache_dir=None) -> _Split:
@@ -246,33 +354,52 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
     if cached is not None:
         return _Split(str(path), cached[0], lambda: (cached[1], list(cached[2])),  # discover sorts `skipped` in place
                       "class tars")
-    with _open_tar(path) as tf:
-        members, skipped = _tar_files(tf, str(path), st.st_size)
-    class_tars = {}
+    problem = None
+    try:
+        with _open_tar(path) as tf:
+            members, skipped = _tar_files(tf, str(path), st.st_size)
+    except ImgnetError as e:  # an incomplete train tar: an error for train only (--split val still works)
+        problem, members, skipped = str(e), [], []
+    class_tars: dict[str, tarfile.TarInfo] = {}
     for m in members:
         base = m.name.rsplit("/", 1)[-1]
         if base.endswith(".tar") and len(base) > 4:
+            if base[:-4] in class_tars:
+                raise ImgnetError(f"{path}: class tar {base} is there twice ({class_tars[base[:-4]].name} and "
+                                  f"{shown(m.name)}); expected each class once (re-download the archive)")
             class_tars[base[:-4]] = m
         else:
             skipped.append(_skip(m.name, "not a class tar (<class>.tar) in the train archive"))
 
     def entries():
-        out, skipped_all = [], list(skipped)
-        p = str(path)
-        with open(path, "rb") as f:
-            for cls, m in class_tars.items():
-                where = f"{path}:{m.name}"
-                try:
-                    inner_tf = tarfile.open(fileobj=_Window(f, m.offset_data, m.size), mode="r:")
-                except tarfile.TarError as e:
-                    raise ImgnetError(f"{where}: not a readable tar ({e}); expected a tar of one class's images") from e
-                with inner_tf:
-                    inner, sk = _tar_files(inner_tf, where, m.size)
-                skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
-                out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
-        _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
-        return out, skipped_all
-    return _Split(str(path), sorted(class_tars), entries, "class tars")
+        if problem:
+            raise ImgnetError(problem)
+        try:
+            return _list_class_tars(path, class_tars, skipped, cache)
+        except OSError as e:
+            raise os_failure(str(path), e) from e
+    return _Split(str(path), sorted(class_tars), entries, "class tars", problem=problem)
+
+
+def _list_class_tars(path: Path, class_tars: dict, skipped: list[dict], cache) -> tuple[list[tuple], list[dict]]:
+    """The members of each class tar inside the train tar (headers only), cached."""
+    out, skipped_all = [], list(skipped)
+    p = str(path)
+    with open(path, "rb") as f:
+        for cls, m in class_tars.items():
+            where = f"{path}:{shown(m.name)}"
+            try:
+                inner_tf = tarfile.open(fileobj=_Window(f, m.offset_data, m.size), mode="r:")
+            except tarfile.TarError as e:
+                raise ImgnetError(f"{where}: not a readable tar ({e}); expected a tar of one class's images") from e
+            except OSError as e:
+                raise os_failure(where, e) from e
+            with inner_tf:
+                inner, sk = _tar_files(inner_tf, where, m.size)
+            skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
+            out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
+    _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
+    return out, skipped_all
 
 
 def _val_tar_split(path: Path, cache_dir=None) -> _Split:
@@ -292,7 +419,7 @@ def _val_tar_split(path: Path, cache_dir=None) -> _Split:
 
 
 # -------------------------------------------------------------------------------- listing cache
-# One .npz per listing (a tar, a split of shards, a part of a zip): names and skipped entries as newline-joined
+# One .npz per listing (a tar, a split of shards, a part of a zip): names and skipped entries as length-prefixed
 # UTF-8 blobs (uint8), each entry's class as an index into `classes` (int32, -1: flat), its file as an index
 # into `files` (int32), offsets and sizes in bytes (int64), zip method (int16) and CRC-32 (int64; -1: not a
 # zip member). 1.28M entries: ~10 MB.
@@ -307,18 +434,26 @@ def _listing_file(cache_dir, files: list[Path], part: str = "") -> Path | None:
 
 
 def _join(strings) -> np.ndarray:
-    """Strings -> one uint8 blob; ValueError when one holds a newline (it could not be split back)."""
-    strings = list(strings)
-    blob = "\n".join(strings).encode("utf-8", "surrogatepass")  # surrogatepass: tar names with undecodable bytes
-    if blob.count(b"\n") != max(len(strings) - 1, 0):
-        raise ValueError("a name holds a newline")
-    return np.frombuffer(blob, np.uint8)
+    """Strings -> one uint8 blob: each string's UTF-8 bytes (surrogateescape: a name's undecodable bytes, as
+    os.fsdecode and tarfile give them) after its length as 4 little-endian bytes, so that any name (a newline
+    in it too) is split back unchanged."""
+    parts = []
+    for s in strings:
+        b = s.encode("utf-8", "surrogateescape")
+        parts += [len(b).to_bytes(4, "little"), b]
+    return np.frombuffer(b"".join(parts), np.uint8)
 
 
 def _split(blob: np.ndarray, n: int) -> list[str]:
-    strings = blob.tobytes().decode("utf-8", "surrogatepass").split("\n") if n else []
-    if len(strings) != n:
-        raise ValueError(f"{len(strings)} strings, expected {n}")
+    data, strings, i = blob.tobytes(), [], 0
+    for _ in range(n):
+        k = int.from_bytes(data[i:i + 4], "little")
+        if i + 4 + k > len(data):
+            raise ValueError("the blob ends inside a string")
+        strings.append(data[i + 4:i + 4 + k].decode("utf-8", "surrogateescape"))
+        i += 4 + k
+    if i != len(data):
+        raise ValueError(f"{len(data) - i} bytes after {n} strings")
     return strings
 
 
@@ -416,17 +551,31 @@ def _find_devkit(src: Path) -> _Devkit | None:
             return _Devkit(str(d), lambda rel, d=d: (d / rel).read_bytes() if (d / rel).is_file() else None)
     tgz = src / DEVKIT_TGZ
     if tgz.is_file():
-        wanted, found = (META, GROUND_TRUTH), {}
-        try:
-            with tarfile.open(tgz, "r:gz") as tf:
-                for m in tf:
-                    rel = next((w for w in wanted if m.name == w or m.name.endswith("/" + w)), None)
-                    if rel and m.isreg():
-                        found[rel] = tf.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ImgnetError(f"{tgz}: not a readable .tar.gz ({e}); expected the official ILSVRC2012 devkit") from e
-        return _Devkit(str(tgz), found.get)
+        return _Devkit(str(tgz), _read_devkit_tgz(tgz).get)
     return None
+
+
+def _read_devkit_tgz(tgz: Path) -> dict[str, bytes]:
+    """meta.mat and the ground truth from the devkit .tar.gz (2.5 MB): the gzip stream is read to its end so
+    that its CRC and length are checked (a flipped bit is an error), and the tar must end with its end blocks."""
+    wanted, found = (META, GROUND_TRUTH), {}
+    try:
+        raw = gzip.decompress(tgz.read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+            for m in tf:
+                rel = next((w for w in wanted if m.name == w or m.name.endswith("/" + w)), None)
+                if rel and m.isreg():
+                    found[rel] = tf.extractfile(m).read()
+            check_tar_end(tf, str(tgz), len(raw))
+    except OSError as e:
+        if isinstance(e, gzip.BadGzipFile) or e.errno is None:
+            raise ImgnetError(f"{tgz}: not a readable .tar.gz ({e}); expected the official ILSVRC2012 devkit "
+                              "(re-download it)") from e
+        raise os_failure(str(tgz), e) from e
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise ImgnetError(f"{tgz}: not a readable .tar.gz ({type(e).__name__}: {e}); expected the official "
+                          "ILSVRC2012 devkit (re-download it)") from e
+    return found
 
 
 class _Truth:
@@ -494,14 +643,19 @@ def _check_truth(truth: _Truth, shipped: _Truth) -> _Truth:
 def _csv_truth(data: bytes, origin: str, synsets: bytes | None) -> _Truth:
     """Kaggle LOC_val_solution.csv: ImageId (file name without extension) -> first token of PredictionString;
     the classes are LOC_synset_mapping.txt's (else the 1000 of the shipped metadata)."""
-    rows = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""))
-    if next(rows, None) != ["ImageId", "PredictionString"]:
-        raise ImgnetError(f"{origin}: expected the header ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
+    text = data.decode("utf-8-sig", "replace")  # -sig: a byte-order mark that a spreadsheet saved in front
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = next(rows, None)
+    if [h.strip() for h in header or ()] != ["ImageId", "PredictionString"]:
+        raise ImgnetError(f"{origin} line 1 is {header!r}; expected the header ImageId,PredictionString of "
+                          "Kaggle's LOC_val_solution.csv")
     by_name = {}
     for row in rows:
-        if len(row) != 2 or not is_wnid(row[1].split(" ", 1)[0]):
-            raise ImgnetError(f"{origin}: row {row!r}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
-        by_name[row[0]] = row[1].split(" ", 1)[0]
+        if not row or not "".join(row).strip():  # blank lines (at the end, or a spreadsheet's)
+            continue
+        if len(row) != 2 or not row[0].strip() or not is_wnid(row[1].strip().split(" ", 1)[0]):
+            raise ImgnetError(f"{origin} line {rows.line_num}: {row!r}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
+        by_name[row[0].strip()] = row[1].strip().split(" ", 1)[0]
     if synsets is not None:
         wnids = [ln.split(" ", 1)[0] for ln in synsets.decode("utf-8", "replace").splitlines() if ln.strip()]
     else:
@@ -561,7 +715,7 @@ def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], exp
     names = Counter(e[0] for e in entries)
     if len(names) != len(entries):
         dup = next(n for n, k in names.items() if k > 1)
-        raise ImgnetError(f"{src}: {dup} is a sample of two {split} shards (or twice in one); expected each image "
+        raise ImgnetError(f"{src}: {shown(dup)} is a sample of two {split} shards (or twice in one); expected each image "
                           "once (shards of two downloads mixed?)")
     return wnids, entries, skipped
 
@@ -586,7 +740,10 @@ def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str
 
 def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
     """Kaggle's zip: its central directory parsed once (cached), train and val and the two label files."""
-    parts = _cached_parts(cache_dir, [path], ["train", "val", "labels"], lambda: kaggle_zip.list_zip(path, _junk))
+    try:
+        parts = _cached_parts(cache_dir, [path], ["train", "val", "labels"], lambda: kaggle_zip.list_zip(path, _junk))
+    except OSError as e:
+        raise os_failure(str(path), e) from e
     splits = {}
     (classes, train, skipped_t), (_, val, skipped_v) = parts["train"], parts["val"]
     if train or classes:
@@ -601,7 +758,9 @@ def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
             try:
                 return read_item(item)
             except BadImage as e:
-                raise ImgnetError(f"{path}: {item.name}: {e}; expected an intact Kaggle zip") from e
+                raise ImgnetError(f"{path}: {shown(item.name)}: {e}; expected an intact Kaggle zip") from e
+            except OSError as e:
+                raise os_failure(f"{item.name} in {path}", e) from e
         return read
     files = {e[0]: (f"{path}:{e[0]}", reader(Item(e[0], -1, *e[2:]))) for e in parts["labels"][1]}
     return splits, files
@@ -653,6 +812,16 @@ def _first_per_class(items: list[Item], n: int) -> list[Item]:
 
 def discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
              splits=None, cache_dir=None, val_labels=None) -> Source:
+    """Find the layout of `src` and list its images (see _discover). An OSError while listing (EIO, EACCES,
+    ESTALE on a file or folder) is an I/O failure: a one-line error naming the file and errno."""
+    try:
+        return _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels)
+    except OSError as e:
+        raise os_failure(os.fsdecode(e.filename) if e.filename else str(src), e) from e
+
+
+def _discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
+              splits=None, cache_dir=None, val_labels=None) -> Source:
     """Find the layout of `src` and list its images.
 
     label_order "sorted" | "devkit"; `classes=N` keeps the first N classes in label order (renumbered from 0);
@@ -668,12 +837,16 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
         raise ImgnetError(f"per_class={per_class!r}; expected a positive number of images per class")
     layout, found, kaggle = _detect(src, cache_dir)
+    check_class_names({c for sp in found.values() for c in sp.classes or ()}, str(src))
     wanted = list(found) if splits is None else list(splits)
     for s in wanted:
         if s not in SPLITS:
             raise ImgnetError(f"split {s!r} is not supported; expected one of {', '.join(SPLITS)}")
         if s not in found:
             raise ImgnetError(f"{src} ({layout} layout) has no {s} split; it has {', '.join(found) or 'none'}")
+    for s, sp in found.items():  # an incomplete split not asked for matters only where its classes count
+        if sp.problem and (s in wanted or all(x.classes is not None for x in found.values())):
+            raise ImgnetError(sp.problem)
     if "train" in found and found["train"].classes is None:
         raise ImgnetError(f"{found['train'].where} holds images but no class folders; expected train/<class>/ folders")
     val = found.get("val")

@@ -13,7 +13,7 @@ with the content of an uninterrupted run; `LmdbWriter.finish` closes up the indi
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -36,18 +36,19 @@ def _units(items) -> dict[tuple[str, int], list[tuple]]:
 def _collect(results) -> tuple[list, list, list]:
     """(final index, name, label, process_bytes result)s -> records for commit_at, rejected, converted."""
     records, rejected, converted = [], [], []
-    for index, name, label, (data, reason, from_mode) in results:
+    for index, name, label, (data, reason, entry) in results:
         if data is None:
             rejected.append({"name": name, "reason": reason, "index": index})
         else:
             records.append((index, data, label, name))
-            if from_mode:
-                converted.append({"name": name, "from_mode": from_mode, "index": index})
+            if entry:
+                converted.append({**entry, "index": index})
     return records, rejected, converted
 
 
-def _commit(writer: store.LmdbWriter, results: list, units: dict) -> None:
+def _commit(writer: store.LmdbWriter, results: list, units: dict, clock) -> None:
     records, rejected, converted = _collect(results)
+    clock.stamp(writer)
     writer.commit_at(records, len(results), units, rejected, converted)
 
 
@@ -78,114 +79,124 @@ def _row_group(task) -> tuple[str, list[tuple]]:
         ipath, data = table[row]
         _check_name(ipath, name, where)
         out.append((index, name, label, (None, "no image bytes in the row", None) if data is None
-                    else prep.process_bytes(data)))
+                    else prep.process_bytes(data, name)))
     return key, out
 
 
-def _pack_parquet(units, writer: store.LmdbWriter, pool, bar) -> None:
+def _pack_parquet(units, writer: store.LmdbWriter, cfg, workers: int, bar, clock) -> None:
+    """One task per row group, committed as each comes back (in task order: a few row groups in flight)."""
     done = writer.progress.get("units", {})
     tasks = [(f"{Path(p).name}:{rg}", p, rg, rows) for (p, rg), rows in units.items()
              if f"{Path(p).name}:{rg}" not in done]
-    results = pool.imap_unordered(_row_group, tasks) if pool else map(_row_group, tasks)
-    for key, out in results:
-        _commit(writer, out, {key: 1})
-        bar.update(len(out))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(prep._pool(workers, cfg))
+            # a result is a whole row group's records: a window just over one per worker bounds the memory
+            results = pool.imap(_row_group, tasks, window=workers + 2, describe=lambda t: f"row group {t[0]}")
+        else:
+            results = map(_row_group, tasks)
+        for key, out in results:
+            _commit(writer, out, {key: 1}, clock)
+            bar.update(len(out))
 
 
 # ------------------------------------------------------------------------------------ tar.gz
 def _decode(task):
-    index, name, label, data = task
-    return index, name, label, prep.process_bytes(data)
+    pos, index, name, label, data = task
+    return pos, (index, name, label, prep.process_bytes(data, name))
 
 
 def _members(path: str, wanted: dict[int, tuple]):
-    """(position, (final index, name, label, bytes)) of the wanted members, reading the shard once."""
+    """(position, final index, name, label, bytes) of the wanted members, reading the shard once."""
     last = max(wanted)
     for pos, mname, data in hf.stream_targz(Path(path), want=wanted.keys()):
         if pos in wanted:
             index, name, label = wanted[pos]
             _check_name(mname, name, f"{path} member {pos}")
-            yield pos, (index, name, label, data)
+            yield pos, index, name, label, data
         if pos >= last:
             return
     raise ImgnetError(f"{path} ends before member {last}, which its listing in DATA has; the shard changed since it "
                       "was listed: rerun with --force")
 
 
-def _pack_shard(path: str, rows, writer: store.LmdbWriter, pool, bar, window: int, lock, stop) -> None:
-    """Stream one tar.gz shard from where its committed records end; workers decode windows of it."""
+def _pack_shard(path: str, rows, writer: store.LmdbWriter, cfg, workers: int, bar, window: int, lock, stop,
+                clock) -> None:
+    """Stream one tar.gz shard from where its committed records end; `workers` processes of its own decode
+    it (the pool's io thread reads the stream, `window` members ahead of the commits); 0 workers: this thread."""
     key = Path(path).name
     with lock:
         start = writer.progress.get("units", {}).get(key, 0)  # stream positions done
     wanted = {pos: (index, name, label) for pos, index, name, label in rows if pos >= start}
     if not wanted:
         return
-    members = _members(path, wanted)
-    pending, results = [], []
+    results = []
 
     def commit(done: int) -> None:
         with lock:
-            _commit(writer, results, {key: done})
+            _commit(writer, results, {key: done}, clock)
             bar.update(len(results))
 
-    while not stop.is_set():  # two windows in flight: one decoding while the next is read from the stream
-        batch = list(itertools.islice(members, window))
-        tasks = [t for _, t in batch]
-        nxt = zip([p for p, _ in batch], pool.imap(_decode, tasks, chunksize=16) if pool else map(_decode, tasks))
-        for pos, r in pending:
+    with contextlib.ExitStack() as stack:
+        members = _members(path, wanted)
+        if workers > 0:
+            pool = stack.enter_context(prep._pool(workers, cfg))
+            decoded = pool.imap(_decode, members, window=window, describe=lambda t: f"{key}: {t[2]!r}")
+        else:
+            decoded = map(_decode, members)
+        for pos, r in decoded:
+            if stop.is_set():
+                return
             results.append(r)
             if len(results) >= prep.COMMIT_EVERY:
                 commit(pos + 1)
                 results = []
-        if not batch:
-            if results:
-                commit(max(wanted) + 1)
-            return
-        pending = nxt
+        commit(max(wanted) + 1)
 
 
-def _pack_targz(units, writer: store.LmdbWriter, pool, bar, window: int, streams: int) -> None:
-    """The shards are streamed `streams` at a time, each by a thread of this process: gunzip (which releases
-    the GIL) of one stream runs at a few hundred MB/s, less than many workers decode."""
+def _pack_targz(units, writer: store.LmdbWriter, cfg, workers: int, bar, window: int, streams: int, clock) -> None:
+    """The shards are streamed `streams` at a time, each by a thread of this process with its share of the
+    workers: gunzip (which releases the GIL) of one stream runs at a few hundred MB/s, less than many workers
+    decode."""
     lock, stop = threading.Lock(), threading.Event()
-    shards = [(path, rows, writer, pool, bar, window, lock, stop) for (path, _), rows in units.items()]
-    if streams < 2 or len(shards) < 2:
+    streams = max(1, min(streams, len(units)))
+    share = max(1, workers // streams) if workers > 1 else 0  # 0: decode in this process
+    shards = [(path, rows, writer, cfg, share, bar, window, lock, stop, clock)
+              for (path, _), rows in units.items()]
+    if streams < 2:
         for args in shards:
             _pack_shard(*args)
         return
-    ex = ThreadPoolExecutor(min(streams, len(shards)))
+    ex = ThreadPoolExecutor(streams)
     try:
         for f in as_completed([ex.submit(_pack_shard, *args) for args in shards]):
             f.result()
-    except BaseException:  # an error or Ctrl-C: the other streams stop at their next window
+    except BaseException:  # an error or Ctrl-C: the other streams stop at their next result
         stop.set()
         raise
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: str) -> int:
+def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: str, clock) -> int:
     """Process the items not yet committed and commit them at their final index; returns how many."""
     start = writer.consumed
     if start == len(items):
         return 0
     bar = tqdm(total=len(items), initial=start, unit="img", desc=f"prep {name}", dynamic_ncols=True,
                smoothing=0.05, disable=None)
-    pool = prep._pool(workers, cfg) if workers > 1 else None
-    if pool is None:
+    if workers <= 1:
         prep._init_worker(cfg.encoding, cfg.quality)
     try:
         if layout == hf.PARQUET:
-            _pack_parquet(_units(items), writer, pool, bar)
+            _pack_parquet(_units(items), writer, cfg, workers, bar, clock)
         else:
-            _pack_targz(_units(items), writer, pool, bar, window=max(64, 16 * workers), streams=min(workers, 4))
+            _pack_targz(_units(items), writer, cfg, workers, bar, window=max(64, 16 * workers),
+                        streams=min(workers, 4), clock=clock)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {writer.written} images committed to {writer.path} are kept; rerun the same "
               "command to continue", file=sys.stderr)
         raise
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return writer.consumed - start

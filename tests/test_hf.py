@@ -143,7 +143,7 @@ def test_parquet_gives_the_records_of_the_official_tars(tmp_path, images):
     assert got["layout"] == "hf-parquet"
     assert got["splits"]["train"]["written"] == len(images["train"]) - 1  # the truncated one is rejected
     assert [r["name"] for r in got["splits"]["train"]["rejected"]] == ["n01440764_99999.JPEG"]
-    assert {"name": "ILSVRC2012_val_00000034.JPEG", "from_mode": "L"} in got["splits"]["val"]["converted"]
+    assert {"name": "ILSVRC2012_val_00000034.JPEG", "from_format": "JPEG", "from_mode": "L"} in got["splits"]["val"]["converted"]
     assert len(json.loads((tmp_path / "out" / "labels.json").read_text())["classes"]) == 1000
 
 
@@ -214,7 +214,7 @@ def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, ima
     assert 0 < done < 160
     calls = []
     real = prep.process_bytes
-    monkeypatch.setattr(prep, "process_bytes", lambda data: calls.append(1) or real(data))
+    monkeypatch.setattr(prep, "process_bytes", lambda data, name=None: calls.append(1) or real(data, name))
     run_prep(PrepConfig(src=str(src), out=str(out), workers=1, split="train"))
     assert len(calls) == 160 - done  # committed records are not redone
     assert _content(out, "train") == _content(clean, "train")
@@ -343,7 +343,7 @@ def test_disk_estimate_counts_the_listed_images_before_any_decoding(tmp_path, im
     src = make(tmp_path / "hf", images)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 0, 10**6))
-    monkeypatch.setattr(prep, "process_bytes", lambda data: pytest.fail("decoded before the disk check"))
+    monkeypatch.setattr(prep, "process_bytes", lambda data, name=None: pytest.fail("decoded before the disk check"))
     n = len(images["train"]) + len(images["val"])
     with pytest.raises(ImgnetError, match=rf"{n} images as raw need about"):
         run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))

@@ -346,7 +346,7 @@ def test_imagefolder_tree_keeps_any_file_and_skips_system_junk(shared_data, tmp_
     assert [i.name for i in src.splits["val"]] == ["a.png", "b.JPEG", "more/c.JPEG", "noext", "z.jpg"]
     assert src.skipped["train"] == [
         {"name": "__MACOSX/", "reason": "system folder"},
-        {"name": "cat/broken.jpg", "reason": "not a regular file (a broken link?)"},
+        {"name": "cat/broken.jpg", "reason": "a broken symbolic link"},
         {"name": "dog/.hidden/", "reason": "hidden folder"},
         {"name": "dog/Thumbs.db", "reason": "system file"}]
     with pytest.raises(ImgnetError, match="label order 'devkit' needs ILSVRC2012 wnids.*'cat', 'dog'"):
