@@ -439,12 +439,19 @@ def lmdb_to_hdf5(staging: LmdbWriter, dest: Path, meta: dict, progress=None) -> 
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except (OSError, RuntimeError, ValueError) as e:  # h5py reports some failed writes as Runtime/ValueError
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise ImgnetError(f"cannot write {dest} ({os_reason(e)}); the staged split {staging.path} is kept: free "
                           "some space (or make the folder writable) and rerun the same command") from e
     except BaseException:  # ImgnetError from a bad staged record, Ctrl-C
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only disk (where none could be created anyway)
+        pass
 
 
 def _write_hdf5(staging: LmdbWriter, tmp: Path, meta: dict, progress) -> None:
@@ -505,8 +512,8 @@ def split_path(data_dir, split: str) -> tuple[Path, str] | None:
     unfinished (or damaged) run of the other format (an interrupted --format lmdb run beside a finished train.h5)."""
     d = Path(data_dir)
     lmdb_path, h5_path = d / f"{split}.lmdb", d / f"{split}.h5"
-    if (lmdb_path / "data.mdb").is_file():
-        if h5_path.is_file():
+    if (lmdb_path / "data.mdb").exists():  # exists, not is_file: a link to a device is refused by name later
+        if h5_path.exists():
             try:
                 complete = _lmdb_meta(lmdb_path).get("complete")
             except ImgnetError:
@@ -515,7 +522,7 @@ def split_path(data_dir, split: str) -> tuple[Path, str] | None:
                 _close_env(lmdb_path)
                 return h5_path, "hdf5"
         return lmdb_path, "lmdb"
-    if h5_path.is_file():
+    if h5_path.exists():
         return h5_path, "hdf5"
     return None
 
