@@ -155,16 +155,21 @@ def _lmdb_metas(head: bytes, size: int, file) -> list[tuple[int, int, int]]:
     return metas
 
 
-def check_env(path) -> None:
+def check_env(path, new_ok: bool = False) -> None:
     """ImgnetError naming what is wrong unless `path/data.mdb` is a whole LMDB file: a regular file at least
     as long as its newest meta page says (last page + 1 pages). Mapping a truncated file (an interrupted copy
-    of DATA) would end the process with SIGBUS at the first read past its end, so every open checks first."""
+    of DATA) would end the process with SIGBUS at the first read past its end, so every open checks first.
+    `new_ok` (a writer): no file, or an empty one that LMDB had just created, is fine: LMDB writes the header."""
     file = Path(path) / "data.mdb"
+    if new_ok and not os.path.lexists(file):
+        return
     try:
         st = os.stat(file)
         if not stat.S_ISREG(st.st_mode):
             raise ImgnetError(f"{file} is not a regular file (a device, FIFO or folder, or a link to one); "
                               "expected the LMDB data file `imgnet prep` writes")
+        if new_ok and st.st_size == 0:
+            return
         with open(file, "rb") as f:
             head = f.read(2 * 65536)
     except OSError as e:
@@ -232,8 +237,7 @@ class LmdbWriter:
         self.path = Path(path)
         self.fingerprint = fingerprint
         _close_env(self.path)
-        if (self.path / "data.mdb").exists() and os.path.getsize(self.path / "data.mdb") > 0:
-            check_env(self.path)  # an empty file is one LMDB had just created: it writes the header again
+        check_env(self.path, new_ok=True)
         map_size = max(64 << 20, int(expected_images * bytes_per_image * 1.15) + (64 << 20))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -751,7 +755,7 @@ def _check_meta(path: Path, meta: dict) -> int:
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise ImgnetError(f"{path} has format version {meta.get('format_version')}; expected one of "
                           f"{', '.join(map(str, READABLE_VERSIONS))}: rerun `imgnet prep --force`")
-    if tuple(meta.get("image_shape", ())) != IMAGE_SHAPE:
+    if meta.get("image_shape") != list(IMAGE_SHAPE):
         raise ImgnetError(f"{path} holds images of shape {meta.get('image_shape')}; expected {list(IMAGE_SHAPE)}")
     count = meta.get("count")
     if type(count) is not int or count < 0 or meta.get("encoding") not in ("raw", "jpeg"):
@@ -764,7 +768,7 @@ def _check_index(path: Path, meta: dict, count: int, labels: np.ndarray, blob: b
     if len(labels) != count or n_names != count:
         raise ImgnetError(f"{path} lists {len(labels)} labels and {n_names} names but its metadata says {count} "
                           "records; rebuild it with `imgnet prep --force`")
-    if "index_crc32" in meta and _index_crc(labels, blob) != meta["index_crc32"]:
+    if meta["format_version"] >= 2 and _index_crc(labels, blob) != meta.get("index_crc32"):
         raise ImgnetError(f"the label and name index of {path} fails its checksum (damaged on disk or in a copy); "
                           "copy it again, or rebuild it with `imgnet prep --force`")
 
