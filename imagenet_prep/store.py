@@ -505,6 +505,8 @@ def _lmdb_meta(path: Path) -> dict:
 
 
 def _parse_meta(raw, path) -> dict:
+    if not isinstance(raw, (str, bytes)):
+        raise ImgnetError(f"the metadata of {path} is a {type(raw).__name__}; expected JSON text")
     meta = parse_json(raw, f"the metadata of {path}", MAX_META_BYTES)
     if not isinstance(meta, dict):
         raise ImgnetError(f"the metadata of {path} is a JSON {type(meta).__name__}; expected an object")
@@ -622,8 +624,6 @@ class Split:
             if data is None:
                 raise self._missing(i)
             return data
-        if self.encoding == "raw":
-            return h[1].id.read_direct_chunk((i, 0, 0, 0))[1]
         return h[1][i].tobytes()
 
     def scan(self, lo: int = 0, hi: int | None = None):

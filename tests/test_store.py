@@ -250,6 +250,8 @@ def _edit_meta(**changes):
     (_edit_meta(count="3"), "count"),
     (lambda f: f.attrs.__setitem__("meta", "[" * 100_000 + "]" * 100_000), "nested too deeply"),
     (lambda f: f.attrs.__setitem__("meta", "[1, 2]"), "expected an object"),
+    (lambda f: f.attrs.__setitem__("meta", 5), "expected JSON text"),
+    (_edit_meta(image_shape=5), "shape"),
 ])
 def test_open_split_refuses_bad_hdf5(tmp_path, edit, match):
     write_split(tmp_path, "train", _records(3), format="hdf5")
