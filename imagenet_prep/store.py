@@ -405,8 +405,9 @@ class LmdbWriter:
         self.env.sync(True)
         if n == 0:
             report = meta.get("report") or {}
-            print(f"warning: {meta.get('split', self.path.name)} ends with 0 images ({report.get('found', 0)} found, "
-                  f"{len(report.get('rejected', ()))} rejected: see the report for why)", file=sys.stderr)
+            why = (f" ({report.get('found', 0)} found, {len(report.get('rejected', ()))} rejected: prep-report.json "
+                   "says why)" if report else "")
+            print(f"warning: {meta.get('split', self.path.name)} ends with 0 images{why}", file=sys.stderr)
         return meta
 
     def read_all(self):

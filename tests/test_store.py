@@ -490,19 +490,3 @@ def test_readahead_is_on_for_scans_only_and_survives_pickling(tmp_path):
     assert scan._open().flags()["readahead"]
     assert pickle.loads(pickle.dumps(scan)).readahead
     scan.close()
-
-
-def test_pca_stats_scans_with_readahead(tmp_path, monkeypatch):
-    import imagenet_prep.stats as stats
-
-    write_split(tmp_path, "train", _records(3))
-    seen = []
-    real = stats.open_split
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("readahead", False))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stats, "open_split", spy)
-    stats.compute_stats(tmp_path, workers=1, progress=False)
-    assert seen == [True]
