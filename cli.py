@@ -80,6 +80,33 @@ def pca_stats(data, sample, workers):
     click.echo(f"wrote {os.path.join(data, 'stats.json')} and stats.h5")
 
 
+# -------------------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="all")
+@_friendly
+def verify(data, split):
+    """Read every record of DATA and check it against the checksum written at prep time.
+
+    Exit status: 0 when every record is intact; 1 when any record or split is damaged (each is named
+    with the reason); 2 when DATA holds no packed split."""
+    from imagenet_prep.verify import verify_data
+
+    r = verify_data(data, ("train", "val") if split == "all" else (split,))
+    for name, s in r["splits"].items():
+        for b in s["bad"]:
+            shown = b["name"] if b["name"].isprintable() else ascii(b["name"])
+            click.echo(f"damaged: {name} record {b['index']} {shown}: {b['reason']}", err=True)
+        if s["error"]:
+            click.echo(f"damaged: {name}: {s['error']}", err=True)
+        if s["records"] is not None:
+            click.echo(f"{name}: {s['records']} records checked ({s['checked'] or 'stopped'}), {len(s['bad'])} damaged")
+    click.echo("all records intact" if r["ok"] else f"{data} has damaged records: copy them again, or rebuild with "
+               "`imgnet prep --force`")
+    if not r["ok"]:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------------------- train
 def _model_options(fn):
     """The AlexNet switches as options, made from trainer.model.AlexNetSettings (the one definition)."""

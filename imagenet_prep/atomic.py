@@ -1,5 +1,6 @@
-"""Files written atomically and durably: a crash leaves the old file or the new one, never a torn one,
-and a failed write (full or read-only disk) leaves no temporary file behind."""
+"""Files written atomically and durably (a crash leaves the old file or the new one, never a torn one, and a
+failed write on a full or read-only disk leaves no temporary file behind), and read with bounds (a file edited
+by hand or replaced by a link to /dev/zero is a one-line error, never an endless read or a deep recursion)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -74,3 +76,44 @@ def check_writable(folder, purpose: str = "") -> None:
     except OSError as e:
         raise ImgnetError(f"{folder} is not writable ({os_reason(e)}){' ' + purpose if purpose else ''}; "
                           "expected a folder you can create files in") from e
+
+
+def read_bounded(path, limit: int, what: str = "this file") -> bytes:
+    """The bytes of the regular file `path`, refusing anything else (a link to /dev/zero or a FIFO would
+    never end) and anything over `limit` bytes with an ImgnetError; FileNotFoundError passes through,
+    other OSErrors become ImgnetError naming the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ImgnetError(f"cannot read {path} ({os_reason(e)})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); "
+                              f"expected {what}")
+        if st.st_size > limit:
+            raise ImgnetError(f"{path} is {st.st_size:,} bytes, more than the {limit:,} expected of {what}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ImgnetError(f"cannot read {path} ({os_reason(e)})") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew while being read
+        raise ImgnetError(f"{path} is more than the {limit:,} bytes expected of {what}")
+    return data
+
+
+def parse_json(data, origin, limit: int):
+    """json.loads of `data` (bytes or str) no longer than `limit`; ImgnetError naming `origin` for text that
+    is not JSON, too long, or nested too deeply for the parser (a crafted file, not a real one)."""
+    if len(data) > limit:
+        raise ImgnetError(f"{origin} is {len(data):,} bytes, more than the {limit:,} expected")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ImgnetError(f"{origin} is JSON nested too deeply to read; expected the file imgnet writes") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ImgnetError(f"{origin} is not readable JSON ({e})") from None

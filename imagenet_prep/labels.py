@@ -29,6 +29,7 @@ ROOT_WNID = "n00001740"  # WordNet 'entity'
 NUM_CLASSES = 1000
 SHIPPED_FILE = "ilsvrc2012_classes.json"
 LABELS_FILE = "labels.json"
+MAX_LABELS_JSON_BYTES = 64 << 20  # 1000 classes with the WordNet DAG: about 0.4 MB; 21k classes: about 10 MB
 _WNID = re.compile(r"n\d{8}")
 
 
@@ -238,13 +239,17 @@ def write_labels_json(out_dir: str | os.PathLike, label_map: LabelMap) -> Path:
 
 def read_labels_json(data_dir: str | os.PathLike) -> dict:
     """Read and check DATA/labels.json; ImgnetError naming the path when it is missing or malformed."""
+    from imagenet_prep.atomic import parse_json, read_bounded
+
     path = Path(data_dir) / LABELS_FILE
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_bounded(path, MAX_LABELS_JSON_BYTES, "the labels.json that `imgnet prep` writes")
     except FileNotFoundError:
         raise ImgnetError(f"{path} not found; expected the labels.json that `imgnet prep` writes") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ImgnetError(f"{path} is not readable JSON ({e}); expected the labels.json that `imgnet prep` writes") from e
+    try:
+        d = parse_json(raw, path, MAX_LABELS_JSON_BYTES)
+    except ImgnetError as e:
+        raise ImgnetError(f"{e}; expected the labels.json that `imgnet prep` writes") from None
     problem = _schema_problem(d)
     if problem:
         raise ImgnetError(f"{path} is not a valid labels.json: {problem}")
@@ -262,9 +267,13 @@ def _schema_problem(d) -> str | None:
     for i, c in enumerate(classes):
         if not isinstance(c, dict) or not {"index", "wnid", "words", "gloss", "ilsvrc2012_id"} <= c.keys():
             return f"classes[{i}] lacks index, wnid, words, gloss or ilsvrc2012_id"
-        if c["index"] != i:
+        if c["index"] != i or type(c["index"]) is not int:
             return f"classes[{i}] has index {c['index']!r}; expected {i} (classes in index order)"
-    if not isinstance(d.get("hierarchy"), dict):
+        if not all(isinstance(c[k], str) for k in ("wnid", "words", "gloss")):
+            return f"classes[{i}] has a wnid, words or gloss that is not a string"
+    hierarchy = d.get("hierarchy")
+    if not isinstance(hierarchy, dict) or not all(
+            isinstance(ps, list) and all(isinstance(p, str) for p in ps) for ps in hierarchy.values()):
         return "expected an object {wnid: [parent wnids]} under 'hierarchy'"
     return None
 

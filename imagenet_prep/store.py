@@ -2,18 +2,30 @@
 
 LMDB environment `DATA/<split>.lmdb`, keys:
     img/%09d     encoded image (raw: 196,608 bytes of (256, 256, 3) uint8 RGB; jpeg: a JPEG file)
-    rec/%09d     int32 label (little endian) + utf-8 source file name
+    rec/%09d     int32 label + uint32 crc32 (both little endian) + the source file name's bytes
     __progress__ JSON: how far a run got (source items consumed, records written, report lists; for
                  sources read shard by shard, `units`: which shards or row groups are done), committed
                  in the same transaction as the records, so a kill at any moment loses nothing
-    __labels__   int32 array of all labels, __names__: newline-joined names (written when complete)
+    __labels__   int32 array of all labels, __names__: the names' bytes joined by NUL (written when complete)
     __meta__     JSON metadata (see `Split.meta`); `complete: true` marks a finished split
+
+Names are stored as the bytes they have on the file system (UTF-8; the bytes that are not UTF-8, which
+os.listdir and tarfile carry as surrogate escapes, go back to themselves), so any name a file system allows
+reads back unchanged, newlines included; a name that cannot (a NUL, a lone surrogate) is rejected by name.
+
+Checksums (format version 2): each record carries the zlib.crc32 of its stored image bytes, its int32 label
+and its name bytes, computed as the record is committed; `index_crc32` in the metadata covers __labels__ and
+__names__. CRC-32 rather than a cryptographic hash: the threat is bit rot and short copies, not an attacker;
+it detects every single-bit error and every burst of up to 32 bits, misses other damage with odds of 2^-32
+per record, and runs at about 2.7 GB/s (blake2b-64: about 1 GB/s), so `imgnet verify` reads at disk speed.
+Version 1 (no checksums, newline-joined UTF-8 names) is still read.
 
 HDF5 file `DATA/<split>.h5` (HDF5 has no crash consistency of its own, so a split is first staged in a
 crash-safe LMDB `DATA/.<split>.h5.staging.lmdb`, then converted in one pass to `<split>.h5.tmp`
 and renamed into place; a kill during conversion just redoes the conversion):
     images  (N, 256, 256, 3) uint8, chunked one image per chunk (raw), or vlen uint8 JPEG bytes (jpeg)
-    labels  (N,) int64; names (N,) utf-8 strings; attribute `meta`: the JSON metadata
+    labels  (N,) int64; name_bytes: uint8, the names joined by NUL as in LMDB; crc32 (N,) uint32;
+    attribute `meta`: the JSON metadata (version 1: `names` (N,) utf-8 strings, no crc32)
 """
 
 from __future__ import annotations
@@ -23,6 +35,10 @@ import io
 import json
 import os
 import shutil
+import stat
+import struct
+import sys
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +46,14 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
+from imagenet_prep.atomic import os_reason, parse_json
 from imagenet_prep.errors import ImgnetError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksums, names newline-joined UTF-8
+CHECKSUM = "crc32"
+MAX_NAME_BYTES = 4096  # PATH_MAX: no file system path is longer
+MAX_META_BYTES = 256 << 20  # the metadata holds the prep report (a name and reason per rejected image)
 SIZE = 256
 IMAGE_SHAPE = (SIZE, SIZE, 3)
 RAW_BYTES = SIZE * SIZE * 3  # 196,608
@@ -45,6 +66,120 @@ def _img_key(i: int) -> bytes:
 
 def _rec_key(i: int) -> bytes:
     return b"rec/%09d" % i
+
+
+# ------------------------------------------------------------------------- names and checksums
+def name_bytes(name: str) -> bytes:
+    """The stored form of a source file name: its bytes on the file system. ValueError with the reason when
+    the name cannot be stored and read back unchanged."""
+    if not isinstance(name, str):
+        raise ValueError(f"the name is a {type(name).__name__}, expected a str")
+    if "\0" in name:
+        raise ValueError("it contains a NUL character, which no file system allows in a name")
+    try:
+        data = name.encode("utf-8", "surrogateescape")  # U+DC80..U+DCFF: a byte that was not UTF-8
+    except UnicodeEncodeError as e:
+        raise ValueError(f"it contains the lone surrogate U+{ord(name[e.start]):04X}, which stands for no "
+                         "byte of a file name") from None
+    if data.decode("utf-8", "surrogateescape") != name:
+        raise ValueError("its escaped bytes form UTF-8 text, so it would read back as another name")
+    if len(data) > MAX_NAME_BYTES:
+        raise ValueError(f"it is {len(data):,} bytes long; expected at most {MAX_NAME_BYTES} (PATH_MAX)")
+    return data
+
+
+def _join_names(names: list[bytes]) -> bytes:
+    return b"\0".join(names)
+
+
+def _split_names(blob: bytes, n: int) -> list[str]:
+    # NUL never occurs inside a UTF-8 sequence, so decoding the whole blob splits exactly at the names
+    return blob.decode("utf-8", "surrogateescape").split("\0") if n else []
+
+
+def record_crc(data, label: int, name: bytes) -> int:
+    """CRC-32 of one record: its stored image bytes, its label as int32 little endian, its name bytes."""
+    return zlib.crc32(name, zlib.crc32(int(label).to_bytes(4, "little", signed=True), zlib.crc32(data)))
+
+
+def _index_crc(labels: np.ndarray, names_blob: bytes) -> int:
+    return zlib.crc32(names_blob, zlib.crc32(np.ascontiguousarray(labels, dtype="<i4").tobytes()))
+
+
+def _pack_rec(data, label: int, name: bytes) -> bytes:
+    lab = int(label).to_bytes(4, "little", signed=True)
+    return lab + record_crc(data, label, name).to_bytes(4, "little") + name
+
+
+def _unpack_rec(rec) -> tuple[int, bytes, int]:
+    """rec/ value -> (label, name bytes, crc32)."""
+    rec = bytes(rec)
+    return int.from_bytes(rec[:4], "little", signed=True), rec[8:], int.from_bytes(rec[4:8], "little")
+
+
+def _storable(records, name_at: int) -> tuple[list, list[dict]]:
+    """Split records into those whose name (field `name_at`) can be stored, with the name as bytes, and
+    rejected entries {"name", "reason"} for the others."""
+    kept, rejected = [], []
+    for r in records:
+        try:
+            nb = name_bytes(r[name_at])
+        except ValueError as e:
+            rejected.append({"name": r[name_at] if isinstance(r[name_at], str) else repr(r[name_at]),
+                             "reason": f"file name cannot be stored unchanged: {e}"})
+            continue
+        kept.append((*r[:name_at], nb, *r[name_at + 1:]))
+    return kept, rejected
+
+
+# ------------------------------------------------------------------------------ LMDB file check
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_OFFSET = 16  # the page header before the meta of pages 0 and 1 (64-bit build of LMDB)
+
+
+def _lmdb_metas(head: bytes, size: int, file) -> list[tuple[int, int, int]]:
+    """(txnid, last page, page size) of the two meta pages of data.mdb, read with plain reads: never mapped."""
+    metas = []
+    psize = struct.unpack_from("<I", head, _META_OFFSET + 24)[0] if len(head) >= _META_OFFSET + 28 else 0
+    for page in (0, 1):
+        off = page * psize + _META_OFFSET
+        if psize < 512 or psize > 65536 or psize & (psize - 1) or len(head) < off + 136:
+            raise ImgnetError(f"{file} is truncated or not an LMDB file: {size:,} bytes hold no complete header "
+                              "(an interrupted copy?); copy it again, or rerun `imgnet prep --force` to rebuild it")
+        magic = struct.unpack_from("<I", head, off)[0]
+        if magic != _LMDB_MAGIC:
+            raise ImgnetError(f"{file} is not an LMDB data file (meta page {page} has magic {magic:#x}); copy "
+                              "it again, or rerun `imgnet prep --force` to rebuild it")
+        last_pg, txnid = struct.unpack_from("<QQ", head, off + 120)
+        metas.append((txnid, last_pg, psize))
+    return metas
+
+
+def check_env(path, new_ok: bool = False) -> None:
+    """ImgnetError naming what is wrong unless `path/data.mdb` is a whole LMDB file: a regular file at least
+    as long as its newest meta page says (last page + 1 pages). Mapping a truncated file (an interrupted copy
+    of DATA) would end the process with SIGBUS at the first read past its end, so every open checks first.
+    `new_ok` (a writer): no file, or an empty one that LMDB had just created, is fine: LMDB writes the header."""
+    file = Path(path) / "data.mdb"
+    if new_ok and not os.path.lexists(file):
+        return
+    try:
+        st = os.stat(file)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImgnetError(f"{file} is not a regular file (a device, FIFO or folder, or a link to one); "
+                              "expected the LMDB data file `imgnet prep` writes")
+        if new_ok and st.st_size == 0:
+            return
+        with open(file, "rb") as f:
+            head = f.read(2 * 65536)
+    except OSError as e:
+        raise ImgnetError(f"cannot read {file} ({os_reason(e)})") from e
+    txnid, last_pg, psize = max(_lmdb_metas(head, st.st_size, file))  # LMDB reads the newest meta
+    need = (last_pg + 1) * psize
+    if st.st_size < need:
+        raise ImgnetError(f"{file} is truncated: {st.st_size:,} bytes of the {need:,} its header requires (an "
+                          "interrupted copy, or a full disk?); copy it again, or rerun `imgnet prep --force` "
+                          "to rebuild it")
 
 
 # ------------------------------------------------------------------------------------ encoding
@@ -102,6 +237,7 @@ class LmdbWriter:
         self.path = Path(path)
         self.fingerprint = fingerprint
         _close_env(self.path)
+        check_env(self.path, new_ok=True)
         map_size = max(64 << 20, int(expected_images * bytes_per_image * 1.15) + (64 << 20))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -116,9 +252,14 @@ class LmdbWriter:
         self.complete = bool(meta and json.loads(meta).get("complete"))
         if raw is None:
             self.progress = {"fingerprint": fingerprint, "consumed": 0, "written": 0,
-                             "rejected": [], "converted": []}
+                             "rejected": [], "converted": [], "format_version": FORMAT_VERSION}
         else:
-            self.progress = json.loads(raw)
+            self.progress = parse_json(bytes(raw), f"the progress record of {self.path}", MAX_META_BYTES)
+            if self.progress.get("format_version") != FORMAT_VERSION:  # version 1 records carry no checksum
+                raise ImgnetError(
+                    f"{self.path} holds an unfinished run written in store format version "
+                    f"{self.progress.get('format_version', 1)}; this version writes {FORMAT_VERSION}: pass "
+                    "--force to start it over")
             if self.progress.get("fingerprint") != fingerprint:
                 old = self.progress.get("fingerprint", {})
                 diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
@@ -131,7 +272,7 @@ class LmdbWriter:
         """The metadata `finish` wrote ({} before)."""
         with self.env.begin() as txn:
             raw = txn.get(_META)
-        return json.loads(raw) if raw else {}
+        return parse_json(raw, f"the metadata of {self.path}", MAX_META_BYTES) if raw else {}
 
     @property
     def consumed(self) -> int:
@@ -163,10 +304,11 @@ class LmdbWriter:
 
     def commit(self, records: Iterable[tuple[bytes, int, str]], consumed: int,
                rejected: Iterable[dict] = (), converted: Iterable[dict] = ()) -> None:
-        """Append records (encoded image, label, name) produced from source items up to `consumed`."""
-        records = list(records)
+        """Append records (encoded image, label, name) produced from source items up to `consumed`. A record
+        whose name cannot be stored unchanged (see `name_bytes`) is rejected instead, with the reason."""
+        records, unnamed = _storable(records, 2)
         progress = dict(self.progress)
-        progress["rejected"] = self.progress["rejected"] + list(rejected)
+        progress["rejected"] = self.progress["rejected"] + list(rejected) + unnamed
         progress["converted"] = self.progress["converted"] + list(converted)
         progress["consumed"] = consumed
         progress["written"] = self.written + len(records)
@@ -175,7 +317,7 @@ class LmdbWriter:
         def fill(txn):
             for j, (data, label, name) in enumerate(records):
                 txn.put(_img_key(start + j), data)
-                txn.put(_rec_key(start + j), int(label).to_bytes(4, "little", signed=True) + name.encode())
+                txn.put(_rec_key(start + j), _pack_rec(data, label, name))
             txn.put(_PROGRESS, json.dumps(progress).encode())
 
         self._write_txn(fill, sum(len(r[0]) for r in records))
@@ -185,10 +327,10 @@ class LmdbWriter:
                   rejected: Iterable[dict] = (), converted: Iterable[dict] = ()) -> None:
         """Out-of-order commit: records (final index, encoded image, label, name) from `consumed` more source
         items, with `units` ({shard or row group: how far it is done}) merged into the progress in the same
-        transaction. Indices left free by rejected items are closed up by `finish`."""
-        records = list(records)
+        transaction. Indices left free by rejected items (and unstorable names) are closed up by `finish`."""
+        records, unnamed = _storable(records, 3)
         progress = dict(self.progress)
-        progress["rejected"] = self.progress["rejected"] + list(rejected)
+        progress["rejected"] = self.progress["rejected"] + list(rejected) + unnamed
         progress["converted"] = self.progress["converted"] + list(converted)
         progress["consumed"] = self.consumed + consumed
         progress["written"] = self.written + len(records)
@@ -197,7 +339,7 @@ class LmdbWriter:
         def fill(txn):
             for i, data, label, name in records:
                 txn.put(_img_key(i), data)
-                txn.put(_rec_key(i), int(label).to_bytes(4, "little", signed=True) + name.encode())
+                txn.put(_rec_key(i), _pack_rec(data, label, name))
             txn.put(_PROGRESS, json.dumps(progress).encode())
 
         self._write_txn(fill, sum(len(r[1]) for r in records))
@@ -248,61 +390,104 @@ class LmdbWriter:
         names = []
         with self.env.begin(buffers=True) as txn:
             for i in range(n):
-                rec = bytes(txn.get(_rec_key(i)))
-                labels[i] = int.from_bytes(rec[:4], "little", signed=True)
-                names.append(rec[4:].decode())
-        meta = dict(meta, format_version=FORMAT_VERSION, count=n, image_shape=list(IMAGE_SHAPE), complete=True)
+                labels[i], name, _ = _unpack_rec(txn.get(_rec_key(i)))
+                names.append(name)
+        blob = _join_names(names)
+        meta = dict(meta, format_version=FORMAT_VERSION, count=n, image_shape=list(IMAGE_SHAPE), checksum=CHECKSUM,
+                    index_crc32=_index_crc(labels, blob), complete=True)
 
         def fill(txn):
             txn.put(_LABELS, labels.tobytes())
-            txn.put(_NAMES, "\n".join(names).encode())
+            txn.put(_NAMES, blob)
             txn.put(_META, json.dumps(meta).encode())
 
         self._write_txn(fill)
         self.env.sync(True)
+        if n == 0:
+            report = meta.get("report") or {}
+            why = (f" ({report.get('found', 0)} found, {len(report.get('rejected', ()))} rejected: prep-report.json "
+                   "says why)" if report else "")
+            print(f"warning: {meta.get('split', self.path.name)} ends with 0 images{why}", file=sys.stderr)
         return meta
 
     def read_all(self):
         """Yield (encoded image, label, name) in order (used to convert a staged split to HDF5)."""
+        for data, label, name, _ in self._scan():
+            yield data, label, name.decode("utf-8", "surrogateescape")
+
+    def _scan(self):
+        """Yield (encoded image, label, name bytes, crc32) of a complete split in order. The environment is
+        reopened read-only with readahead (LMDB allows one per path and process), so that a sequential scan
+        from a cold cache reads in large requests: the writer only reads and closes after this."""
+        import lmdb
+
+        self.env.close()
+        self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=True, meminit=False)
         with self.env.begin(buffers=True) as txn:
             for i in range(self.written):
-                rec = bytes(txn.get(_rec_key(i)))
-                yield bytes(txn.get(_img_key(i))), int.from_bytes(rec[:4], "little", signed=True), rec[4:].decode()
+                label, name, crc = _unpack_rec(txn.get(_rec_key(i)))
+                yield bytes(txn.get(_img_key(i))), label, name, crc
 
     def close(self) -> None:
         self.env.close()
 
 
 def lmdb_to_hdf5(staging: LmdbWriter, dest: Path, meta: dict, progress=None) -> None:
-    """Convert a complete staged split to `dest` atomically (via dest.tmp)."""
+    """Convert a complete staged split to `dest` atomically (via dest.tmp), checking each staged record against
+    its checksum on the way. A full or read-only disk is an ImgnetError naming `dest`, and leaves no dest.tmp;
+    the staged split is kept, so a rerun converts again."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        _write_hdf5(staging, tmp, meta, progress)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except (OSError, RuntimeError, ValueError) as e:  # h5py reports some failed writes as Runtime/ValueError
+        _remove_quietly(tmp)
+        raise ImgnetError(f"cannot write {dest} ({os_reason(e)}); the staged split {staging.path} is kept: free "
+                          "some space (or make the folder writable) and rerun the same command") from e
+    except BaseException:  # ImgnetError from a bad staged record, Ctrl-C
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only disk (where none could be created anyway)
+        pass
+
+
+def _write_hdf5(staging: LmdbWriter, tmp: Path, meta: dict, progress) -> None:
     import h5py
 
-    n = staging.written
-    tmp = dest.with_name(dest.name + ".tmp")
+    n, raw = staging.written, meta["encoding"] == "raw"
     with h5py.File(tmp, "w") as f:
-        if meta["encoding"] == "raw":
-            images = f.create_dataset("images", shape=(n, *IMAGE_SHAPE), dtype=np.uint8,
-                                      chunks=(1, *IMAGE_SHAPE))
+        if raw:  # maxshape: HDF5 refuses a (1, ...) chunk on a dataset of 0 images unless it may grow
+            images = f.create_dataset("images", shape=(n, *IMAGE_SHAPE), dtype=np.uint8, chunks=(1, *IMAGE_SHAPE),
+                                      maxshape=(None, *IMAGE_SHAPE))
         else:
             images = f.create_dataset("images", shape=(n,), dtype=h5py.vlen_dtype(np.uint8))
-        labels = np.empty(n, dtype=np.int64)
-        names = []
-        for i, (data, label, name) in enumerate(staging.read_all()):
-            if meta["encoding"] == "raw":
+        labels, crcs, names = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint32), []
+        for i, (data, label, name, crc) in enumerate(staging._scan()):
+            if record_crc(data, label, name) != crc:
+                raise ImgnetError(f"staged record {i} ({name.decode('utf-8', 'surrogateescape')!r}) of {staging.path} "
+                                  "fails its checksum: the disk returned other bytes than were written; rerun "
+                                  "`imgnet prep` with --force")
+            if raw:
                 images.id.write_direct_chunk((i, 0, 0, 0), data)
             else:
                 images[i] = np.frombuffer(data, dtype=np.uint8)
-            labels[i] = label
+            labels[i], crcs[i] = label, crc
             names.append(name)
             if progress is not None:
                 progress.update(1)
         f.create_dataset("labels", data=labels)
-        f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("name_bytes", data=np.frombuffer(_join_names(names), dtype=np.uint8))
+        f.create_dataset("crc32", data=crcs)
         f.attrs["meta"] = json.dumps(meta)
         f.flush()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
 
 
 # -------------------------------------------------------------------------------------- reader
@@ -317,20 +502,34 @@ def _lmdb_meta(path: Path) -> dict:
     env = _read_env(path)
     with env.begin() as txn:
         raw = txn.get(_META)
-    return json.loads(raw) if raw else {}
+    return _parse_meta(raw, path) if raw else {}
+
+
+def _parse_meta(raw, path) -> dict:
+    if not isinstance(raw, (str, bytes)):
+        raise ImgnetError(f"the metadata of {path} is a {type(raw).__name__}; expected JSON text")
+    meta = parse_json(raw, f"the metadata of {path}", MAX_META_BYTES)
+    if not isinstance(meta, dict):
+        raise ImgnetError(f"the metadata of {path} is a JSON {type(meta).__name__}; expected an object")
+    return meta
 
 
 def split_path(data_dir, split: str) -> tuple[Path, str] | None:
     """The packed file of `split` in `data_dir` and its format, or None. A complete split wins over an
-    unfinished run of the other format (an interrupted --format lmdb run beside a finished train.h5)."""
+    unfinished (or damaged) run of the other format (an interrupted --format lmdb run beside a finished train.h5)."""
     d = Path(data_dir)
     lmdb_path, h5_path = d / f"{split}.lmdb", d / f"{split}.h5"
-    if (lmdb_path / "data.mdb").is_file():
-        if h5_path.is_file() and not _lmdb_meta(lmdb_path).get("complete"):
-            _close_env(lmdb_path)
-            return h5_path, "hdf5"
+    if (lmdb_path / "data.mdb").exists():  # exists, not is_file: a link to a device is refused by name later
+        if h5_path.exists():
+            try:
+                complete = _lmdb_meta(lmdb_path).get("complete")
+            except ImgnetError:
+                complete = False
+            if not complete:
+                _close_env(lmdb_path)
+                return h5_path, "hdf5"
         return lmdb_path, "lmdb"
-    if h5_path.is_file():
+    if h5_path.exists():
         return h5_path, "hdf5"
     return None
 
@@ -349,9 +548,10 @@ def split_meta(data_dir, split: str) -> dict | None:
         else:
             import h5py
 
+            _check_regular(path)
             with h5py.File(path, "r") as f:
-                meta = json.loads(f.attrs["meta"])
-    except Exception:  # noqa: BLE001 - unreadable: not a complete split
+                meta = _parse_meta(f.attrs["meta"], path)
+    except Exception:  # noqa: BLE001 - unreadable or damaged: not a complete split
         return None
     return meta if meta.get("complete") else None
 
@@ -366,19 +566,22 @@ def progress_of(path: Path) -> int:
             raw = txn.get(_PROGRESS)
     finally:
         _close_env(path)  # a writer opens it next
-    return json.loads(raw)["consumed"] if raw else 0
+    return parse_json(raw, f"the progress record of {path}", MAX_META_BYTES)["consumed"] if raw else 0
 
 
 @dataclass
 class Split:
     """A packed split. Opens its LMDB environment or HDF5 file lazily in each process, so a Split can be
-    pickled into worker processes (fork or spawn) and each worker reads with its own handle."""
+    pickled into worker processes (fork or spawn) and each worker reads with its own handle. `readahead`:
+    True for a sequential scan (verify, pca-stats), False (the default) for the random access of training,
+    where reading ahead would only fetch pages of other images."""
 
     path: Path
     format: str
     meta: dict
     labels: np.ndarray  # int64 (N,)
     names: list
+    readahead: bool = False
 
     def __post_init__(self):
         self._pid = None
@@ -399,23 +602,48 @@ class Split:
     def _open(self):
         if self._pid != os.getpid():
             if self.format == "lmdb":
-                self._handle = _read_env(self.path)
+                self._handle = _read_env(self.path, self.readahead)
             else:
                 import h5py
 
                 f = h5py.File(self.path, "r")
+                _advise(f, self.readahead)
                 self._handle = (f, f["images"])
             self._pid = os.getpid()
         return self._handle
+
+    def _missing(self, i: int):
+        return ImgnetError(f"record {i} of {self.path} is missing; run `imgnet verify {self.path.parent}`, or "
+                           "rebuild the split with `imgnet prep --force`")
 
     def read_bytes(self, i: int) -> bytes:
         """The stored (encoded) bytes of record i."""
         h = self._open()
         if self.format == "lmdb":
             with h.begin() as txn:
-                return txn.get(_img_key(i))
-        data = h[1][i]
-        return data.tobytes()
+                data = txn.get(_img_key(i))
+            if data is None:
+                raise self._missing(i)
+            return data
+        return h[1][i].tobytes()
+
+    def scan(self, lo: int = 0, hi: int | None = None):
+        """Yield (i, stored bytes or None when missing, crc32 or None in format version 1) for records lo..hi-1
+        in storage order, for `imgnet verify`; the bytes may be a buffer valid until the next step."""
+        hi = len(self) if hi is None else hi
+        h = self._open()
+        if self.format == "lmdb":
+            with h.begin(buffers=True) as txn:
+                for i in range(lo, hi):
+                    rec = txn.get(_rec_key(i))
+                    crc = _unpack_rec(rec)[2] if rec is not None and self.meta.get("checksum") else None
+                    yield i, txn.get(_img_key(i)), crc
+            return
+        crcs = h[0]["crc32"] if self.meta.get("checksum") else None
+        for start in range(lo, hi, 4096):
+            block = crcs[start:min(hi, start + 4096)] if crcs is not None else None
+            for i in range(start, min(hi, start + 4096)):
+                yield i, self.read_bytes(i), (int(block[i - start]) if block is not None else None)
 
     @contextmanager
     def raw_views(self):
@@ -440,7 +668,11 @@ class Split:
         h = self._open()
         if self.format == "lmdb":
             with h.begin(buffers=True) as txn:
-                return decode_image(txn.get(_img_key(i)), self.encoding, out)
+                buf = txn.get(_img_key(i))
+                if buf is None or (self.encoding == "raw" and len(buf) != RAW_BYTES):
+                    raise self._missing(i) if buf is None else ImgnetError(
+                        f"record {i} of {self.path} is {len(buf):,} bytes; expected a raw image of {RAW_BYTES:,}")
+                return decode_image(buf, self.encoding, out)
         if self.encoding == "raw":
             if out is None:
                 return h[1][i]
@@ -462,11 +694,22 @@ class Split:
         self._handle, self._pid = None, None
 
 
-# LMDB allows one environment per path and process: readers share it, a writer first closes it.
+def _advise(f, sequential: bool) -> None:
+    """Tell the kernel how an HDF5 file will be read: read ahead for a scan, not for random access."""
+    try:
+        os.posix_fadvise(f.id.get_vfd_handle(), 0, 0,
+                         os.POSIX_FADV_SEQUENTIAL if sequential else os.POSIX_FADV_RANDOM)
+    except (AttributeError, OSError, ValueError):  # another HDF5 driver, or a platform without fadvise
+        pass
+
+
+# LMDB allows one environment per path and process: readers share it (opened without locks), a writer first
+# closes it. `readahead` applies when it is opened; a reader asking for the other setting shares it as it is
+# (readahead is a hint to the kernel, not part of what is read).
 _ENVS: dict[tuple[int, str], object] = {}
 
 
-def _read_env(path: Path):
+def _read_env(path: Path, readahead: bool = False):
     import lmdb
 
     pid, real = os.getpid(), os.path.realpath(path)
@@ -478,8 +721,12 @@ def _read_env(path: Path):
                 _ENVS.pop(inherited).close()
             except Exception:  # noqa: BLE001 - best effort on a handle this process never used
                 pass
-        _ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
-                               max_readers=2048)
+        check_env(path)  # before mapping: a truncated file would be SIGBUS at the first read past its end
+        try:
+            _ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=bool(readahead), meminit=False,
+                                   max_readers=2048)
+        except lmdb.Error as e:
+            raise ImgnetError(f"cannot read {path}: {e}") from e
     return _ENVS[key]
 
 
@@ -489,47 +736,146 @@ def _close_env(path: Path) -> None:
         env.close()
 
 
-def open_split(data_dir, split: str) -> Split:
-    """Open the packed `split` ("train" or "val") that `imgnet prep` wrote to `data_dir`."""
+def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
+    """Open the packed `split` ("train" or "val") that `imgnet prep` wrote to `data_dir`. `readahead=True`
+    for one pass in storage order (a scan from a cold cache then reads in large requests)."""
     found = split_path(data_dir, split)
     if found is None:
         raise ImgnetError(f"no {split} split in {data_dir}: expected {split}.lmdb/ or {split}.h5 "
                           f"written by `imgnet prep --out {data_dir}`")
     path, fmt = found
-    if fmt == "lmdb":
-        import lmdb
+    meta, labels, names = _open_lmdb(path, readahead) if fmt == "lmdb" else _open_hdf5(path)
+    _check_labels(Path(data_dir), path, meta, labels)
+    return Split(path, fmt, meta, labels, names, readahead)
 
-        try:
-            env = _read_env(path)
-        except lmdb.Error as e:
-            raise ImgnetError(f"cannot read {path}: {e}") from e
-        with env.begin() as txn:
-            raw = txn.get(_META)
-            meta = json.loads(raw) if raw else {}
-            if meta.get("complete"):
-                labels = np.frombuffer(txn.get(_LABELS), dtype="<i4").astype(np.int64)
-                names = txn.get(_NAMES).decode().split("\n") if len(labels) else []
-        if not meta.get("complete"):
-            _close_env(path)  # a writer will open it next
-    else:
-        import h5py
 
-        try:
-            with h5py.File(path, "r") as f:
-                meta = json.loads(f.attrs["meta"])
-                labels = f["labels"][:].astype(np.int64)
-                names = [s.decode() if isinstance(s, bytes) else s for s in f["names"][:]]
-        except (OSError, KeyError) as e:
-            raise ImgnetError(f"cannot read {path}: {e}; rerun `imgnet prep --force` to rebuild it") from e
+def _check_meta(path: Path, meta: dict) -> int:
+    """The record count of a complete split's metadata, once its fields are the ones this reader knows."""
     if not meta.get("complete"):
         raise ImgnetError(f"{path} is incomplete (an interrupted prep): rerun the same `imgnet prep` command to finish it")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ImgnetError(f"{path} has format version {meta.get('format_version')}; expected {FORMAT_VERSION}: "
-                          "rerun `imgnet prep --force`")
-    if tuple(meta.get("image_shape", ())) != IMAGE_SHAPE:
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise ImgnetError(f"{path} has format version {meta.get('format_version')}; expected one of "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}: rerun `imgnet prep --force`")
+    if meta.get("image_shape") != list(IMAGE_SHAPE):
         raise ImgnetError(f"{path} holds images of shape {meta.get('image_shape')}; expected {list(IMAGE_SHAPE)}")
-    _check_labels(Path(data_dir), path, meta, labels)
-    return Split(path, fmt, meta, labels, names)
+    count = meta.get("count")
+    if type(count) is not int or count < 0 or meta.get("encoding") not in ("raw", "jpeg"):
+        raise ImgnetError(f"the metadata of {path} has count {count!r} and encoding {meta.get('encoding')!r}; "
+                          "expected a record count and raw or jpeg")
+    return count
+
+
+def _check_index(path: Path, meta: dict, count: int, labels: np.ndarray, blob: bytes, n_names: int) -> None:
+    if len(labels) != count or n_names != count:
+        raise ImgnetError(f"{path} lists {len(labels)} labels and {n_names} names but its metadata says {count} "
+                          "records; rebuild it with `imgnet prep --force`")
+    if meta["format_version"] >= 2 and _index_crc(labels, blob) != meta.get("index_crc32"):
+        raise ImgnetError(f"the label and name index of {path} fails its checksum (damaged on disk or in a copy); "
+                          "copy it again, or rebuild it with `imgnet prep --force`")
+
+
+def _open_lmdb(path: Path, readahead: bool) -> tuple[dict, np.ndarray, list]:
+    import lmdb
+
+    env = _read_env(path, readahead)
+    try:
+        with env.begin() as txn:
+            raw, labels_raw, blob = txn.get(_META), txn.get(_LABELS), txn.get(_NAMES)
+        entries = env.stat()["entries"]
+    except lmdb.Error as e:
+        raise ImgnetError(f"cannot read {path}: {e}") from e
+    meta = _parse_meta(raw, path) if raw else {}
+    if not meta.get("complete"):
+        _close_env(path)  # a writer will open it next
+    count = _check_meta(path, meta)
+    if labels_raw is None or blob is None or len(labels_raw) != 4 * count:
+        raise ImgnetError(f"{path} has no label and name index for the {count} records its metadata lists; "
+                          "rebuild it with `imgnet prep --force`")
+    if entries - 2 * count not in (3, 4):  # img/ + rec/ per record, then 3 or 4 of the __keys__
+        raise ImgnetError(f"{path} holds {entries} entries, not the 2 x {count} records + 3 or 4 its metadata "
+                          "implies; rebuild it with `imgnet prep --force`")
+    labels = np.frombuffer(labels_raw, dtype="<i4").astype(np.int64)
+    if meta["format_version"] >= 2:
+        names = _split_names(blob, count)
+    else:
+        names = blob.decode("utf-8", "surrogateescape").split("\n") if count else []
+    _check_index(path, meta, count, labels, blob, len(names))
+    return meta, labels, names
+
+
+def _check_regular(path: Path) -> None:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); expected "
+                          "the HDF5 file `imgnet prep` writes")
+
+
+def _dtype_name(ds) -> str:
+    import h5py
+
+    vlen = h5py.check_vlen_dtype(ds.dtype)
+    if vlen is not None:
+        return "vlen uint8" if vlen == np.uint8 else "string" if vlen in (str, bytes) else f"vlen {vlen}"
+    return "string" if ds.dtype.kind == "S" else str(ds.dtype)
+
+
+def _dataset(f, name: str, path: Path, dtype: str, shape: tuple | None):
+    """f[name], refused unless it is a dataset stored in this file (no external link, external raw storage or
+    virtual mapping: each of those reads other files) of dtype `dtype` ("integer": any int) and `shape`
+    (None: any 1-D)."""
+    import h5py
+
+    link = f.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink) or not isinstance(f.get(name), h5py.Dataset):
+        raise ImgnetError(f"{path}: {name!r} is {'missing' if link is None else 'a link or a group'}; expected a "
+                          "dataset stored in the file; rebuild it with `imgnet prep --force`")
+    ds = f[name]
+    if ds.external or ds.is_virtual:
+        raise ImgnetError(f"{path}: dataset {name!r} has its data in other files (external storage or a virtual "
+                          "dataset); expected it stored in the file itself")
+    got = _dtype_name(ds)
+    dtype_ok = got == dtype or (dtype == "integer" and ds.dtype.kind in "iu")
+    if not dtype_ok or (ds.shape != shape if shape is not None else len(ds.shape) != 1):
+        raise ImgnetError(f"{path}: dataset {name!r} is {got} {ds.shape}; expected {dtype} "
+                          f"{shape if shape is not None else '(any length,)'}")
+    return ds
+
+
+def _contiguous(ds, path: Path, itemsize: int):
+    """Read a contiguous dataset whole, once its stored size matches its shape (an edited shape would
+    otherwise read a huge array of fill values)."""
+    if ds.id.get_storage_size() != ds.size * itemsize:
+        raise ImgnetError(f"{path}: dataset {ds.name!r} stores {ds.id.get_storage_size():,} bytes for {ds.size:,} "
+                          "elements; rebuild it with `imgnet prep --force`")
+    return ds[()]
+
+
+def _open_hdf5(path: Path) -> tuple[dict, np.ndarray, list]:
+    import h5py
+
+    try:
+        _check_regular(path)
+        with h5py.File(path, "r") as f:
+            meta = _parse_meta(f.attrs["meta"], path)
+            n = _check_meta(path, meta)
+            raw = meta["encoding"] == "raw"
+            images = _dataset(f, "images", path, "uint8" if raw else "vlen uint8", (n, *IMAGE_SHAPE) if raw else (n,))
+            if raw and images.id.get_storage_size() != n * RAW_BYTES:
+                raise ImgnetError(f"{path}: the images dataset stores {images.id.get_storage_size():,} bytes, not "
+                                  f"{n} x {RAW_BYTES:,}; rebuild it with `imgnet prep --force`")
+            labels_ds = _dataset(f, "labels", path, "integer", (n,))
+            labels = _contiguous(labels_ds, path, labels_ds.dtype.itemsize).astype(np.int64)
+            if meta["format_version"] >= 2:
+                _dataset(f, "crc32", path, "uint32", (n,))
+                blob = _contiguous(_dataset(f, "name_bytes", path, "uint8", None), path, 1).tobytes()
+                names = _split_names(blob, n)
+            else:
+                blob = b""
+                names = [s.decode("utf-8", "surrogateescape") if isinstance(s, bytes) else s
+                         for s in _dataset(f, "names", path, "string", (n,))[()]]
+    except (OSError, KeyError) as e:
+        raise ImgnetError(f"cannot read {path} ({os_reason(e)}); rerun `imgnet prep --force` to rebuild it") from e
+    _check_index(path, meta, n, labels, blob, len(names))
+    return meta, labels, names
 
 
 def _check_labels(data_dir: Path, path: Path, meta: dict, labels: np.ndarray) -> None:
@@ -576,6 +922,10 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
         shutil.rmtree(lmdb_path)
     w = LmdbWriter(lmdb_path, {"records": len(records)}, len(records), estimate_bytes_per_image(encoding, quality))
     w.commit([(encode_image(img, encoding, quality), int(lbl), name) for img, lbl, name in records], len(records))
+    if w.progress["rejected"]:
+        w.close()
+        bad = w.progress["rejected"][0]
+        raise ImgnetError(f"record {bad['name']!r}: {bad['reason']}")
     meta = w.finish(meta)
     if format == "hdf5":
         lmdb_to_hdf5(w, data_dir / f"{split}.h5", meta)

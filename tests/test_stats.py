@@ -239,3 +239,22 @@ def test_dead_worker_is_an_error_naming_its_records(packed, monkeypatch):
     monkeypatch.setattr("imagenet_prep.stats._sums", _killed)  # forked workers inherit the patch
     with pytest.raises(ImgnetError, match=r"pca-stats worker \(pid \d+\) was killed by SIGKILL .* train records \d+-\d+"):
         compute_stats(d, workers=2, progress=False)
+
+
+def test_pca_stats_scans_with_readahead(tmp_path, monkeypatch):
+    """The scan reads in storage order: readahead on (a cold-cache scan then reads in large requests)."""
+    import imagenet_prep.stats as stats
+
+    rng = np.random.default_rng(0)
+    write_split(tmp_path, "train", [(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), 0, f"{i}.JPEG")
+                                    for i in range(3)]).close()
+    seen = []
+    real = stats.open_split
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("readahead", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "open_split", spy)
+    stats.compute_stats(tmp_path, workers=1, progress=False)
+    assert seen == [True]
