@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import signal
+import subprocess
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -125,3 +129,15 @@ def content(data_dir: Path, split: str) -> list[tuple]:
         return [(s.read_bytes(i), int(s.labels[i]), s.names[i]) for i in range(len(s))]
     finally:
         s.close()
+
+
+def kill_when_written(cmd: list[str], work: Path, min_bytes: int, commit_every: int) -> None:
+    """Run `cmd` (an `imgnet prep`), committing every `commit_every` images, and kill -9 it once `work`
+    (its data.mdb) holds more than `min_bytes`, or after 60 s."""
+    proc = subprocess.Popen(cmd, env=dict(os.environ, IMGNET_COMMIT_EVERY=str(commit_every)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (work.exists() and work.stat().st_size > min_bytes):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -5,14 +5,13 @@ import io
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+
+import layouts
 
 from imagenet_prep import ImgnetError, open_split
 from imagenet_prep.prep import PrepConfig, run_prep
@@ -184,15 +183,6 @@ def _many(images, n):
     return [(f"n01440764_{i:04d}.JPEG", "n01440764", vals[i % len(vals)]) for i in range(n)]
 
 
-def _kill_midway(cmd, work: Path, env) -> None:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (work.exists() and work.stat().st_size > 20 * 196_608):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "targz"])
 def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images, kind, monkeypatch):
@@ -207,7 +197,7 @@ def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, ima
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "prep", "--src", str(src), "--out", str(out), "--workers", "2",
            "--split", "train"]
-    _kill_midway(cmd, out / "train.lmdb" / "data.mdb", dict(os.environ, IMGNET_COMMIT_EVERY="8"))
+    layouts.kill_when_written(cmd, out / "train.lmdb" / "data.mdb", 20 * 196_608, commit_every=8)
     with pytest.raises(ImgnetError):
         open_split(out, "train")  # incomplete
     done = progress_of(out / "train.lmdb")

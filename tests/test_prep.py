@@ -2,18 +2,17 @@
 
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import layouts
 
 from imagenet_prep import ImgnetError, open_split
 from imagenet_prep.prep import PrepConfig, run_prep
@@ -166,14 +165,8 @@ def test_kill_9_then_rerun_gives_identical_content(tmp_path, fmt):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "prep", "--src", str(src), "--out", str(out), "--workers", "2",
            "--format", fmt]
-    env = dict(os.environ, IMGNET_COMMIT_EVERY="8")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = out / ("train.lmdb" if fmt == "lmdb" else ".train.h5.staging.lmdb") / "data.mdb"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (work.exists() and work.stat().st_size > 20 * 196_608):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    layouts.kill_when_written(cmd, work, 20 * 196_608, commit_every=8)
     with pytest.raises(ImgnetError):
         open_split(out, "train")  # the killed run left an incomplete split, and the reader says so
     run_prep(PrepConfig(src=str(src), out=str(out), workers=2, format=fmt))

@@ -1,11 +1,7 @@
 """kill -9 in the middle of `imgnet prep` on the timm shards and on the Kaggle zip, then the same command again:
 the content of an uninterrupted run."""
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,14 +30,7 @@ def test_kill_9_then_rerun_gives_identical_content(shared_data, tmp_path, layout
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "prep", "--src", str(src), "--out", str(out), "--workers", "1",
            "--split", "train"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, IMGNET_COMMIT_EVERY="4"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    work = out / "train.lmdb" / "data.mdb"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (work.exists() and work.stat().st_size > 12 * 196_608):
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    layouts.kill_when_written(cmd, out / "train.lmdb" / "data.mdb", 12 * 196_608, commit_every=4)
     with pytest.raises(ImgnetError):
         open_split(out, "train")  # stopped part way: the reader refuses the incomplete split
     assert 0 < store.progress_of(out / "train.lmdb") < 200  # some records were committed before the kill
