@@ -10,6 +10,7 @@ import sys
 import click
 
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.v2 import ANY as V2_ANY, SPLITS as V2_SPLITS
 
 
 def _friendly(fn):
@@ -39,7 +40,7 @@ def main():
 @main.command()
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="ILSVRC2012 download (any supported layout).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the packed splits and label maps.")
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="all")
+@click.option("--split", type=click.Choice(["train", "val", "all", V2_ANY, *V2_SPLITS]), default="all", help="v2, v2-*: an ImageNetV2 variant in --src, packed as a test split beside train and val and labelled through --out's labels.json (prep ILSVRC2012 into --out first).")
 @click.option("--format", "fmt", type=click.Choice(["lmdb", "hdf5"]), default="lmdb")
 @click.option("--encoding", type=click.Choice(["raw", "jpeg"]), default="raw", help="raw: 196,608 bytes per image, decode-free; jpeg: about 10x smaller.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, help="JPEG quality for --encoding jpeg.")
@@ -83,16 +84,16 @@ def pca_stats(data, sample, workers):
 # -------------------------------------------------------------------------------------- verify
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="all")
+@click.option("--split", type=click.Choice(["all", "train", "val", *V2_SPLITS]), default="all", help="all: every packed split DATA holds.")
 @_friendly
 def verify(data, split):
     """Read every record of DATA and check it against the checksum written at prep time.
 
     Exit status: 0 when every record is intact; 1 when any record or split is damaged (each is named
     with the reason); 2 when DATA holds no packed split."""
-    from imagenet_prep.verify import verify_data
+    from imagenet_prep.verify import SPLITS, verify_data
 
-    r = verify_data(data, ("train", "val") if split == "all" else (split,))
+    r = verify_data(data, SPLITS if split == "all" else (split,))
     for name, s in r["splits"].items():
         for b in s["bad"]:
             shown = b["name"] if b["name"].isprintable() else ascii(b["name"])

@@ -17,12 +17,12 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from imagenet_prep import store
+from imagenet_prep import store, v2
 from imagenet_prep.atomic import write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
@@ -31,20 +31,21 @@ from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
 # images per LMDB transaction: bounds the work a kill can lose (the variable lets tests commit often)
 COMMIT_EVERY = int(os.environ.get("IMGNET_COMMIT_EVERY", "256"))
 REPORT = "prep-report.json"
+ALL_SPLITS = ("train", "val", *v2.SPLITS)  # every split a DATA folder can hold
 
 
 @dataclass
 class PrepConfig:
     src: str                      # ILSVRC2012 download, any layout of DESIGN.md
     out: str                      # DATA folder
-    split: str = "all"            # train | val | all
+    split: str = "all"            # train | val | all, or an ImageNetV2 split: v2 | v2-matched-frequency | ...
     format: str = "lmdb"          # lmdb | hdf5
     encoding: str = "raw"         # raw (196,608 bytes/image) | jpeg
     quality: int = 90             # JPEG quality for encoding=jpeg
     workers: int | None = None    # processes; None = all cores
     classes: int | None = None    # keep the first N classes in label order
     per_class: int | None = None  # keep the first N images (by name) of each class
-    label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1)
+    label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1); v2: DATA's
     force: bool = False           # redo complete splits
     val_labels: str | None = None  # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
 
@@ -251,7 +252,7 @@ def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
 
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
-                workers: int, differs=()) -> dict:
+                workers: int, differs=(), extra=None) -> dict:
     from imagenet_prep import hf, unordered
 
     final, work = _paths(out, name, cfg.format)
@@ -272,7 +273,7 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
                       "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
                       "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
                       "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
-                      "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0}
+                      "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0, **(extra or {})}
             if writer.written == 0:
                 print(f"warning: {name} ends with 0 images ({len(items)} listed, {len(skipped)} skipped, "
                       f"{len(report['rejected']) - len(skipped)} rejected: see {REPORT})", file=sys.stderr)
@@ -294,15 +295,19 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
 
 def run_prep(cfg: PrepConfig) -> dict:
     """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
-    prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}})."""
-    for field, allowed in (("split", ("train", "val", "all")), ("format", ("lmdb", "hdf5")),
+    prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}}).
+    A V2 split (`split="v2"` or a variant's split name) is labelled through the labels.json already in `cfg.out`."""
+    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", ("lmdb", "hdf5")),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
     out = Path(cfg.out)
+    is_v2 = cfg.split == v2.ANY or cfg.split in v2.SPLITS
+    if is_v2:
+        _check_v2_config(cfg, out)  # before _check_writable creates an empty DATA
     _check_writable(out)
     with _exclusive(out), sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
-        return _run_prep(cfg, out)
+        return _run_v2_prep(cfg, out) if is_v2 else _run_prep(cfg, out)
 
 
 @contextlib.contextmanager
@@ -328,7 +333,6 @@ def _exclusive(out: Path):
 def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     from imagenet_prep.sources import discover
 
-    workers = cfg.workers or os.cpu_count() or 1
     wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
     # list only the splits asked for (the label map depends on the whole source either way); the tars'
     # listings are kept in DATA so that a resumed run or a rerun does not read their headers again
@@ -339,28 +343,41 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
         raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")
     labels = source.label_map.to_json()
     labels_sha = labels_sha256(labels)
-    other_fmt = "hdf5" if cfg.format == "lmdb" else "lmdb"
+    _check_label_map(cfg, out, names, labels_sha)
+    fingerprints = {name: _fingerprint(cfg, source.splits[name], labels_sha, source.layout) for name in names}
+    todo = _plan(cfg, out, names, fingerprints)
+    write_labels_json(out, source.label_map)
+    return _pack_splits(cfg, out, names, todo, labels, fingerprints,
+                        {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {}) for n in names},
+                        top={"layout": source.layout, "config": asdict(cfg)})
 
-    # what DATA already holds: complete splits (either format) and unfinished runs
-    complete = {s: _complete_meta(out, s) for s in ("train", "val")}
-    unfinished = {(s, f): _paths(out, s, f)[1] for s in ("train", "val") for f in ("lmdb", "hdf5")
-                  if complete[s] is None and _paths(out, s, f)[1].exists()}
-    lj_path = out / "labels.json"
+
+def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -> None:
+    """Refuse a label map other than the one DATA's splits were packed with, unless --force redoes them all."""
     old_sha = _labels_sha_of(out)
-    if old_sha is not None and old_sha != labels_sha:
-        if not cfg.force and (any(complete.values()) or unfinished):
-            raise ImgnetError(f"{lj_path} holds another label map (other --classes or --label-order?) than this "
-                              "run; use a new --out folder, or --force to redo the splits")
-        stale = [s for s in ("train", "val") if s not in names and (complete[s] or any(k[0] == s for k in unfinished))]
-        if stale:
-            raise ImgnetError(f"--force with a new label map would leave {' and '.join(stale)} in {out} packed with "
-                              "the old one; add --split all, or remove it first")
+    if old_sha is None or old_sha == labels_sha:
+        return
+    held = [s for s in ALL_SPLITS if _complete_meta(out, s) is not None
+            or any(_paths(out, s, f)[1].exists() for f in ("lmdb", "hdf5"))]
+    if not cfg.force and held:
+        raise ImgnetError(f"{out / 'labels.json'} holds another label map (other --classes or --label-order?) than "
+                          "this run; use a new --out folder, or --force to redo the splits")
+    stale = [s for s in held if s not in names]
+    if stale:
+        fix = "add --split all, or remove it first" if set(stale) <= {"train", "val"} else \
+            f"remove {' and '.join(s for s in stale if s not in ('train', 'val'))} first (prep it again afterwards)"
+        raise ImgnetError(f"--force with a new label map would leave {' and '.join(stale)} in {out} packed with "
+                          f"the old one; {fix}")
 
-    fingerprints, todo, freed = {}, {}, 0
+
+def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
+    """{split: (images to process, whole split)} of the splits still to pack. A complete split with the same
+    fingerprint is skipped (another fingerprint is refused without --force); the disk is checked before
+    --force deletes anything."""
+    other_fmt = "hdf5" if cfg.format == "lmdb" else "lmdb"
+    todo, freed = {}, 0
     for name in names:
-        items = source.splits[name]
-        fingerprints[name] = fp = _fingerprint(cfg, items, labels_sha, source.layout)
-        meta = complete[name]
+        fp, meta = fingerprints[name], _complete_meta(out, name)
         if meta is not None and not cfg.force:
             old = meta.get("fingerprint") or {}
             diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
@@ -371,36 +388,82 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
             if meta.get("format") == "hdf5":  # a kill between the .h5 rename and the staging's removal
                 _remove(_paths(out, name, "hdf5")[1])
             continue
-        if (name, other_fmt) in unfinished and not cfg.force:
+        if meta is None and _paths(out, name, other_fmt)[1].exists() and not cfg.force:
             raise ImgnetError(f"{out} holds an unfinished --format {other_fmt} run of {name}; rerun with "
                               f"--format {other_fmt} to finish it, or --force to discard it")
         doomed = [*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"] if cfg.force else []
         freed += sum(_size(p) for p in set(doomed))
         consumed = 0 if cfg.force else store.progress_of(_paths(out, name, cfg.format)[1])
-        todo[name] = (len(items) - consumed, len(items))
-    _check_disk(out, todo, cfg, freed)  # before --force deletes anything
+        todo[name] = (fp["count"] - consumed, fp["count"])
+    _check_disk(out, todo, cfg, freed)
     if cfg.force:
         for name in todo:
             for p in {*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"}:
                 _remove(p)
-    write_labels_json(out, source.label_map)
+    return todo
 
+
+def _pack_splits(cfg: PrepConfig, out: Path, names: list, todo: dict, labels: dict, fingerprints: dict,
+                 work: dict, top: dict) -> dict:
+    """Pack the splits in `todo` and merge every split of `names` into prep-report.json, keeping the entries
+    of DATA's other splits. work: {split: (items, skipped, bytes_differ, extra report fields)}."""
     report_path = out / REPORT
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):  # none yet, or torn by a crash: each split's meta keeps its own report
-        report = {"splits": {}}
-    report["layout"] = source.layout
+        report = {}
+    report.setdefault("splits", {})
+    report.update({k: v for k, v in top.items() if k != "config" or todo})
     for name in names:
         if name not in todo:
-            report["splits"][name] = complete[name].get("report", report["splits"].get(name, {}))
+            report["splits"][name] = _complete_meta(out, name).get("report", report["splits"].get(name, {}))
+    workers = cfg.workers or os.cpu_count() or 1
     for name in todo:
-        report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
-                                             labels, fingerprints[name], workers, source.differs.get(name, []))
-        report["config"] = asdict(cfg)
+        items, skipped, differs, extra = work[name]
+        report["splits"][name] = _prep_split(name, items, skipped, cfg, out, labels, fingerprints[name], workers,
+                                             differs, extra)
         write_json(report_path, report)
     write_json(report_path, report)
     return report
+
+
+# ------------------------------------------------------------------------------- ImageNetV2
+def _check_v2_config(cfg: PrepConfig, out: Path) -> None:
+    """A V2 split takes its classes and label order from DATA/labels.json: refuse what contradicts that."""
+    if not (out / "labels.json").is_file():
+        raise ImgnetError(f"{out / 'labels.json'} not found: --split {cfg.split} is labelled through the label map "
+                          f"of a DATA folder prepared from ILSVRC2012; run `imgnet prep --src ILSVRC2012 --out {out}` "
+                          "first (with the --classes / --label-order you train with)")
+    if cfg.val_labels is not None:
+        raise ImgnetError(f"--val-labels labels a flat ILSVRC2012 val; --split {cfg.split} is labelled by its "
+                          "class folder numbers: leave it out")
+
+
+def _run_v2_prep(cfg: PrepConfig, out: Path) -> dict:
+    """`imgnet prep --split v2...`: one ImageNetV2 variant packed beside train and val with the same image
+    policy, labelled through DATA's labels.json, which is read and never written."""
+    labels = read_labels_json(out)
+    n = len(labels["classes"])
+    if cfg.classes is not None and cfg.classes != n:
+        raise ImgnetError(f"--classes {cfg.classes} but {out / 'labels.json'} holds {n} classes; a V2 split uses "
+                          "DATA's classes: leave --classes out")
+    cfg = replace(cfg, label_order=labels["order"])  # recorded in the split's metadata, as train's and val's
+    found = v2.discover_v2(cfg.src, labels, split=cfg.split, per_class=cfg.per_class)
+    name = found.split
+    if found.outside:
+        print(f"{name}: skipped {found.outside} images of {found.outside_classes} classes outside DATA's {n} "
+              f"classes (counted in {REPORT})", file=sys.stderr)
+    if found.missing:
+        shown = ", ".join(map(str, found.missing[:5])) + (", ..." if len(found.missing) > 5 else "")
+        print(f"warning: {found.src} lacks {len(found.missing)} of the 1000 class folders ({shown}): an "
+              "incomplete extraction?", file=sys.stderr)
+    labels_sha = labels_sha256(labels)
+    fingerprints = {name: _fingerprint(cfg, found.items, labels_sha, v2.LAYOUT)}
+    todo = _plan(cfg, out, [name], fingerprints)
+    extra = {"src": str(found.src), "variant": found.variant, "missing_folders": found.missing,
+             "outside": {"images": found.outside, "classes": found.outside_classes}, "config": asdict(cfg)}
+    return _pack_splits(cfg, out, [name], todo, labels, fingerprints,
+                        {name: (found.items, found.skipped, [], extra)}, top={})
 
 
 def _labels_sha_of(out: Path) -> str | None:
@@ -409,7 +472,7 @@ def _labels_sha_of(out: Path) -> str | None:
         return labels_sha256(read_labels_json(out))
     except ImgnetError:
         pass
-    for name in ("train", "val"):
+    for name in ALL_SPLITS:
         meta = _complete_meta(out, name)
         if meta is not None:
             return meta.get("labels_sha256")

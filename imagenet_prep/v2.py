@@ -34,6 +34,7 @@ VARIANTS = {
 }
 SPLITS = tuple(VARIANTS.values())
 ANY = "v2"  # --split v2: whichever variant SRC holds
+LAYOUT = "imagenetv2"  # the layout name in a split's fingerprint and metadata
 _FOLDER = re.compile(r"0|[1-9]\d{0,2}")  # 0..999 as written by the published archives (no leading zeros)
 
 

@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import RAW_BYTES, decode_image, name_bytes, open_split, record_crc, split_path
+from imagenet_prep.v2 import SPLITS as V2_SPLITS
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", *V2_SPLITS)  # every split `imgnet prep` writes
 
 
 def _problem(split, i: int, data, crc: int | None) -> str | None:
@@ -62,8 +63,8 @@ def verify_data(data_dir, splits=SPLITS, progress: bool = True) -> dict:
     data_dir = Path(data_dir)
     present = [s for s in splits if split_path(data_dir, s) is not None]
     if not present:
-        raise ImgnetError(f"no packed split in {data_dir}: expected {' or '.join(f'{s}.lmdb/ or {s}.h5' for s in splits)} "
-                          "written by `imgnet prep`")
+        shown = [f"{s}.lmdb/ or {s}.h5" for s in splits[:2]] + (["another split"] if len(splits) > 2 else [])
+        raise ImgnetError(f"no packed split in {data_dir}: expected {' or '.join(shown)} written by `imgnet prep`")
     opened, result = {}, {}
     for name in present:
         try:
