@@ -47,7 +47,7 @@ def main():
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")
 @click.option("--classes", type=click.IntRange(1), default=None, help="Keep the first N classes in label order (renumbered from 0).")
 @click.option("--per-class", type=click.IntRange(1), default=None, help="Keep the first N images of each class (sorted by name).")
-@click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted", help="sorted: index 0 = n01440764; devkit: index = ILSVRC2012_ID - 1.")
+@click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted", help="sorted: index 0 = n01440764; devkit: index = ILSVRC2012_ID - 1. A v2 split follows --out's labels.json.")
 @click.option("--force", is_flag=True, help="Redo splits that are already complete.")
 @click.option("--val-labels", type=click.Path(exists=True, dir_okay=False), default=None, help="Label a flat val from this file of '<name> <index or wnid>' lines (Caffe's val.txt; index in sorted-wnid order) instead of the ground truth.")
 @_friendly
