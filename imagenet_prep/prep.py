@@ -347,8 +347,8 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     fingerprints = {name: _fingerprint(cfg, source.splits[name], labels_sha, source.layout) for name in names}
     todo = _plan(cfg, out, names, fingerprints)
     write_labels_json(out, source.label_map)
-    return _pack_splits(cfg, out, names, todo, labels, fingerprints,
-                        {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {}) for n in names},
+    work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {}) for n in names}
+    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
                         top={"layout": source.layout, "config": asdict(cfg)})
 
 
@@ -364,10 +364,11 @@ def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -
                           "this run; use a new --out folder, or --force to redo the splits")
     stale = [s for s in held if s not in names]
     if stale:
-        fix = "add --split all, or remove it first" if set(stale) <= {"train", "val"} else \
-            f"remove {' and '.join(s for s in stale if s not in ('train', 'val'))} first (prep it again afterwards)"
+        tests = [s for s in stale if s in v2.SPLITS]  # labelled through labels.json: redone after the new map
+        fix = (["add --split all, or remove it first"] if len(tests) < len(stale) else []) + \
+            ([f"remove {' and '.join(tests)} first (and prep it again afterwards)"] if tests else [])
         raise ImgnetError(f"--force with a new label map would leave {' and '.join(stale)} in {out} packed with "
-                          f"the old one; {fix}")
+                          f"the old one; {'; '.join(fix)}")
 
 
 def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:

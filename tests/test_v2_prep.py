@@ -158,7 +158,8 @@ def test_relabelled_data_refuses_to_leave_a_v2_split_stale(tmp_path, shared_data
     data = make_data(tmp_path, shared_data)
     run_prep(PrepConfig(src=str(make_v2(tmp_path / "v2", shared_data, filled[:1], per_folder=1)), out=str(data),
                         split="v2", workers=1))
-    with pytest.raises(ImgnetError, match="would leave v2-matched-frequency in .* packed with the old one"):
+    with pytest.raises(ImgnetError, match="would leave v2-matched-frequency in .* packed with the old one; "
+                                          "remove v2-matched-frequency first"):
         run_prep(PrepConfig(src=str(tmp_path / "ilsvrc"), out=str(data), split="val", workers=1,
                             label_order="devkit", force=True))
 
