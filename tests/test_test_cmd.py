@@ -348,3 +348,27 @@ def test_cli_prints_one_table_and_one_json_line(oracle_data, tmp_path):
     assert len(sub.read_text().splitlines()) == len(NUMBERS)
     bad = cli("test", "--data", w["data"], "--ckpt", w["ckpt"], "--device", "cpu", "--views", "center", "--ten-crop")
     assert bad.exit_code == 2 and "--ten-crop asks for the ten-crop view" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------- training
+def test_training_validation_on_the_2012_val_logs_real_as_imgnet_test_reports_it(tmp_path):
+    from imagenet_prep.stats import compute_stats
+    from trainer.train import TrainConfig, train
+
+    labels = build_label_map([c["wnid"] for c in load_class_meta().classes]).to_json()
+    rng = np.random.default_rng(5)
+    img = lambda: rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # noqa: E731
+    data = tmp_path / "data"
+    write_split(data, "train", [(img(), int(c), f"{labels['classes'][c]['wnid']}_{j}.JPEG")
+                                for j, c in enumerate(rng.integers(0, 1000, 8))], labels_json=labels)
+    write_split(data, "val", [(img(), wnid_labels(labels, n), val(n)) for n in NUMBERS], labels_json=labels)
+    compute_stats(data, workers=1, progress=False)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), out=str(run), epochs=1, batch_size=4, workers=0, device="cpu", progress=False,
+                      arch="tiny_arch:make", bias_init="caffe"))
+    (row,) = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    r = run_test(data, run / "checkpoints" / "best.pt", workers=0, device="cpu", progress=False,
+                 arch="tiny_arch:make", batch_size=3)
+    assert row["val_real_n"] == r["real_n"] == sum(bool(real_reference(labels, n)) for n in NUMBERS)
+    for k in ("top1_err", "top5_err", "real_top1_err", "real_top5_err"):
+        assert row[f"val_{k}"] == pytest.approx(r[k]), k
