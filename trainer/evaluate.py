@@ -10,6 +10,16 @@ For the training loop (per-epoch validation):
 Every metric is defined once, in METRICS, as a sum over images: training validation (log.jsonl as
 val_<name>), the per-epoch log and the `imgnet test` JSON all take whatever METRICS holds.
 
+Beyond the 2012 labels (trainer/labelsets.py): an evaluation Loader delivers the records in split order,
+so each batch's split indices are known before it arrives (`Scored.index`). With label sets,
+
+    sets = label_sets(split.names, labels_json, exclude_blacklist=True)
+    m = evaluate(model, loader, label_sets=sets)   # blacklisted records count nowhere, not even in n
+    m["real_top1_err"], m["real_top5_err"], m["real_n"]   # on the ILSVRC2012 val (REAL_FIGURES)
+
+and with a ten-view loader `center_of_ten=True` adds m["center"], the center crop's figures from the same
+batches. The sums stay on the device: the per-record arrays are copied there once and sliced by position.
+
 `evaluate` puts the model in eval mode and restores its previous mode; it runs under
 torch.inference_mode (and bf16 autocast on CUDA). With a views="ten" loader (rows 10*i..10*i+9 are image
 i) it averages the softmax of the ten views, section 4.1 of the paper; the view count is read from the
