@@ -301,10 +301,9 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
     train=False): records it leaves out (blacklisted) count in no figure and not in n, and on the ILSVRC2012
     val the ReaL figures join (REAL_FIGURES). `center_of_ten` (a views="ten" loader): also "center", the
     same result for the plain center crop alone (`center_view`) from the same batches, equal bit for bit to
-    a center-crop run's (`_center_logp`). With
-    return_predictions also "y" (int64 (N,)), "top5" (int64 (N, min(5, C)), best first), "counted" (bool
-    (N,)) and, where known, "index" (split indices) for every delivered record, in loader order. `device`
-    defaults to the model's."""
+    a center-crop run's (`_center_logp`). With return_predictions also "y" (int64 (N,)), "top5" (int64
+    (N, min(5, C)), best first), "counted" (bool (N,)) and, where known, "index" (split indices) for every
+    delivered record, in loader order. `device` defaults to the model's."""
     from tqdm import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -479,8 +478,8 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
              progress: bool = True, amp: str = "off", arch: str | None = None, views=None,
              exclude_blacklist: bool = False) -> dict:
     """`imgnet test`: evaluate a checkpoint on a whole packed split in each of `views` (`parse_views`; with
-    center and ten-crop, one ten-view pass gives both: the center figures are those of its center view,
-    `center_view`). On the ILSVRC2012 val, or any subset of its images, the ReaL figures come too; elsewhere
+    center and ten-crop, one ten-view pass gives both: the center figures come from its center crops,
+    `center_view`, scored as a center run scores them). On the ILSVRC2012 val, or any subset of its images, the ReaL figures come too; elsewhere
     `real_reason` says why not. `exclude_blacklist` leaves the 2015 blacklist's images out of every figure
     (ImgnetError where the split is not ILSVRC2012 val images). Writes one JSON per view beside the
     checkpoint (`report_name`) and, when asked, the devkit submission file, made with the last view asked
