@@ -171,35 +171,48 @@ def train(data, out, compile_, **options):
 @main.command("test")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
-@click.option("--ten-crop", is_flag=True, help="Average the softmax of the four corner and center 224 crops and their mirror images (section 4.1) [default: center crop].")
-@click.option("--split", default="val", help="Packed split to evaluate; it must be labelled.")
+@click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
+@click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center 224 crops and their mirror images (section 4.1).")
+@click.option("--split", default="val", help="Packed split to evaluate (val, v2-matched-frequency, ...); it must be labelled.")
+@click.option("--exclude-blacklist", is_flag=True, help="Leave the 1,762 val images of the ILSVRC2015 blacklist out of every figure [default: all 50,000 count, as classification scoring does].")
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
-@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order).")
+@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop.")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, ten_crop, split, batch_size, workers, device, submission, amp, arch):
-    """Top-1/top-5 error of a checkpoint on a whole split; writes test-center.json or test-ten-crop.json beside it."""
-    from trainer.evaluate import METRICS, run_test
+def test_cmd(data, ckpt, views, ten_crop, split, exclude_blacklist, batch_size, workers, device, submission, amp, arch):
+    """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
+    writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
+    from trainer.evaluate import METRICS, REAL_FIGURES, run_test
+    from trainer.labelsets import figure_table
 
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp, arch=arch)
-    sev = r["mistake_severity"]
-    click.echo(f"{r['split']}: {r['n']:,} images, {r['view']}, {r['device']}, {r['images_per_s']:.0f} images/s")
-    click.echo(f"  top-1 error       {r['top1_err']:.4f}")
-    click.echo(f"  top-5 error       {r['top5_err']:.4f}")
-    click.echo(f"  loss              {r['loss']:.4f}")
-    click.echo("  mistake severity  " + (f"{sev:.3f} WordNet levels over {r['severity_n']:,} top-1 mistakes"
-                                          if sev is not None else "n/a (no WordNet hierarchy for these classes)"))
+                 device=device, submission=submission, amp=amp, arch=arch, views=views,
+                 exclude_blacklist=exclude_blacklist)
+    by_view = r["by_view"]
+    how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
+    click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")
+    click.echo(figure_table(by_view, r))
+    for view, v in by_view.items():
+        sev = v["mistake_severity"]
+        click.echo(f"{view}: loss {v['loss']:.4f}, mistake severity " +
+                   (f"{sev:.3f} WordNet levels over {v['severity_n']:,} top-1 mistakes" if sev is not None
+                    else "n/a (no WordNet hierarchy for these classes)"))
     for c in r["confusions"][:3]:
-        click.echo(f"  confused {c['count']:>5}x  {c['true_words']} -> {c['pred_words']}")
-    click.echo(f"wrote {r['report_path']}")
+        click.echo(f"  confused {c['count']:>5}x  {c['true_words']} -> {c['pred_words']}  ({r['view']})")
+    for v in by_view.values():
+        click.echo(f"wrote {v['report_path']}")
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
-        click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines{note})")
-    click.echo(json.dumps({k: r[k] for k in ("split", "view", "n", *METRICS, "mistake_severity")}))
+        click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines, {r['submission_view']}{note})")
+    keys = ("split", "view", "n", *METRICS, *REAL_FIGURES, "real_reason", "excluded", "mistake_severity")
+    keys = [k for k in keys if k in r and (k, r[k]) != ("real_reason", None) and (k != "excluded" or r["exclude_blacklist"])]
+    line = {k: r[k] for k in keys}
+    if len(by_view) > 1:
+        line["by_view"] = {view: {k: v[k] for k in keys} for view, v in by_view.items()}
+    click.echo(json.dumps(line))
 
 
 # ------------------------------------------------------------------------------------- predict

@@ -156,3 +156,15 @@ def test_bad_run_folders(tmp_path, runs):
     assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("error: ")
     with pytest.raises(ImgnetError, match="no runs"):
         compare_runs([])
+
+
+def test_a_report_without_the_blacklist_gets_its_own_columns(tmp_path):
+    cfg = {**settings(), "model_kwargs": {"num_classes": 1000}, "environment": env()}
+    full = {"split": "val", "view": "center", "n": 50000, "top1_err": 0.44, "top5_err": 0.21, "exclude_blacklist": False}
+    base = write_run(tmp_path / "base", cfg, [epoch(1, 0.5, 0.3)], {"test-center.json": full})
+    excl = {**full, "n": 48238, "top1_err": 0.43, "exclude_blacklist": True, "excluded": 1762}
+    other = write_run(tmp_path / "other", cfg, [epoch(1, 0.5, 0.3)], {"test-center.json": excl})
+    r = compare_runs([base, other])
+    assert "val/center/top1_err" in r["runs"][0]["figures"] and "val/center/top1_err" not in r["runs"][1]["figures"]
+    assert r["runs"][1]["figures"]["val-no-blacklist/center/top1_err"] == 0.43
+    assert "val-no-blacklist center top-1" in format_table(r)

@@ -309,17 +309,28 @@ def _seed_process(seed: int, rank: int) -> None:
     random.seed(int(s[1]))
 
 
-def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off") -> dict:
+def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None) -> dict:
     """{metric name: mean over the val images of all processes} for every metric of trainer.evaluate.METRICS,
-    and "n"."""
-    from trainer.evaluate import METRICS, evaluate, metric_means
+    and "n"; with `sets` (`_val_label_sets`) the ReaL figures too (trainer.evaluate.REAL_FIGURES)."""
+    from trainer.evaluate import METRICS, REAL_FIGURES, evaluate, figures
 
+    keys = list(METRICS) + (list(REAL_FIGURES) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
-    m = evaluate(model, loader, amp=amp) if len(loader) else {"sums": dict.fromkeys(METRICS, 0.0), "n": 0}
-    *sums, n = _all_sum([m["sums"][k] for k in METRICS] + [m["n"]], d, device)
+    m = evaluate(model, loader, amp=amp, label_sets=sets) if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
+    *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
     if n == 0:
         raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
-    return {**metric_means(dict(zip(METRICS, sums)), n), "n": int(n)}
+    return {**figures(dict(zip(keys, sums)), n), "n": int(n)}
+
+
+def _val_label_sets(data: dict):
+    """The val split's label sets where it is the ILSVRC2012 val (ReaL in log.jsonl as val_real_*), else None."""
+    from trainer.labelsets import label_sets
+
+    if data["val_source"] != "val":
+        return None
+    sets = label_sets(data["val"].names, data["labels"])
+    return sets if sets.real is not None else None
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -358,6 +369,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
     net, eval_net = _wrap(model, cfg, device, d)
+    val_sets = _val_label_sets(data)
     fixed = {"arch": cfg.arch, "model_kwargs": model_kwargs, "config": asdict(cfg), "labels": data["labels"],
              "stats": _checkpoint_stats(data["stats"])}
 
@@ -389,7 +401,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
                                 "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
                 _stopped(save(ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(train_loader)}")
             t_train = time.perf_counter() - t0
-            val = _validate(eval_net, val_loader, d, device, cfg.amp)
+            val = _validate(eval_net, val_loader, d, device, cfg.amp, val_sets)
             metrics = _end_epoch(state, epoch, lr, totals, val, d, device, t0, t_train, train_loader, data)
             if note:
                 metrics["note"], note = note, None
