@@ -136,13 +136,20 @@ def list_zip(path: Path, junk) -> dict[str, tuple[list[str] | None, list[tuple],
             reason = f"compressed with zip method {method}; expected stored (0) or deflate (8)"
         classes, entries, skipped = parts[split]
         if reason:
-            skipped.append({"name": rel, "reason": reason})
+            skipped.append({"name": f"{p}:{name}", "reason": reason})
             continue
         if split == "train":
             classes.add(cls)
         entries.append((inner if split == "train" else rel, cls, p, offset, csize, method, crc))
     classes, entries, skipped = parts["train"]
     return {**parts, "train": (sorted(classes), entries, skipped)}
+
+
+def member_of(split: str):
+    """Entry -> `<zip>:<member>` for the images of `split` (sources.Source.locate)."""
+    def locate(e: tuple) -> str:
+        return f"{e[2]}:{CLS_LOC}{split}/{e[1] + '/' if split == 'train' else ''}{e[0]}"
+    return locate
 
 
 def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int) -> bytes:

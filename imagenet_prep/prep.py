@@ -9,6 +9,7 @@ with exactly the content of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -187,11 +188,11 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
         for item, (data, reason, entry) in zip(todo, results):
             consumed += 1
             if data is None:
-                rejected.append({"name": item.name, "reason": reason})
+                rejected.append({"name": item.name, "reason": reason, "index": consumed - 1})
             else:
                 records.append((data, item.label, item.name))
                 if entry:
-                    converted.append(entry)
+                    converted.append({**entry, "index": consumed - 1})
             if consumed - writer.consumed >= COMMIT_EVERY:
                 clock.commit(writer, records, consumed, rejected, converted)
                 records, rejected, converted = [], [], []
@@ -251,7 +252,7 @@ def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
 
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
-                workers: int, differs=()) -> dict:
+                workers: int, differs=(), locate=None) -> dict:
     from imagenet_prep import hf, unordered
 
     final, work = _paths(out, name, cfg.format)
@@ -269,8 +270,9 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
                 _pack(items, writer, cfg, workers, name, clock)
             seconds = clock.seconds()
             report = {"found": len(items) + len(skipped), "written": writer.written,
-                      "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
-                      "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
+                      "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"], items, locate),
+                      "converted": unordered.in_order(writer.progress["converted"], items, locate),
+                      "bytes_differ": list(differs),
                       "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
                       "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0}
             if writer.written == 0:
@@ -294,7 +296,12 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
 
 def run_prep(cfg: PrepConfig) -> dict:
     """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
-    prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}})."""
+    prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}}).
+
+    `rejected` (files skipped at listing and images whose content was refused), `converted` and `bytes_differ`
+    name each file in one form, where it is in the source (sources.Source.locate): its path relative to --src
+    (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
+    at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG)."""
     for field, allowed in (("split", ("train", "val", "all")), ("format", ("lmdb", "hdf5")),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
@@ -396,7 +403,8 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
             report["splits"][name] = complete[name].get("report", report["splits"].get(name, {}))
     for name in todo:
         report["splits"][name] = _prep_split(name, source.splits[name], source.skipped.get(name, []), cfg, out,
-                                             labels, fingerprints[name], workers, source.differs.get(name, []))
+                                             labels, fingerprints[name], workers, source.differs.get(name, []),
+                                             functools.partial(source.locate, name))
         report["config"] = asdict(cfg)
         write_json(report_path, report)
     write_json(report_path, report)

@@ -52,11 +52,15 @@ def _commit(writer: store.LmdbWriter, results: list, units: dict, clock) -> None
     writer.commit_at(records, len(results), units, rejected, converted)
 
 
-def in_order(entries: list[dict]) -> list[dict]:
-    """Report entries in record order, as an in-order run lists them (out-of-order ones carry their index)."""
-    if not any("index" in e for e in entries):
-        return list(entries)
-    return [{k: v for k, v in e.items() if k != "index"} for e in sorted(entries, key=lambda e: e.get("index", -1))]
+def in_order(entries: list[dict], items=None, locate=None) -> list[dict]:
+    """Report entries in record order (each carries its item's index), each named where its file is in the
+    source, `locate(items[index])` (sources.Source.locate), when `locate` is given."""
+    def named(e: dict) -> dict:
+        out = {k: v for k, v in e.items() if k != "index"}
+        if locate is not None and "index" in e:
+            out["name"] = locate(items[e["index"]])
+        return out
+    return [named(e) for e in sorted(entries, key=lambda e: e.get("index", -1))]
 
 
 def _check_name(got: str | None, want: str, where: str) -> None:

@@ -349,10 +349,11 @@ def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
     (cls / "Thumbs.db").write_bytes(b"x")
     os.mkfifo(cls / "pipe")
     found = discover(src)
-    skipped = {d["name"]: d["reason"] for d in found.skipped["train"]}
-    assert "loop" in skipped[f"{W1}/self"] and "broken" in skipped[f"{W1}/gone.JPEG"]
-    assert "loop" in skipped[f"{W1}/sub/back/"] and skipped[f"{W1}/Thumbs.db"] == "system file"
-    assert "not a regular file" in skipped[f"{W1}/pipe"]
+    skipped = {d["name"]: d["reason"] for d in found.skipped["train"]}  # named by their path in SRC
+    at = f"train/{W1}"
+    assert "loop" in skipped[f"{at}/self"] and "broken" in skipped[f"{at}/gone.JPEG"]
+    assert "loop" in skipped[f"{at}/sub/back/"] and skipped[f"{at}/Thumbs.db"] == "system file"
+    assert "not a regular file" in skipped[f"{at}/pipe"]
     assert [i.name for i in found.splits["train"]] == [f"{W1}_0.JPEG", f"{W2}_0.JPEG"]
 
 

@@ -102,9 +102,11 @@ def test_a_member_failing_its_crc_is_a_reported_skip(shared_data, images, tmp_pa
     _corrupt_member(path, f"ILSVRC/Data/CLS-LOC/val/{val[2][0]}", at=40)  # inside the deflate stream
     report = _prep(tmp_path / "kaggle", tmp_path / "out")
     rejected = {r["name"]: r["reason"] for s in ("train", "val") for r in report["splits"][s]["rejected"]}
-    assert set(rejected) == {stored_name, val[2][0]}
-    assert "fails its CRC-32 check" in rejected[stored_name]
-    assert "re-download" in rejected[val[2][0]]  # an inflate error or a CRC failure, whichever the flip causes
+    zipped = f"{kaggle_zip.ZIP_NAME}:{kaggle_zip.CLS_LOC}"  # named by the zip and the member's name in it
+    bad_train, bad_val = f"{zipped}train/{train[1][0]}/{stored_name}", f"{zipped}val/{val[2][0]}"
+    assert set(rejected) == {bad_train, bad_val}
+    assert "fails its CRC-32 check" in rejected[bad_train]
+    assert "re-download" in rejected[bad_val]  # an inflate error or a CRC failure, whichever the flip causes
     assert report["splits"]["train"]["written"] == len(train) - 1 and report["splits"]["val"]["written"] == len(val) - 1
 
 
