@@ -26,6 +26,7 @@ _EOCD, _Z64_LOCATOR, _Z64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 _CENTRAL, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
 _CENTRAL_FMT = struct.Struct("<4s6H3L5H2L")  # 46 bytes: sig, versions, flags, method, time, date, crc, sizes, ...
 _CHUNK = 1 << 24                              # bytes of central directory parsed at a time
+MAX_MEMBER_BYTES = 2 << 30  # inflated: a BMP at twice Pillow's pixel limit is ~1 GB; the label files ~10 MB
 _LOCAL_SLACK = 1024                           # local name + extra fields read along with the data (one read)
 
 
@@ -173,7 +174,11 @@ def read_member(path: str, name: str, offset: int, size: int, method: int, crc: 
     if method == DEFLATED:
         try:
             d = zlib.decompressobj(-15)
-            data = d.decompress(data) + d.flush()
+            data = d.decompress(data, MAX_MEMBER_BYTES)  # bounded: a crafted member could inflate without end
+            if d.unconsumed_tail:
+                raise BadImage(f"zip member inflates to more than {MAX_MEMBER_BYTES:,} bytes; expected an image "
+                               "(a damaged or crafted zip)")
+            data += d.flush()
         except zlib.error as e:
             raise BadImage(f"zip member cannot be inflated ({e}); the zip is damaged there, re-download it") from e
     got = zlib.crc32(data)

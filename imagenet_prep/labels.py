@@ -310,9 +310,13 @@ def load_val_ground_truth() -> list[str]:
 def read_val_labels(path: str | os.PathLike, wnids: list[str]) -> dict[str, str]:
     """A `--val-labels` file: lines `<name> <index or wnid>` (Caffe's val.txt shape); an index is the position
     in the sorted list `wnids`, whatever the label order. Returns {name: wnid}; blank and # lines are skipped."""
+    from imagenet_prep.atomic import read_bounded
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # bounded: a link to /dev/zero or a FIFO is an error, not a hang
+        text = read_bounded(path, MAX_LABELS_JSON_BYTES, "a --val-labels text file").decode("utf-8")
+    except ImgnetError as e:
+        raise ImgnetError(f"--val-labels {e}; expected lines '<name> <index or wnid>' such as Caffe's val.txt") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ImgnetError(f"--val-labels {path} is not a readable text file ({e}); expected lines "
                           "'<name> <index or wnid>' such as Caffe's val.txt") from e

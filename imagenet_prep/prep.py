@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from imagenet_prep import store
-from imagenet_prep.atomic import write_json
+from imagenet_prep.atomic import read_json, write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
 from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
@@ -393,9 +392,11 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     write_labels_json(out, source.label_map)
 
     report_path = out / REPORT
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError):  # none yet, or torn by a crash: each split's meta keeps its own report
+    try:  # bounded: a link to /dev/zero, a huge or deeply nested file is only replaced
+        report = read_json(report_path, store.MAX_META_BYTES, f"the {REPORT} that `imgnet prep` writes")
+    except (OSError, ImgnetError):  # none yet, or torn by a crash: each split's meta keeps its own report
+        report = {}
+    if not isinstance(report, dict) or not isinstance(report.get("splits"), dict):  # edited: rebuilt from the metas
         report = {"splits": {}}
     report["layout"] = source.layout
     for name in names:

@@ -59,6 +59,7 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+MAX_SMALL_FILE_BYTES = 256 << 20  # labels, devkit and its contents: LOC_val_solution.csv is the largest, ~10 MB
 LISTING_VERSION = 4  # of the cached listings (4: skipped files named where they are, Source.locate); a new value makes every older cache file unused
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
@@ -583,9 +584,10 @@ def _find_devkit(src: Path) -> _Devkit | None:
     others = sorted(p for p in src.iterdir() if p.is_dir() and p not in named and not p.name.startswith("."))
     for d in [*named, *others, src]:
         if (d / META).is_file():
-            return _Devkit(str(d), lambda rel, d=d: (d / rel).read_bytes() if (d / rel).is_file() else None)
+            return _Devkit(str(d), lambda rel, d=d: _reader(d / rel, f"the devkit's {rel}")()
+                           if (d / rel).exists() else None)
     tgz = src / DEVKIT_TGZ
-    if tgz.is_file():
+    if tgz.exists():
         return _Devkit(str(tgz), _read_devkit_tgz(tgz).get)
     return None
 
@@ -595,7 +597,7 @@ def _read_devkit_tgz(tgz: Path) -> dict[str, bytes]:
     that its CRC and length are checked (a flipped bit is an error), and the tar must end with its end blocks."""
     wanted, found = (META, GROUND_TRUTH), {}
     try:
-        raw = gzip.decompress(tgz.read_bytes())
+        raw = _gunzip(_reader(tgz, "the ILSVRC2012 devkit (2.5 MB)")(), MAX_SMALL_FILE_BYTES, str(tgz))
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
             for m in tf:
                 rel = next((w for w in wanted if m.name == w or m.name.endswith("/" + w)), None)
@@ -611,6 +613,36 @@ def _read_devkit_tgz(tgz: Path) -> dict[str, bytes]:
         raise ImgnetError(f"{tgz}: not a readable .tar.gz ({type(e).__name__}: {e}); expected the official "
                           "ILSVRC2012 devkit (re-download it)") from e
     return found
+
+
+def _reader(path: Path, what: str) -> Callable[[], bytes]:
+    """() -> the bytes of a small file of SRC (labels, devkit), read bounded: a link to /dev/zero or a FIFO, or a
+    file over MAX_SMALL_FILE_BYTES, is a one-line error instead of a hang or a MemoryError."""
+    from imagenet_prep.atomic import read_bounded
+
+    def read() -> bytes:
+        try:
+            return read_bounded(path, MAX_SMALL_FILE_BYTES, what)
+        except FileNotFoundError as e:
+            raise os_failure(str(path), e) from e
+    return read
+
+
+def _gunzip(data: bytes, limit: int, where: str) -> bytes:
+    """Every member of a gzip file inflated, each checked against its CRC-32 and length (zlib checks the trailer),
+    refused when they inflate past `limit` (a crafted file); zero padding after the last member is allowed."""
+    out = b""
+    while data.strip(b"\0"):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += d.decompress(data, limit + 1 - len(out))
+        if d.unconsumed_tail or len(out) > limit:
+            raise ImgnetError(f"{where} inflates to more than {limit:,} bytes; expected the ILSVRC2012 devkit "
+                              "(about 15 MB)")
+        out += d.flush()
+        if not d.eof:
+            raise EOFError("the gzip stream ends early")
+        data = d.unused_data
+    return out
 
 
 class _Truth:
@@ -813,7 +845,8 @@ def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split], dict]:
 
     if (found := hf.detect(src, cache_dir)) is not None:
         return (*found, {})
-    files = {n: (str(src / n), (src / n).read_bytes) for n in (KAGGLE_SYNSETS, KAGGLE_VAL) if (src / n).is_file()}
+    files = {n: (str(src / n), _reader(src / n, f"Kaggle's {n}")) for n in (KAGGLE_SYNSETS, KAGGLE_VAL)
+             if (src / n).exists()}
     kaggle = src / KAGGLE_ROOT
     if kaggle.is_dir():
         return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}, files

@@ -249,12 +249,12 @@ class LmdbWriter:
         with self.env.begin() as txn:
             raw = txn.get(_PROGRESS)
             meta = txn.get(_META)
-        self.complete = bool(meta and json.loads(meta).get("complete"))
+        self.complete = bool(meta and _parse_meta(meta, self.path).get("complete"))
         if raw is None:
             self.progress = {"fingerprint": fingerprint, "consumed": 0, "written": 0,
                              "rejected": [], "converted": [], "format_version": FORMAT_VERSION}
         else:
-            self.progress = parse_json(bytes(raw), f"the progress record of {self.path}", MAX_META_BYTES)
+            self.progress = _parse_progress(raw, self.path, expected_images)
             if self.progress.get("format_version") != FORMAT_VERSION:  # version 1 records carry no checksum
                 raise ImgnetError(
                     f"{self.path} holds an unfinished run written in store format version "
@@ -266,6 +266,18 @@ class LmdbWriter:
                 raise ImgnetError(
                     f"{self.path} holds an unfinished run with different settings ({', '.join(diff)}); "
                     "rerun with the same arguments to finish it, or pass --force to start over")
+            self._check_count(meta)
+
+    def _check_count(self, meta) -> None:
+        """The records on disk must be the `written` of the progress record (an edited or mixed-up record
+        would resume at the wrong image or leave holes in the split)."""
+        keys = {_PROGRESS} | ({_META, _LABELS, _NAMES} if meta else set())
+        with self.env.begin() as txn:
+            special = sum(txn.get(k) is not None for k in keys)
+        held = (self.env.stat()["entries"] - special) / 2  # two keys per record: img/ and rec/
+        if held != self.progress["written"]:
+            raise ImgnetError(f"{self.path}: the progress record says {self.progress['written']} images written but "
+                              f"the split holds {held:g}; pass --force to start it over")
 
     @property
     def meta(self) -> dict:
@@ -566,7 +578,24 @@ def progress_of(path: Path) -> int:
             raw = txn.get(_PROGRESS)
     finally:
         _close_env(path)  # a writer opens it next
-    return parse_json(raw, f"the progress record of {path}", MAX_META_BYTES)["consumed"] if raw else 0
+    return _parse_progress(raw, path)["consumed"] if raw else 0
+
+
+def _parse_progress(raw, path, expected: int | None = None) -> dict:
+    """The __progress__ record, checked: counts that are not counts, or more than the `expected` items of the
+    split, are a one-line error (an edited record), never a traceback or a resume at the wrong image."""
+    progress = parse_json(bytes(raw), f"the progress record of {path}", MAX_META_BYTES)
+    ok = isinstance(progress, dict)
+    consumed, written = (progress.get("consumed"), progress.get("written")) if ok else (None, None)
+    ok = ok and type(consumed) is int and type(written) is int and 0 <= written <= consumed
+    ok = ok and (expected is None or consumed <= expected)
+    ok = ok and isinstance(progress.get("rejected"), list) and isinstance(progress.get("converted"), list)
+    ok = ok and isinstance(progress.get("units", {}), dict) and isinstance(progress.get("fingerprint", {}), dict)
+    if not ok:
+        raise ImgnetError(f"the progress record of {path} is damaged or edited (consumed {consumed!r}, written "
+                          f"{written!r}{f', of {expected} images' if expected is not None else ''}); pass --force "
+                          "to start the split over")
+    return progress
 
 
 @dataclass
@@ -803,10 +832,11 @@ def _open_lmdb(path: Path, readahead: bool) -> tuple[dict, np.ndarray, list]:
     return meta, labels, names
 
 
-def _check_regular(path: Path) -> None:
+def _check_regular(path: Path, what: str = "the HDF5 file `imgnet prep` writes") -> None:
+    """Before h5py opens `path`: a FIFO would block the open, a link to a device would be read as a file."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); expected "
-                          "the HDF5 file `imgnet prep` writes")
+                          f"{what}")
 
 
 def _dtype_name(ds) -> str:
@@ -907,7 +937,9 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
     records = list(records)
     lj_path = data_dir / "labels.json"
     if labels_json is None and lj_path.is_file():
-        labels_json = json.loads(lj_path.read_text())
+        from imagenet_prep.labels import read_labels_json
+
+        labels_json = read_labels_json(data_dir)
     if labels_json is None:
         n = num_classes or (max(r[1] for r in records) + 1 if records else 1)
         labels_json = {"order": "sorted", "classes": [
