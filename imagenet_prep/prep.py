@@ -35,7 +35,7 @@ REPORT = "prep-report.json"
 
 @dataclass
 class PrepConfig:
-    src: str                      # ILSVRC2012 download, any layout of DESIGN.md
+    src: str                      # ILSVRC2012 download, any layout of docs/design.md
     out: str                      # DATA folder
     split: str = "all"            # train | val | all
     format: str = "lmdb"          # lmdb | hdf5

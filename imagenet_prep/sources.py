@@ -1,6 +1,6 @@
 """Find the ILSVRC2012 source layout in SRC and list its images as `Item`s, without reading or extracting them.
 
-Layouts (DESIGN.md `imgnet prep`):
+Layouts (docs/design.md `imgnet prep`):
     archives     ILSVRC2012_img_train.tar (a tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat),
                  ILSVRC2012_devkit_t12.tar.gz (a split whose archive is absent may be an extracted folder)
     extracted    train/<wnid>/*.JPEG; val/ flat or val/<wnid>/

@@ -74,7 +74,7 @@ def sample_indices(n_total: int, sample: int | None) -> np.ndarray:
 
 
 def finalize(s1: np.ndarray, s2: np.ndarray, simg: np.ndarray, n_images: int) -> dict:
-    """Exact sums -> the statistics of DESIGN.md ([0, 1] scale; mean_image on the 0-255 scale)."""
+    """Exact sums -> the statistics of docs/design.md ([0, 1] scale; mean_image on the 0-255 scale)."""
     n_pixels = n_images * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     mean = s1 / n_pixels / 255.0
     cov = s2 / n_pixels / 255.0**2 - np.outer(mean, mean)  # population covariance, ddof 0
