@@ -100,7 +100,9 @@ def central_directory(path: Path):
                                   "complete zip (re-download it)")
             raw = buf[i + 46:i + 46 + nlen]
             if b"Data/CLS-LOC/" in raw or raw.endswith(b".txt") or raw.endswith(b".csv"):
-                name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+                # bytes that are not UTF-8 under the UTF-8 flag keep themselves (surrogate escapes, as
+                # os.listdir and tarfile give them): the store writes such a name back as its bytes
+                name = raw.decode("utf-8", "surrogateescape") if flags & 0x800 else raw.decode("cp437")
                 if 0xFFFFFFFF in (csize, usize, offset):
                     csize, offset = _zip64(buf[i + 46 + nlen:i + 46 + nlen + elen], usize, csize, offset)
                 yield name, offset, csize, method, crc, flags
