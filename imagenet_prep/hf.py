@@ -239,9 +239,12 @@ def _unreadable(path: Path, e: Exception) -> ImgnetError:
 
 def stream_targz(path: Path, want=None):
     """Yield (position, member name, bytes) over the shard, reading it once; bytes only for the positions
-    in `want` (default all) that are regular files, else None."""
+    in `want` (default all) that are regular files and at most sources.MAX_IMAGE_BYTES, else None (a larger
+    member, from a crafted shard, would only exhaust the memory)."""
+    from imagenet_prep.sources import MAX_IMAGE_BYTES
+
     for pos, m, tf in _stream(path):
-        read = m.isreg() and (want is None or pos in want)
+        read = m.isreg() and (want is None or pos in want) and m.size <= MAX_IMAGE_BYTES
         yield pos, m.name, (tf.extractfile(m).read() if read else None)
 
 

@@ -160,6 +160,9 @@ def read_member(path: str, name: str, offset: int, size: int, method: int, crc: 
     inflate or fail their CRC-32 (a damaged download: reported as a skipped image, with the reason)."""
     from imagenet_prep.resize import BadImage
 
+    if size > MAX_MEMBER_BYTES:  # a crafted central directory entry: reading it would exhaust the memory
+        raise BadImage(f"zip member is {size:,} bytes compressed, over the {MAX_MEMBER_BYTES:,} of the largest "
+                       "image the toolkit reads")
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
         head = f.read(30 + _LOCAL_SLACK + size)

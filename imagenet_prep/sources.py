@@ -59,6 +59,9 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+# the largest source image read: a 179-megapixel (twice Pillow's limit) 16-bit RGBA TIFF is ~1.4 GB; a zip
+# member inflates to at most kaggle_zip.MAX_MEMBER_BYTES, the same bound
+MAX_IMAGE_BYTES = 2 << 30
 MAX_SMALL_FILE_BYTES = 256 << 20  # labels, devkit and its contents: LOC_val_solution.csv is the largest, ~10 MB
 LISTING_VERSION = 4  # of the cached listings (4: skipped files named where they are, Source.locate); a new value makes every older cache file unused
 
@@ -107,15 +110,29 @@ def read_failure(path: str, name: str, e: OSError) -> ImgnetError:
                       "and rerun the same command to continue")
 
 
+def too_large(size: int):
+    """BadImage for source bytes over MAX_IMAGE_BYTES: a content rejection, decided before anything is read."""
+    from imagenet_prep.resize import BadImage
+
+    return BadImage(f"{size:,} bytes, over the {MAX_IMAGE_BYTES:,} of the largest image the toolkit reads "
+                    "(twice Pillow's pixel limit, uncompressed)")
+
+
 def read_item(item: Item) -> bytes:
-    """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range)."""
+    """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range). BadImage
+    (a rejection) for a file or member over MAX_IMAGE_BYTES, which would only exhaust the memory."""
     if item.method >= 0:
         from imagenet_prep.kaggle_zip import read_member
 
         return read_member(item.path, item.name, item.offset, item.size, item.method, item.crc)
+    if item.size > MAX_IMAGE_BYTES:
+        raise too_large(item.size)
     with open(item.path, "rb", buffering=0) as f:
         if item.size < 0:
-            return f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise too_large(size)
+            return f.read(MAX_IMAGE_BYTES + 1)
         f.seek(item.offset)
         data = f.read(item.size)
     if len(data) != item.size:
@@ -232,6 +249,8 @@ def _tar_files(tf: tarfile.TarFile, where: str, limit: int, at: str | None = Non
             if m.isdir():
                 continue
             reason = _junk(base, False) if m.isreg() else "not a regular file in the tar"
+            if m.issparse():  # its stored bytes are not its content: it cannot be read in place by byte range
+                reason = "a sparse member (GNU tar -S), which is not read in place; re-create the tar without -S"
             if reason:
                 skipped.append(_skip(f"{at}:{m.name}", reason))
             elif m.offset_data + m.size > limit:

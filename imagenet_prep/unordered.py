@@ -106,7 +106,13 @@ def _pack_parquet(units, writer: store.LmdbWriter, cfg, workers: int, bar, clock
 
 # ------------------------------------------------------------------------------------ tar.gz
 def _decode(task):
+    """Worker: one tar.gz member's bytes -> its result; None bytes: a member over sources.MAX_IMAGE_BYTES."""
+    from imagenet_prep.sources import MAX_IMAGE_BYTES
+
     pos, index, name, label, data = task
+    if data is None:
+        return pos, (index, name, label, (None, f"over the {MAX_IMAGE_BYTES:,} bytes of the largest image the "
+                                                "toolkit reads", None))
     return pos, (index, name, label, prep.process_bytes(data, name))
 
 
