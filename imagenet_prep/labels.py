@@ -96,8 +96,12 @@ def parse_meta_mat(src: str | os.PathLike | bytes | BinaryIO, origin: str | None
 
 def _read_meta_mat(task: tuple[bytes, str]) -> tuple[list[dict], dict[str, set[str]]]:
     """Worker: (synsets sorted by ILSVRC2012_ID, {wnid: parent wnids}) of a meta.mat's bytes."""
+    import faulthandler
+
     import numpy as np
     import scipy.io
+
+    faulthandler.disable()  # a crash here is reported in one line by the parent, not by a dump of this process
 
     data, origin = task
     try:

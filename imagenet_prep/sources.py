@@ -393,6 +393,14 @@ def check_class_names(classes, where: str) -> None:
         raise ImgnetError(f"{where}: class {odd[0]!r} looks like a wnid but is not one (other case or a suffix: a "
                           f"copy?){f' and {len(odd) - 1} more' if len(odd) > 1 else ''}; expected n + 8 digits "
                           "(e.g. n01440764): rename or remove it")
+    # mostly wnids: an ILSVRC layout, where any other class folder ("tmp", a typo "n0144076", "Backup", which
+    # sorts first and would shift every index) would be an extra class and a silent switch to ImageFolder
+    others = sorted(c for c in classes if not is_wnid(c))
+    if others and 2 * (len(classes) - len(others)) > len(classes):
+        raise ImgnetError(f"{where}: class folder {others[0]!r} is not a wnid"
+                          f"{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}, beside "
+                          f"{len(classes) - len(others)} wnid class folders; expected only wnids (n + 8 digits) in an "
+                          "ILSVRC layout: move it out of the split folder (or tar)")
 
 
 def _train_tar_split(path: Path, cache_dir=None) -> _Split:

@@ -339,6 +339,25 @@ def test_wnid_like_folder_is_an_error_naming_it(tmp_path, odd, layout):
         discover(root)
 
 
+@pytest.mark.parametrize("other", ["Backup", "tmp", "n0144076"])
+@pytest.mark.parametrize("layout", ["extracted", "train-tar"])
+def test_another_folder_among_wnid_class_folders_is_an_error_naming_it(tmp_path, other, layout):
+    train = _train(1)
+    if layout == "extracted":
+        root = _extracted(tmp_path / "src", train)
+        (root / "train" / other).mkdir()
+        (root / "train" / other / "x.JPEG").write_bytes(_jpeg(5))
+    else:  # "Backup" would sort first and shift every class index by one
+        root = layouts.official(tmp_path / "src", [*train, (other, "x.JPEG", _jpeg(5))], [])
+        (root / "ILSVRC2012_img_val.tar").unlink()
+    with pytest.raises(ImgnetError, match=f"class folder '{other}' is not a wnid, beside 2 wnid class folders") as e:
+        discover(root)
+    assert "\n" not in str(e.value)
+    imagefolder = _extracted(tmp_path / "own", [("cat", "a.JPEG", _jpeg(1)), ("dog", "b.JPEG", _jpeg(2)),
+                                                 (W1, "c.JPEG", _jpeg(3))])
+    assert discover(imagefolder).label_map.names == ["cat", "dog", W1]  # mostly other names: an ImageFolder tree
+
+
 def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
     src = _extracted(tmp_path / "src", _train(1))
     cls = src / "train" / W1

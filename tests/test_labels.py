@@ -259,9 +259,11 @@ def test_shipped_data_files_reach_the_wheel(tmp_path):
 
 def _crash(task):
     """A MAT reader that dies by a signal, as scipy's does on some damaged files."""
+    import faulthandler
     import os
     import signal
 
+    faulthandler.disable()
     os.kill(os.getpid(), signal.SIGSEGV)
 
 

@@ -307,9 +307,13 @@ def test_extracted_train_with_flat_val(shared_data, tmp_path):
     assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == {
         k: v for k, v in caffe_val(shared_data).items() if int(k[15:23]) <= 10}
     assert discover(tmp_path, per_class=4).splits == src.splits  # deterministic
-    # class folders the devkit does not know cannot share its label map
+    # a class folder that is not a wnid among wnid folders: an error naming it, not an extra class
     (tmp_path / "train" / "cat").mkdir()
-    with pytest.raises(ImgnetError, match="class folders 'cat' are not among the 1000 classes of .*ground_truth"):
+    with pytest.raises(ImgnetError, match="class folder 'cat' is not a wnid, beside 10 wnid class folders"):
+        discover(tmp_path)
+    (tmp_path / "train" / "cat").rmdir()  # a wnid the ground truth does not know cannot share its label map
+    (tmp_path / "train" / "n99999999").mkdir()
+    with pytest.raises(ImgnetError, match="class folders 'n99999999' are not among the 1000 classes of .*ground_truth"):
         discover(tmp_path)
 
 
