@@ -196,15 +196,15 @@ def _stats_problem(stats) -> str | None:
 
 
 def _mean_image(path: Path, rerun: str) -> np.ndarray:
-    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store._dataset)."""
+    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store_hdf5.dataset)."""
     import h5py
 
-    from imagenet_prep.store import _check_regular, _dataset
+    from imagenet_prep.store_hdf5 import check_regular, dataset
 
     try:
-        _check_regular(path, "the stats.h5 that `imgnet pca-stats` writes")
+        check_regular(path, "the stats.h5 that `imgnet pca-stats` writes")
         with h5py.File(path, "r") as f:
-            mean = _dataset(f, "mean_image", path, "float32", IMAGE_SHAPE)[()]
+            mean = dataset(f, "mean_image", path, "float32", IMAGE_SHAPE)[()]
     except ImgnetError as e:
         raise ImgnetError(f"{e}; {rerun}") from None
     except (OSError, KeyError, ValueError, RuntimeError) as e:

@@ -26,6 +26,7 @@ and renamed into place; a kill during conversion just redoes the conversion):
     images  (N, 256, 256, 3) uint8, chunked one image per chunk (raw), or vlen uint8 JPEG bytes (jpeg)
     labels  (N,) int64; name_bytes: uint8, the names joined by NUL as in LMDB; crc32 (N,) uint32;
     attribute `meta`: the JSON metadata (version 1: `names` (N,) utf-8 strings, no crc32)
+The conversion and the checks made before an HDF5 file is read live in store_hdf5.py.
 """
 
 from __future__ import annotations
@@ -444,64 +445,6 @@ class LmdbWriter:
         self.env.close()
 
 
-def lmdb_to_hdf5(staging: LmdbWriter, dest: Path, meta: dict, progress=None) -> None:
-    """Convert a complete staged split to `dest` atomically (via dest.tmp), checking each staged record against
-    its checksum on the way. A full or read-only disk is an ImgnetError naming `dest`, and leaves no dest.tmp;
-    the staged split is kept, so a rerun converts again."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        _write_hdf5(staging, tmp, meta, progress)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except (OSError, RuntimeError, ValueError) as e:  # h5py reports some failed writes as Runtime/ValueError
-        _remove_quietly(tmp)
-        raise ImgnetError(f"cannot write {dest} ({os_reason(e)}); the staged split {staging.path} is kept: free "
-                          "some space (or make the folder writable) and rerun the same command") from e
-    except BaseException:  # ImgnetError from a bad staged record, Ctrl-C
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # a read-only disk (where none could be created anyway)
-        pass
-
-
-def _write_hdf5(staging: LmdbWriter, tmp: Path, meta: dict, progress) -> None:
-    import h5py
-
-    n, raw = staging.written, meta["encoding"] == "raw"
-    with h5py.File(tmp, "w") as f:
-        if raw:  # maxshape: HDF5 refuses a (1, ...) chunk on a dataset of 0 images unless it may grow
-            images = f.create_dataset("images", shape=(n, *IMAGE_SHAPE), dtype=np.uint8, chunks=(1, *IMAGE_SHAPE),
-                                      maxshape=(None, *IMAGE_SHAPE))
-        else:
-            images = f.create_dataset("images", shape=(n,), dtype=h5py.vlen_dtype(np.uint8))
-        labels, crcs, names = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint32), []
-        for i, (data, label, name, crc) in enumerate(staging._scan()):
-            if record_crc(data, label, name) != crc:
-                raise ImgnetError(f"staged record {i} ({name.decode('utf-8', 'surrogateescape')!r}) of {staging.path} "
-                                  "fails its checksum: the disk returned other bytes than were written; rerun "
-                                  "`imgnet prep` with --force")
-            if raw:
-                images.id.write_direct_chunk((i, 0, 0, 0), data)
-            else:
-                images[i] = np.frombuffer(data, dtype=np.uint8)
-            labels[i], crcs[i] = label, crc
-            names.append(name)
-            if progress is not None:
-                progress.update(1)
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("name_bytes", data=np.frombuffer(_join_names(names), dtype=np.uint8))
-        f.create_dataset("crc32", data=crcs)
-        f.attrs["meta"] = json.dumps(meta)
-        f.flush()
-
-
 # -------------------------------------------------------------------------------------- reader
 class Record(NamedTuple):
     image: np.ndarray  # uint8 (256, 256, 3) RGB
@@ -560,7 +503,9 @@ def split_meta(data_dir, split: str) -> dict | None:
         else:
             import h5py
 
-            _check_regular(path)
+            from imagenet_prep.store_hdf5 import check_regular
+
+            check_regular(path)
             with h5py.File(path, "r") as f:
                 meta = _parse_meta(f.attrs["meta"], path)
     except Exception:  # noqa: BLE001 - unreadable or damaged: not a complete split
@@ -773,7 +718,12 @@ def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
         raise ImgnetError(f"no {split} split in {data_dir}: expected {split}.lmdb/ or {split}.h5 "
                           f"written by `imgnet prep --out {data_dir}`")
     path, fmt = found
-    meta, labels, names = _open_lmdb(path, readahead) if fmt == "lmdb" else _open_hdf5(path)
+    if fmt == "lmdb":
+        meta, labels, names = _open_lmdb(path, readahead)
+    else:
+        from imagenet_prep.store_hdf5 import open_hdf5
+
+        meta, labels, names = open_hdf5(path)
     _check_labels(Path(data_dir), path, meta, labels)
     return Split(path, fmt, meta, labels, names, readahead)
 
@@ -832,82 +782,6 @@ def _open_lmdb(path: Path, readahead: bool) -> tuple[dict, np.ndarray, list]:
     return meta, labels, names
 
 
-def _check_regular(path: Path, what: str = "the HDF5 file `imgnet prep` writes") -> None:
-    """Before h5py opens `path`: a FIFO would block the open, a link to a device would be read as a file."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); expected "
-                          f"{what}")
-
-
-def _dtype_name(ds) -> str:
-    import h5py
-
-    vlen = h5py.check_vlen_dtype(ds.dtype)
-    if vlen is not None:
-        return "vlen uint8" if vlen == np.uint8 else "string" if vlen in (str, bytes) else f"vlen {vlen}"
-    return "string" if ds.dtype.kind == "S" else str(ds.dtype)
-
-
-def _dataset(f, name: str, path: Path, dtype: str, shape: tuple | None):
-    """f[name], refused unless it is a dataset stored in this file (no external link, external raw storage or
-    virtual mapping: each of those reads other files) of dtype `dtype` ("integer": any int) and `shape`
-    (None: any 1-D)."""
-    import h5py
-
-    link = f.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink) or not isinstance(f.get(name), h5py.Dataset):
-        raise ImgnetError(f"{path}: {name!r} is {'missing' if link is None else 'a link or a group'}; expected a "
-                          "dataset stored in the file; rebuild it with `imgnet prep --force`")
-    ds = f[name]
-    if ds.external or ds.is_virtual:
-        raise ImgnetError(f"{path}: dataset {name!r} has its data in other files (external storage or a virtual "
-                          "dataset); expected it stored in the file itself")
-    got = _dtype_name(ds)
-    dtype_ok = got == dtype or (dtype == "integer" and ds.dtype.kind in "iu")
-    if not dtype_ok or (ds.shape != shape if shape is not None else len(ds.shape) != 1):
-        raise ImgnetError(f"{path}: dataset {name!r} is {got} {ds.shape}; expected {dtype} "
-                          f"{shape if shape is not None else '(any length,)'}")
-    return ds
-
-
-def _contiguous(ds, path: Path, itemsize: int):
-    """Read a contiguous dataset whole, once its stored size matches its shape (an edited shape would
-    otherwise read a huge array of fill values)."""
-    if ds.id.get_storage_size() != ds.size * itemsize:
-        raise ImgnetError(f"{path}: dataset {ds.name!r} stores {ds.id.get_storage_size():,} bytes for {ds.size:,} "
-                          "elements; rebuild it with `imgnet prep --force`")
-    return ds[()]
-
-
-def _open_hdf5(path: Path) -> tuple[dict, np.ndarray, list]:
-    import h5py
-
-    try:
-        _check_regular(path)
-        with h5py.File(path, "r") as f:
-            meta = _parse_meta(f.attrs["meta"], path)
-            n = _check_meta(path, meta)
-            raw = meta["encoding"] == "raw"
-            images = _dataset(f, "images", path, "uint8" if raw else "vlen uint8", (n, *IMAGE_SHAPE) if raw else (n,))
-            if raw and images.id.get_storage_size() != n * RAW_BYTES:
-                raise ImgnetError(f"{path}: the images dataset stores {images.id.get_storage_size():,} bytes, not "
-                                  f"{n} x {RAW_BYTES:,}; rebuild it with `imgnet prep --force`")
-            labels_ds = _dataset(f, "labels", path, "integer", (n,))
-            labels = _contiguous(labels_ds, path, labels_ds.dtype.itemsize).astype(np.int64)
-            if meta["format_version"] >= 2:
-                _dataset(f, "crc32", path, "uint32", (n,))
-                blob = _contiguous(_dataset(f, "name_bytes", path, "uint8", None), path, 1).tobytes()
-                names = _split_names(blob, n)
-            else:
-                blob = b""
-                names = [s.decode("utf-8", "surrogateescape") if isinstance(s, bytes) else s
-                         for s in _dataset(f, "names", path, "string", (n,))[()]]
-    except (OSError, KeyError) as e:
-        raise ImgnetError(f"cannot read {path} ({os_reason(e)}); rerun `imgnet prep --force` to rebuild it") from e
-    _check_index(path, meta, n, labels, blob, len(names))
-    return meta, labels, names
-
-
 def _check_labels(data_dir: Path, path: Path, meta: dict, labels: np.ndarray) -> None:
     from imagenet_prep.labels import labels_sha256, read_labels_json
 
@@ -960,9 +834,26 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
         raise ImgnetError(f"record {bad['name']!r}: {bad['reason']}")
     meta = w.finish(meta)
     if format == "hdf5":
+        from imagenet_prep.store_hdf5 import lmdb_to_hdf5
+
         lmdb_to_hdf5(w, data_dir / f"{split}.h5", meta)
         w.close()
         shutil.rmtree(lmdb_path)
     else:
         w.close()
     return open_split(data_dir, split)
+
+
+# the HDF5 half lives in store_hdf5.py; its names stay importable from here (imported on first use, since
+# store_hdf5 itself imports this module)
+_HDF5_NAMES = {"lmdb_to_hdf5": "lmdb_to_hdf5", "_write_hdf5": "_write_hdf5", "_check_regular": "check_regular",
+               "_dataset": "dataset", "_open_hdf5": "open_hdf5", "_contiguous": "contiguous",
+               "_dtype_name": "dtype_name"}
+
+
+def __getattr__(name: str):
+    if name in _HDF5_NAMES:
+        from imagenet_prep import store_hdf5
+
+        return getattr(store_hdf5, _HDF5_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
