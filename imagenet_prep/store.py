@@ -118,16 +118,17 @@ def _unpack_rec(rec) -> tuple[int, bytes, int]:
     return int.from_bytes(rec[:4], "little", signed=True), rec[8:], int.from_bytes(rec[4:8], "little")
 
 
-def _storable(records, name_at: int) -> tuple[list, list[dict]]:
+def _storable(records, name_at: int, index_at: int | None = None) -> tuple[list, list[dict]]:
     """Split records into those whose name (field `name_at`) can be stored, with the name as bytes, and
-    rejected entries {"name", "reason"} for the others."""
+    rejected entries {"name", "reason"[, "index": field `index_at`]} for the others."""
     kept, rejected = [], []
     for r in records:
         try:
             nb = name_bytes(r[name_at])
         except ValueError as e:
             rejected.append({"name": r[name_at] if isinstance(r[name_at], str) else repr(r[name_at]),
-                             "reason": f"file name cannot be stored unchanged: {e}"})
+                             "reason": f"file name cannot be stored unchanged: {e}",
+                             **({"index": r[index_at]} if index_at is not None else {})})
             continue
         kept.append((*r[:name_at], nb, *r[name_at + 1:]))
     return kept, rejected
@@ -341,7 +342,7 @@ class LmdbWriter:
         """Out-of-order commit: records (final index, encoded image, label, name) from `consumed` more source
         items, with `units` ({shard or row group: how far it is done}) merged into the progress in the same
         transaction. Indices left free by rejected items (and unstorable names) are closed up by `finish`."""
-        records, unnamed = _storable(records, 3)
+        records, unnamed = _storable(records, 3, index_at=0)
         progress = dict(self.progress)
         progress["rejected"] = self.progress["rejected"] + list(rejected) + unnamed
         progress["converted"] = self.progress["converted"] + list(converted)

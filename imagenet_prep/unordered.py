@@ -55,6 +55,13 @@ def _commit(writer: store.LmdbWriter, results: list, units: dict, clock) -> None
 def in_order(entries: list[dict], items=None, locate=None) -> list[dict]:
     """Report entries in record order (each carries its item's index), each named where its file is in the
     source, `locate(items[index])` (sources.Source.locate), when `locate` is given."""
+    if locate is not None and any("index" not in e for e in entries):  # a name the store refused (in order)
+        first = {}
+        for i, it in enumerate(items):
+            first.setdefault(it.name, i)
+        entries = [e if "index" in e or e["name"] not in first else {**e, "index": first[e["name"]]}
+                   for e in entries]
+
     def named(e: dict) -> dict:
         out = {k: v for k, v in e.items() if k != "index"}
         if locate is not None and "index" in e:

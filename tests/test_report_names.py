@@ -88,3 +88,16 @@ def test_every_named_file_resolves_to_its_bytes_in_the_source(shared_data, image
     assert "hidden file" in by_bytes[JUNK] and "JPEG" in by_bytes[bad[2]]
     for name in rejected:  # one printable form: no absolute path, no repr
         assert not name.startswith("/") and str(tmp_path) not in name and name.isprintable()
+
+
+def test_a_name_the_store_refuses_is_named_in_the_same_form(shared_data, images, tmp_path):
+    train, val, _ = images
+    wnid = train[0][0]
+    odd = [(wnid, "aQQQb.JPEG", train[0][2]), *train[1:]]
+    path = layouts.kaggle(tmp_path / "src", odd, val, shared_data)
+    path.write_bytes(path.read_bytes().replace(b"aQQQb", b"a\0\0\0b"))  # a NUL in a zip member name: not storable
+    report = run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), workers=1, split="train"))
+    rejected = {r["name"]: r["reason"] for r in report["splits"]["train"]["rejected"]}  # and the cut JPEG
+    nul = f"imagenet-object-localization-challenge.zip:ILSVRC/Data/CLS-LOC/train/{wnid}/a\0\0\0b.JPEG"
+    assert "cannot be stored" in rejected[nul] and len(rejected) == 2
+    assert report["splits"]["train"]["written"] == len(odd) - 2
