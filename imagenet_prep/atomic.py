@@ -106,6 +106,17 @@ def read_bounded(path, limit: int, what: str = "this file") -> bytes:
     return data
 
 
+def read_json(path, limit: int, what: str):
+    """read_bounded + parse_json of a small JSON file in DATA or SRC: a link to /dev/zero, a FIFO, a file over
+    `limit` bytes, text that is not JSON or is nested too deeply are each a one-line ImgnetError ending with
+    what was expected (`what`); FileNotFoundError passes through. The caller checks the schema."""
+    raw = read_bounded(path, limit, what)
+    try:
+        return parse_json(raw, path, limit)
+    except ImgnetError as e:
+        raise ImgnetError(f"{e}; expected {what}") from None
+
+
 def parse_json(data, origin, limit: int):
     """json.loads of `data` (bytes or str) no longer than `limit`; ImgnetError naming `origin` for text that
     is not JSON, too long, or nested too deeply for the parser (a crafted file, not a real one)."""

@@ -239,9 +239,12 @@ def _unreadable(path: Path, e: Exception) -> ImgnetError:
 
 def stream_targz(path: Path, want=None):
     """Yield (position, member name, bytes) over the shard, reading it once; bytes only for the positions
-    in `want` (default all) that are regular files, else None."""
+    in `want` (default all) that are regular files and at most sources.MAX_IMAGE_BYTES, else None (a larger
+    member, from a crafted shard, would only exhaust the memory)."""
+    from imagenet_prep.sources import MAX_IMAGE_BYTES
+
     for pos, m, tf in _stream(path):
-        read = m.isreg() and (want is None or pos in want)
+        read = m.isreg() and (want is None or pos in want) and m.size <= MAX_IMAGE_BYTES
         yield pos, m.name, (tf.extractfile(m).read() if read else None)
 
 
@@ -253,7 +256,7 @@ def _list_targz(path: Path, bar=None) -> tuple[list[tuple], list[dict]]:
         if m.isdir():
             continue
         if reason:
-            skipped.append(_skip(m.name, reason))
+            skipped.append(_skip(f"{p}:{m.name}", reason))
             continue
         name, wnid = original_name(m.name, f"{path} member {pos}")
         if wnid not in known:
@@ -291,7 +294,13 @@ def _split_of(split: str, shards: list[Path], problem: str | None, cache_dir, wn
                               "image once (shards of two revisions mixed?)")
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
-    return _Split(where, wnids, entries, "the wnid in each image's name")
+    return _Split(where, wnids, entries, "the wnid in each image's name", locate=_in_shard)
+
+
+def _in_shard(e: tuple) -> str:
+    """The shard and the image's name there (image.path, the tar.gz member): <original stem>_<wnid>.<ext>."""
+    stem, dot, ext = e[0].rpartition(".")
+    return f"{e[2]}:{stem or ext}_{e[1]}{dot}{ext if stem else ''}"
 
 
 def _scan_all(paths: list[Path], scan, bar):

@@ -26,6 +26,7 @@ _EOCD, _Z64_LOCATOR, _Z64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 _CENTRAL, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
 _CENTRAL_FMT = struct.Struct("<4s6H3L5H2L")  # 46 bytes: sig, versions, flags, method, time, date, crc, sizes, ...
 _CHUNK = 1 << 24                              # bytes of central directory parsed at a time
+MAX_MEMBER_BYTES = 2 << 30  # inflated: a BMP at twice Pillow's pixel limit is ~1 GB; the label files ~10 MB
 _LOCAL_SLACK = 1024                           # local name + extra fields read along with the data (one read)
 
 
@@ -99,7 +100,9 @@ def central_directory(path: Path):
                                   "complete zip (re-download it)")
             raw = buf[i + 46:i + 46 + nlen]
             if b"Data/CLS-LOC/" in raw or raw.endswith(b".txt") or raw.endswith(b".csv"):
-                name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+                # bytes that are not UTF-8 under the UTF-8 flag keep themselves (surrogate escapes, as
+                # os.listdir and tarfile give them): the store writes such a name back as its bytes
+                name = raw.decode("utf-8", "surrogateescape") if flags & 0x800 else raw.decode("cp437")
                 if 0xFFFFFFFF in (csize, usize, offset):
                     csize, offset = _zip64(buf[i + 46 + nlen:i + 46 + nlen + elen], usize, csize, offset)
                 yield name, offset, csize, method, crc, flags
@@ -136,7 +139,7 @@ def list_zip(path: Path, junk) -> dict[str, tuple[list[str] | None, list[tuple],
             reason = f"compressed with zip method {method}; expected stored (0) or deflate (8)"
         classes, entries, skipped = parts[split]
         if reason:
-            skipped.append({"name": rel, "reason": reason})
+            skipped.append({"name": f"{p}:{name}", "reason": reason})
             continue
         if split == "train":
             classes.add(cls)
@@ -145,11 +148,21 @@ def list_zip(path: Path, junk) -> dict[str, tuple[list[str] | None, list[tuple],
     return {**parts, "train": (sorted(classes), entries, skipped)}
 
 
+def member_of(split: str):
+    """Entry -> `<zip>:<member>` for the images of `split` (sources.Source.locate)."""
+    def locate(e: tuple) -> str:
+        return f"{e[2]}:{CLS_LOC}{split}/{e[1] + '/' if split == 'train' else ''}{e[0]}"
+    return locate
+
+
 def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int) -> bytes:
     """The uncompressed bytes of the member whose local header is at `offset`; BadImage when they fail to
     inflate or fail their CRC-32 (a damaged download: reported as a skipped image, with the reason)."""
     from imagenet_prep.resize import BadImage
 
+    if size > MAX_MEMBER_BYTES:  # a crafted central directory entry: reading it would exhaust the memory
+        raise BadImage(f"zip member is {size:,} bytes compressed, over the {MAX_MEMBER_BYTES:,} of the largest "
+                       "image the toolkit reads")
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
         head = f.read(30 + _LOCAL_SLACK + size)
@@ -166,7 +179,11 @@ def read_member(path: str, name: str, offset: int, size: int, method: int, crc: 
     if method == DEFLATED:
         try:
             d = zlib.decompressobj(-15)
-            data = d.decompress(data) + d.flush()
+            data = d.decompress(data, MAX_MEMBER_BYTES)  # bounded: a crafted member could inflate without end
+            if d.unconsumed_tail:
+                raise BadImage(f"zip member inflates to more than {MAX_MEMBER_BYTES:,} bytes; expected an image "
+                               "(a damaged or crafted zip)")
+            data += d.flush()
         except zlib.error as e:
             raise BadImage(f"zip member cannot be inflated ({e}); the zip is damaged there, re-download it") from e
     got = zlib.crc32(data)

@@ -65,26 +65,26 @@ class ClassMeta:
 def parse_meta_mat(src: str | os.PathLike | bytes | BinaryIO, origin: str | None = None) -> ClassMeta:
     """Read the devkit's data/meta.mat (a path, its bytes or a file object) with scipy.io.loadmat.
 
-    IDs 1-1000 are the leaf classes; the children lists of all 1860 synsets give the WordNet DAG."""
-    import numpy as np
-    import scipy.io
+    IDs 1-1000 are the leaf classes; the children lists of all 1860 synsets give the WordNet DAG. scipy's
+    MAT-file reader is C code that a damaged file can crash (SIGSEGV on some flipped bits), so it runs in a
+    worker process: a crash there is a one-line error naming the file, not the end of this process."""
+    import scipy.io  # noqa: F401 - imported here, so that each forked reader has it already
+
+    from imagenet_prep.errors import WorkerDied
+    from imagenet_prep.pool import WorkerPool
 
     if origin is None:
         origin = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "meta.mat"
-    if isinstance(src, bytes):
-        src = io.BytesIO(src)
+    if isinstance(src, (str, os.PathLike)):
+        src = Path(src).read_bytes()
+    data = src if isinstance(src, bytes) else src.read()
     try:
-        table = scipy.io.loadmat(src, squeeze_me=True, struct_as_record=False)["synsets"]
-        synsets = sorted(({"ilsvrc2012_id": int(s.ILSVRC2012_ID), "wnid": str(s.WNID), "words": str(s.words),
-                           "gloss": str(s.gloss)} for s in table), key=lambda s: s["ilsvrc2012_id"])
-        wnid_of = {s["ilsvrc2012_id"]: s["wnid"] for s in synsets}
-        parents: dict[str, set[str]] = {s["wnid"]: set() for s in synsets}
-        for s in table:
-            for child in np.atleast_1d(s.children):
-                parents[wnid_of[int(child)]].add(str(s.WNID))
-    except Exception as e:  # scipy raises ValueError, KeyError, TypeError, OSError, ... for other files
-        raise ImgnetError(f"{origin}: not a readable ILSVRC2012 devkit meta.mat ({type(e).__name__}: {e}); "
-                          "expected data/meta.mat from ILSVRC2012_devkit_t12") from e
+        with WorkerPool(1, name="MAT-file reader") as pool:
+            synsets, parents = next(iter(pool.imap(_read_meta_mat, [(data, origin)], describe=lambda t: t[1])))
+    except WorkerDied as e:
+        raise ImgnetError(f"{origin}: not a readable ILSVRC2012 devkit meta.mat, it crashed the MAT-file reader "
+                          f"({e}); expected data/meta.mat from ILSVRC2012_devkit_t12 (re-download the devkit)") from None
+    wnid_of = {s["ilsvrc2012_id"]: s["wnid"] for s in synsets}
     if [s["ilsvrc2012_id"] for s in synsets[:NUM_CLASSES]] != list(range(1, NUM_CLASSES + 1)):
         raise ImgnetError(f"{origin}: expected ILSVRC2012_IDs 1-{NUM_CLASSES} (the classes) among its "
                           f"{len(synsets)} synsets")
@@ -92,6 +92,31 @@ def parse_meta_mat(src: str | os.PathLike | bytes | BinaryIO, origin: str | None
     if ROOT_WNID not in hierarchy:  # a table of the 1000 classes alone: the WordNet DAG comes from the shipped file
         hierarchy = {**{w: [] for w in wnid_of.values()}, **load_class_meta().hierarchy}
     return ClassMeta(tuple(synsets), hierarchy, origin)
+
+
+def _read_meta_mat(task: tuple[bytes, str]) -> tuple[list[dict], dict[str, set[str]]]:
+    """Worker: (synsets sorted by ILSVRC2012_ID, {wnid: parent wnids}) of a meta.mat's bytes."""
+    import faulthandler
+
+    import numpy as np
+    import scipy.io
+
+    faulthandler.disable()  # a crash here is reported in one line by the parent, not by a dump of this process
+
+    data, origin = task
+    try:
+        table = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)["synsets"]
+        synsets = sorted(({"ilsvrc2012_id": int(s.ILSVRC2012_ID), "wnid": str(s.WNID), "words": str(s.words),
+                           "gloss": str(s.gloss)} for s in table), key=lambda s: s["ilsvrc2012_id"])
+        wnid_of = {s["ilsvrc2012_id"]: s["wnid"] for s in synsets}
+        parents: dict[str, set[str]] = {s["wnid"]: set() for s in synsets}
+        for s in table:
+            for child in np.atleast_1d(s.children):
+                parents[wnid_of[int(child)]].add(str(s.WNID))
+    except Exception as e:  # noqa: BLE001 - scipy raises ValueError, KeyError, TypeError, OSError, ... for other files
+        raise ImgnetError(f"{origin}: not a readable ILSVRC2012 devkit meta.mat ({type(e).__name__}: {e}); "
+                          "expected data/meta.mat from ILSVRC2012_devkit_t12") from None
+    return synsets, parents
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,9 +335,13 @@ def load_val_ground_truth() -> list[str]:
 def read_val_labels(path: str | os.PathLike, wnids: list[str]) -> dict[str, str]:
     """A `--val-labels` file: lines `<name> <index or wnid>` (Caffe's val.txt shape); an index is the position
     in the sorted list `wnids`, whatever the label order. Returns {name: wnid}; blank and # lines are skipped."""
+    from imagenet_prep.atomic import read_bounded
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # bounded: a link to /dev/zero or a FIFO is an error, not a hang
+        text = read_bounded(path, MAX_LABELS_JSON_BYTES, "a --val-labels text file").decode("utf-8")
+    except ImgnetError as e:
+        raise ImgnetError(f"--val-labels {e}; expected lines '<name> <index or wnid>' such as Caffe's val.txt") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ImgnetError(f"--val-labels {path} is not a readable text file ({e}); expected lines "
                           "'<name> <index or wnid>' such as Caffe's val.txt") from e

@@ -9,8 +9,8 @@ with exactly the content of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imagenet_prep import store, v2
-from imagenet_prep.atomic import write_json
+from imagenet_prep import sources, store, v2
+from imagenet_prep.atomic import read_json, write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
 from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
@@ -36,7 +36,7 @@ ALL_SPLITS = ("train", "val", *v2.SPLITS)  # every split a DATA folder can hold
 
 @dataclass
 class PrepConfig:
-    src: str                      # ILSVRC2012 download, any layout of DESIGN.md
+    src: str                      # ILSVRC2012 download, any layout of docs/design.md
     out: str                      # DATA folder
     split: str = "all"            # train | val | all, or an ImageNetV2 split: v2 | v2-matched-frequency | ...
     format: str = "lmdb"          # lmdb | hdf5
@@ -188,11 +188,11 @@ def _pack(items, writer: store.LmdbWriter, cfg: PrepConfig, workers: int, name: 
         for item, (data, reason, entry) in zip(todo, results):
             consumed += 1
             if data is None:
-                rejected.append({"name": item.name, "reason": reason})
+                rejected.append({"name": item.name, "reason": reason, "index": consumed - 1})
             else:
                 records.append((data, item.label, item.name))
                 if entry:
-                    converted.append(entry)
+                    converted.append({**entry, "index": consumed - 1})
             if consumed - writer.consumed >= COMMIT_EVERY:
                 clock.commit(writer, records, consumed, rejected, converted)
                 records, rejected, converted = [], [], []
@@ -252,7 +252,7 @@ def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
 
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
-                workers: int, differs=(), extra=None) -> dict:
+                workers: int, differs=(), extra=None, locate=None) -> dict:
     from imagenet_prep import hf, unordered
 
     final, work = _paths(out, name, cfg.format)
@@ -270,8 +270,9 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
                 _pack(items, writer, cfg, workers, name, clock)
             seconds = clock.seconds()
             report = {"found": len(items) + len(skipped), "written": writer.written,
-                      "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"]),
-                      "converted": unordered.in_order(writer.progress["converted"]), "bytes_differ": list(differs),
+                      "rejected": list(skipped) + unordered.in_order(writer.progress["rejected"], items, locate),
+                      "converted": unordered.in_order(writer.progress["converted"], items, locate),
+                      "bytes_differ": list(differs),
                       "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
                       "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0, **(extra or {})}
             if writer.written == 0:
@@ -296,7 +297,13 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
 def run_prep(cfg: PrepConfig) -> dict:
     """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
     prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}}).
-    A V2 split (`split="v2"` or a variant's split name) is labelled through the labels.json already in `cfg.out`."""
+    A V2 split (`split="v2"` or a variant's split name) is labelled through the labels.json already in `cfg.out`.
+
+    `rejected` (files skipped at listing and images whose content was refused), `converted` and `bytes_differ`
+    name each file in one form, where it is in the source (sources.Source.locate): its path relative to --src
+    (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
+    at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG); a V2 split's, relative to
+    the variant folder its entry names as `src` (2/0af3e1c8.jpeg)."""
     for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", ("lmdb", "hdf5")),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
@@ -347,7 +354,8 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     fingerprints = {name: _fingerprint(cfg, source.splits[name], labels_sha, source.layout) for name in names}
     todo = _plan(cfg, out, names, fingerprints)
     write_labels_json(out, source.label_map)
-    work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {}) for n in names}
+    work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {},
+                functools.partial(source.locate, n)) for n in names}
     return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
                         top={"layout": source.layout, "config": asdict(cfg)})
 
@@ -407,22 +415,23 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
 def _pack_splits(cfg: PrepConfig, out: Path, names: list, todo: dict, labels: dict, fingerprints: dict,
                  work: dict, top: dict) -> dict:
     """Pack the splits in `todo` and merge every split of `names` into prep-report.json, keeping the entries
-    of DATA's other splits. work: {split: (items, skipped, bytes_differ, extra report fields)}."""
+    of DATA's other splits. work: {split: (items, skipped, bytes_differ, extra report fields, locate)}."""
     report_path = out / REPORT
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError):  # none yet, or torn by a crash: each split's meta keeps its own report
+    try:  # bounded: a link to /dev/zero, a huge or deeply nested file is only replaced
+        report = read_json(report_path, store.MAX_META_BYTES, f"the {REPORT} that `imgnet prep` writes")
+    except (OSError, ImgnetError):  # none yet, or torn by a crash: each split's meta keeps its own report
         report = {}
-    report.setdefault("splits", {})
+    if not isinstance(report, dict) or not isinstance(report.get("splits"), dict):  # edited: rebuilt from the metas
+        report = {"splits": {}}
     report.update({k: v for k, v in top.items() if k != "config" or todo})
     for name in names:
         if name not in todo:
             report["splits"][name] = _complete_meta(out, name).get("report", report["splits"].get(name, {}))
     workers = cfg.workers or os.cpu_count() or 1
     for name in todo:
-        items, skipped, differs, extra = work[name]
+        items, skipped, differs, extra, locate = work[name]
         report["splits"][name] = _prep_split(name, items, skipped, cfg, out, labels, fingerprints[name], workers,
-                                             differs, extra)
+                                             differs, extra, locate)
         write_json(report_path, report)
     write_json(report_path, report)
     return report
@@ -464,7 +473,8 @@ def _run_v2_prep(cfg: PrepConfig, out: Path) -> dict:
     extra = {"src": str(found.src), "variant": found.variant, "missing_folders": found.missing,
              "outside": {"images": found.outside, "classes": found.outside_classes}, "config": asdict(cfg)}
     return _pack_splits(cfg, out, [name], todo, labels, fingerprints,
-                        {name: (found.items, found.skipped, [], extra)}, top={})
+                        {name: (found.items, found.skipped, [], extra,
+                                lambda item: sources.relative(found.src, item.path))}, top={})
 
 
 def _labels_sha_of(out: Path) -> str | None:

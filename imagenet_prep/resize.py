@@ -1,4 +1,4 @@
-"""The paper's image policy: shorter side to 256, central 256x256 crop, RGB uint8 (DESIGN.md `imgnet prep`).
+"""The paper's image policy: shorter side to 256, central 256x256 crop, RGB uint8 (docs/design.md `imgnet prep`).
 
 `reference_resize` is the policy written plainly: open, convert("RGB"), resize the whole image so that
 the shorter side S becomes 256 (W' = round(W*256/S), H' = round(H*256/S), LANCZOS), crop at
@@ -44,7 +44,7 @@ DRAFT_GAP = 2.0
 REDUCING_GAP = 3.0
 
 _JPEG_MAGIC = b"\xff\xd8\xff"  # SOI followed by the first marker
-# The raster formats the toolkit reads (DESIGN.md), by Pillow's plugin names (PPM covers PBM/PGM/PPM/PNM).
+# The raster formats the toolkit reads (docs/design.md), by Pillow's plugin names (PPM covers PBM/PGM/PPM/PNM).
 # Nothing else is ever opened: EPS/PostScript would hand the file to Ghostscript, and every other plugin
 # is parser code the ILSVRC images never need.
 RASTER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")

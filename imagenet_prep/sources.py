@@ -1,6 +1,6 @@
 """Find the ILSVRC2012 source layout in SRC and list its images as `Item`s, without reading or extracting them.
 
-Layouts (DESIGN.md `imgnet prep`):
+Layouts (docs/design.md `imgnet prep`):
     archives     ILSVRC2012_img_train.tar (a tar of <wnid>.tar), ILSVRC2012_img_val.tar (flat),
                  ILSVRC2012_devkit_t12.tar.gz (a split whose archive is absent may be an extracted folder)
     extracted    train/<wnid>/*.JPEG; val/ flat or val/<wnid>/
@@ -59,7 +59,11 @@ DEVKIT_DIRS = ("ILSVRC2012_devkit_t12", "devkit_t12")
 GROUND_TRUTH, META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT, KAGGLE_SYNSETS, KAGGLE_VAL = "ILSVRC/Data/CLS-LOC", "LOC_synset_mapping.txt", "LOC_val_solution.csv"
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
-LISTING_VERSION = 3  # of the cached listings; a new value makes every older cache file unused
+# the largest source image read: a 179-megapixel (twice Pillow's limit) 16-bit RGBA TIFF is ~1.4 GB; a zip
+# member inflates to at most kaggle_zip.MAX_MEMBER_BYTES, the same bound
+MAX_IMAGE_BYTES = 2 << 30
+MAX_SMALL_FILE_BYTES = 256 << 20  # labels, devkit and its contents: LOC_val_solution.csv is the largest, ~10 MB
+LISTING_VERSION = 4  # of the cached listings (4: skipped files named where they are, Source.locate); a new value makes every older cache file unused
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
 # candidate, whatever its extension: decoding by content happens in resize.py.
@@ -106,15 +110,29 @@ def read_failure(path: str, name: str, e: OSError) -> ImgnetError:
                       "and rerun the same command to continue")
 
 
+def too_large(size: int):
+    """BadImage for source bytes over MAX_IMAGE_BYTES: a content rejection, decided before anything is read."""
+    from imagenet_prep.resize import BadImage
+
+    return BadImage(f"{size:,} bytes, over the {MAX_IMAGE_BYTES:,} of the largest image the toolkit reads "
+                    "(twice Pillow's pixel limit, uncompressed)")
+
+
 def read_item(item: Item) -> bytes:
-    """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range)."""
+    """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range). BadImage
+    (a rejection) for a file or member over MAX_IMAGE_BYTES, which would only exhaust the memory."""
     if item.method >= 0:
         from imagenet_prep.kaggle_zip import read_member
 
         return read_member(item.path, item.name, item.offset, item.size, item.method, item.crc)
+    if item.size > MAX_IMAGE_BYTES:
+        raise too_large(item.size)
     with open(item.path, "rb", buffering=0) as f:
         if item.size < 0:
-            return f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise too_large(size)
+            return f.read(MAX_IMAGE_BYTES + 1)
         f.seek(item.offset)
         data = f.read(item.size)
     if len(data) != item.size:
@@ -125,7 +143,14 @@ def read_item(item: Item) -> bytes:
 
 @dataclass
 class Source:
-    """What `discover` found: items per split in deterministic order, and what it skipped."""
+    """What `discover` found: items per split in deterministic order, and what it skipped.
+
+    Every file that `skipped`, `differs` and the prep report name is named in one form, where it is in SRC
+    (`locate`): a file in a folder by its path relative to SRC (train/n01440764/n01440764_10026.JPEG); a member
+    of an archive by the archive's path relative to SRC, ":" and the member's name, nested archives in turn
+    (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG, imagenet-object-localization-challenge.zip:
+    ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG). In the shards that carry no per-image member name
+    (webdataset, Hugging Face) the part after ":" is the sample key or the image.path that the shard lists."""
 
     src: Path
     layout: str                         # archives | extracted | kaggle | imagefolder
@@ -135,6 +160,26 @@ class Source:
     origin: dict[str, str] = field(default_factory=dict)  # where each split and the class metadata came from
     # per split: [{"name", "reason"}] images whose source bytes differ from the official tars' (re-encoded copies)
     differs: dict[str, list[dict]] = field(default_factory=dict)
+    locators: dict[str, Callable[[tuple], str]] = field(default_factory=dict)  # per split: entry -> location
+
+    def locate(self, split: str, item: Item) -> str:
+        """Where `item` is in SRC, in the one form of the class docstring."""
+        cls = self.label_map.classes[item.label]["wnid"] if item.label >= 0 else None
+        find = self.locators.get(split, locate_entry)
+        return relative(self.src, find((item.name, cls, item.path, item.offset, item.size)))
+
+
+def locate_entry(entry: tuple) -> str:
+    """A listing entry (name, class, path, offset, size, ...) -> the file (a whole file: size -1) or
+    `<archive>:<member>`."""
+    name, _, path, _, size = entry[:5]
+    return path if size < 0 else f"{path}:{name}"
+
+
+def relative(src, where: str) -> str:
+    """`where` (a path under SRC, or `<archive under SRC>:<member>`) relative to SRC."""
+    root = os.path.join(os.fspath(src), "")
+    return where[len(root):] if where.startswith(root) else where
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -163,6 +208,7 @@ class _Split:
     labelled_by: str = ""            # where the classes of a split that is not flat come from, for `origin`
     relabel: bool = False            # a val that labels itself (shards) but that --val-labels may relabel
     problem: str | None = None       # why the split cannot be listed (an incomplete archive): its classes are partial
+    locate: Callable[[tuple], str] = locate_entry  # an entry -> where it is (Source.locate)
 
 
 class _Window(io.RawIOBase):
@@ -192,17 +238,21 @@ class _Window(io.RawIOBase):
         return got
 
 
-def _tar_files(tf: tarfile.TarFile, where: str, limit: int) -> tuple[list[tarfile.TarInfo], list[dict]]:
-    """Regular members of an open tar (headers only), checked to lie within `limit` bytes; junk skipped."""
-    files, skipped = [], []
+def _tar_files(tf: tarfile.TarFile, where: str, limit: int, at: str | None = None) -> tuple[list[tarfile.TarInfo],
+                                                                                         list[dict]]:
+    """Regular members of an open tar (headers only), checked to lie within `limit` bytes; junk skipped
+    (named `<at>:<member>`; `at`: the tar's location, by default `where`)."""
+    files, skipped, at = [], [], where if at is None else at
     try:
         for m in tf:
             base = m.name.rsplit("/", 1)[-1]
             if m.isdir():
                 continue
             reason = _junk(base, False) if m.isreg() else "not a regular file in the tar"
+            if m.issparse():  # its stored bytes are not its content: it cannot be read in place by byte range
+                reason = "a sparse member (GNU tar -S), which is not read in place; re-create the tar without -S"
             if reason:
-                skipped.append(_skip(m.name, reason))
+                skipped.append(_skip(f"{at}:{m.name}", reason))
             elif m.offset_data + m.size > limit:
                 raise ImgnetError(f"{where}: member {shown(m.name)} ends at byte {m.offset_data + m.size} but the tar has "
                                   f"{limit}; expected a complete archive (re-download it)")
@@ -279,13 +329,13 @@ def _dir_split(root: Path) -> _Split:
         kind = _kind(e)
         reason = _junk(e.name, kind == "dir")
         if reason:
-            skipped.append(_skip(e.name + "/" * (kind == "dir"), reason))
+            skipped.append(_skip(e.path + "/" * (kind == "dir"), reason))
         elif kind == "dir":
             dirs.append(e.name)
         elif kind == "file":
             files.append(e)
         else:
-            skipped.append(_skip(e.name, kind))
+            skipped.append(_skip(e.path, kind))
     if dirs and files:
         raise ImgnetError(f"{root} holds both image files (e.g. {min(e.name for e in files)!r}) and folders "
                           f"(e.g. {min(dirs)!r}); expected either class folders only or images only (a flat val)")
@@ -303,7 +353,7 @@ def _dir_split(root: Path) -> _Split:
                 folder, prefix = stack.pop()
                 st = _stat(folder)
                 if (st.st_dev, st.st_ino) in seen:  # a link back to a folder above: walked once
-                    skipped_all.append(_skip(f"{cls}/{prefix}", "a symbolic link loop (a folder already listed)"))
+                    skipped_all.append(_skip(folder + "/", "a symbolic link loop (a folder already listed)"))
                     continue
                 seen.add((st.st_dev, st.st_ino))
                 for e in _scan(folder):
@@ -311,13 +361,13 @@ def _dir_split(root: Path) -> _Split:
                     kind = _kind(e)
                     reason = _junk(e.name, kind == "dir")
                     if reason:
-                        skipped_all.append(_skip(f"{cls}/{rel}" + "/" * (kind == "dir"), reason))
+                        skipped_all.append(_skip(e.path + "/" * (kind == "dir"), reason))
                     elif kind == "dir":
                         stack.append((e.path, rel + "/"))
                     elif kind == "file":
                         entries.append((rel, cls, e.path, 0, -1))
                     else:
-                        skipped_all.append(_skip(f"{cls}/{rel}", kind))
+                        skipped_all.append(_skip(e.path, kind))
         return entries, skipped_all
     return _Split(str(root), sorted(dirs), walk, "class folders")
 
@@ -343,6 +393,14 @@ def check_class_names(classes, where: str) -> None:
         raise ImgnetError(f"{where}: class {odd[0]!r} looks like a wnid but is not one (other case or a suffix: a "
                           f"copy?){f' and {len(odd) - 1} more' if len(odd) > 1 else ''}; expected n + 8 digits "
                           "(e.g. n01440764): rename or remove it")
+    # mostly wnids: an ILSVRC layout, where any other class folder ("tmp", a typo "n0144076", "Backup", which
+    # sorts first and would shift every index) would be an extra class and a silent switch to ImageFolder
+    others = sorted(c for c in classes if not is_wnid(c))
+    if others and 2 * (len(classes) - len(others)) > len(classes):
+        raise ImgnetError(f"{where}: class folder {others[0]!r} is not a wnid"
+                          f"{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}, beside "
+                          f"{len(classes) - len(others)} wnid class folders; expected only wnids (n + 8 digits) in an "
+                          "ILSVRC layout: move it out of the split folder (or tar)")
 
 
 def _train_tar_split(path: Path, cache_dir=None) -> _Split:
@@ -353,7 +411,7 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
     cached = _load_listing(cache, [path])
     if cached is not None:
         return _Split(str(path), cached[0], lambda: (cached[1], list(cached[2])),  # discover sorts `skipped` in place
-                      "class tars")
+                      "class tars", locate=_in_class_tar)
     problem = None
     try:
         with _open_tar(path) as tf:
@@ -369,7 +427,7 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
                                   f"{shown(m.name)}); expected each class once (re-download the archive)")
             class_tars[base[:-4]] = m
         else:
-            skipped.append(_skip(m.name, "not a class tar (<class>.tar) in the train archive"))
+            skipped.append(_skip(f"{path}:{m.name}", "not a class tar (<class>.tar) in the train archive"))
 
     def entries():
         if problem:
@@ -378,7 +436,12 @@ def _train_tar_split(path: Path, cache_dir=None) -> _Split:
             return _list_class_tars(path, class_tars, skipped, cache)
         except OSError as e:
             raise os_failure(str(path), e) from e
-    return _Split(str(path), sorted(class_tars), entries, "class tars", problem=problem)
+    return _Split(str(path), sorted(class_tars), entries, "class tars", problem=problem, locate=_in_class_tar)
+
+
+def _in_class_tar(e: tuple) -> str:
+    """A train tar member: the class tar (by its name, <class>.tar) between the train tar and the image."""
+    return f"{e[2]}:{e[1]}.tar:{e[0]}"
 
 
 def _list_class_tars(path: Path, class_tars: dict, skipped: list[dict], cache) -> tuple[list[tuple], list[dict]]:
@@ -395,8 +458,8 @@ def _list_class_tars(path: Path, class_tars: dict, skipped: list[dict], cache) -
             except OSError as e:
                 raise os_failure(where, e) from e
             with inner_tf:
-                inner, sk = _tar_files(inner_tf, where, m.size)
-            skipped_all += [_skip(f"{cls}/{s['name']}", s["reason"]) for s in sk]
+                inner, sk = _tar_files(inner_tf, where, m.size, at=f"{path}:{cls}.tar")
+            skipped_all += sk
             out += [(i.name.removeprefix("./"), cls, p, m.offset_data + i.offset_data, i.size) for i in inner]
     _save_listing(cache, [path], sorted(class_tars), out, skipped_all)
     return out, skipped_all
@@ -548,9 +611,10 @@ def _find_devkit(src: Path) -> _Devkit | None:
     others = sorted(p for p in src.iterdir() if p.is_dir() and p not in named and not p.name.startswith("."))
     for d in [*named, *others, src]:
         if (d / META).is_file():
-            return _Devkit(str(d), lambda rel, d=d: (d / rel).read_bytes() if (d / rel).is_file() else None)
+            return _Devkit(str(d), lambda rel, d=d: _reader(d / rel, f"the devkit's {rel}")()
+                           if (d / rel).exists() else None)
     tgz = src / DEVKIT_TGZ
-    if tgz.is_file():
+    if tgz.exists():
         return _Devkit(str(tgz), _read_devkit_tgz(tgz).get)
     return None
 
@@ -560,7 +624,7 @@ def _read_devkit_tgz(tgz: Path) -> dict[str, bytes]:
     that its CRC and length are checked (a flipped bit is an error), and the tar must end with its end blocks."""
     wanted, found = (META, GROUND_TRUTH), {}
     try:
-        raw = gzip.decompress(tgz.read_bytes())
+        raw = _gunzip(_reader(tgz, "the ILSVRC2012 devkit (2.5 MB)")(), MAX_SMALL_FILE_BYTES, str(tgz))
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
             for m in tf:
                 rel = next((w for w in wanted if m.name == w or m.name.endswith("/" + w)), None)
@@ -576,6 +640,36 @@ def _read_devkit_tgz(tgz: Path) -> dict[str, bytes]:
         raise ImgnetError(f"{tgz}: not a readable .tar.gz ({type(e).__name__}: {e}); expected the official "
                           "ILSVRC2012 devkit (re-download it)") from e
     return found
+
+
+def _reader(path: Path, what: str) -> Callable[[], bytes]:
+    """() -> the bytes of a small file of SRC (labels, devkit), read bounded: a link to /dev/zero or a FIFO, or a
+    file over MAX_SMALL_FILE_BYTES, is a one-line error instead of a hang or a MemoryError."""
+    from imagenet_prep.atomic import read_bounded
+
+    def read() -> bytes:
+        try:
+            return read_bounded(path, MAX_SMALL_FILE_BYTES, what)
+        except FileNotFoundError as e:
+            raise os_failure(str(path), e) from e
+    return read
+
+
+def _gunzip(data: bytes, limit: int, where: str) -> bytes:
+    """Every member of a gzip file inflated, each checked against its CRC-32 and length (zlib checks the trailer),
+    refused when they inflate past `limit` (a crafted file); zero padding after the last member is allowed."""
+    out = b""
+    while data.strip(b"\0"):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += d.decompress(data, limit + 1 - len(out))
+        if d.unconsumed_tail or len(out) > limit:
+            raise ImgnetError(f"{where} inflates to more than {limit:,} bytes; expected the ILSVRC2012 devkit "
+                              "(about 15 MB)")
+        out += d.flush()
+        if not d.eof:
+            raise EOFError("the gzip stream ends early")
+        data = d.unused_data
+    return out
 
 
 class _Truth:
@@ -710,7 +804,7 @@ def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], exp
     for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
         with _open_tar(p) as tf:
             members, sk = _tar_files(tf, str(p), p.stat().st_size)
-        skipped += [_skip(f"{p.name}:{s['name']}", s["reason"]) for s in sk]
+        skipped += sk
         entries += wds.list_shard(p, members, wnids, expected.get(p.name))
     names = Counter(e[0] for e in entries)
     if len(names) != len(entries):
@@ -718,6 +812,11 @@ def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], exp
         raise ImgnetError(f"{src}: {shown(dup)} is a sample of two {split} shards (or twice in one); expected each image "
                           "once (shards of two downloads mixed?)")
     return wnids, entries, skipped
+
+
+def _in_shard(e: tuple) -> str:
+    """A webdataset sample: the shard and the sample key (the original stem)."""
+    return f"{e[2]}:{e[0].rsplit('.', 1)[0]}"
 
 
 def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str, _Split]:
@@ -734,7 +833,7 @@ def _wds_splits(src: Path, shards: dict[str, list[Path]], cache_dir) -> dict[str
                                    lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
             return listed[1], list(listed[2])
         where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
-        splits[split] = _Split(where, wnids, entries, "the shards' .cls", relabel=split == "val")
+        splits[split] = _Split(where, wnids, entries, "the shards' .cls", relabel=split == "val", locate=_in_shard)
     return splits
 
 
@@ -748,9 +847,10 @@ def _zip_splits(path: Path, cache_dir) -> tuple[dict[str, _Split], dict]:
     (classes, train, skipped_t), (_, val, skipped_v) = parts["train"], parts["val"]
     if train or classes:
         splits["train"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}train", classes, lambda: (train, list(skipped_t)),
-                                 "class folders")
+                                 "class folders", locate=kaggle_zip.member_of("train"))
     if val:
-        splits["val"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}val", None, lambda: (val, list(skipped_v)))
+        splits["val"] = _Split(f"{path}:{kaggle_zip.CLS_LOC}val", None, lambda: (val, list(skipped_v)),
+                               locate=kaggle_zip.member_of("val"))
     def reader(item: Item):
         def read() -> bytes:
             from imagenet_prep.resize import BadImage
@@ -772,7 +872,8 @@ def _detect(src: Path, cache_dir=None) -> tuple[str, dict[str, _Split], dict]:
 
     if (found := hf.detect(src, cache_dir)) is not None:
         return (*found, {})
-    files = {n: (str(src / n), (src / n).read_bytes) for n in (KAGGLE_SYNSETS, KAGGLE_VAL) if (src / n).is_file()}
+    files = {n: (str(src / n), _reader(src / n, f"Kaggle's {n}")) for n in (KAGGLE_SYNSETS, KAGGLE_VAL)
+             if (src / n).exists()}
     kaggle = src / KAGGLE_ROOT
     if kaggle.is_dir():
         return "kaggle", {s: _dir_split(kaggle / s) for s in SPLITS if (kaggle / s).is_dir()}, files
@@ -831,7 +932,7 @@ def _discover(src, label_order: str = "sorted", classes: int | None = None, per_
     folder where the listings of the archives, shards and zip are kept for the next run over the same files.
     `val_labels`: a file of `<name> <index or wnid>` lines that labels a flat val (or the val shards) instead
     of the ground truth."""
-    src = Path(src)
+    src = Path(os.path.abspath(src))  # item paths and the names in reports are found under it (Source.locate)
     if not src.is_dir():
         raise ImgnetError(f"source {src} is not a folder; expected the folder holding the ILSVRC2012 download")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
@@ -880,7 +981,7 @@ def _discover(src, label_order: str = "sorted", classes: int | None = None, per_
         entries, skipped[s] = sp.entries()
         if sp.classes is None or (s == "val" and relabel):
             origin[s] = f"{sp.where} (labels: {truth.origin})"
-            entries = _label_flat(entries, truth, label_map, skipped[s])
+            entries = _label_flat(entries, truth, label_map, skipped[s], sp.locate)
         else:
             origin[s] = f"{sp.where} (labels: {sp.labelled_by})"
             if s == "val":  # official val images in class folders or shards keep their official classes
@@ -891,15 +992,18 @@ def _discover(src, label_order: str = "sorted", classes: int | None = None, per_
         if per_class is not None:
             its = _first_per_class(its, per_class)
         items[s] = its
-        skipped[s].sort(key=lambda d: d["name"])
-        if layout == "timm-wds":
-            differs[s] = [{"name": i.name, "reason": "re-encoded in the shards (the official file is a CMYK JPEG "
-                           "or a PNG); its pixels match within the image policy's tolerance"}
-                          for i in its if i.name.rsplit(".", 1)[0] in wds.REENCODED]
-    return Source(src, layout, label_map, items, skipped, origin, differs)
+        skipped[s] = sorted((_skip(relative(src, d["name"]), d["reason"]) for d in skipped[s]), key=lambda d: d["name"])
+    source = Source(src, layout, label_map, items, skipped, origin, differs, {s: found[s].locate for s in wanted})
+    if layout == "timm-wds":
+        for s in wanted:
+            differs[s] = [{"name": source.locate(s, i), "reason": "re-encoded in the shards (the official file is a "
+                           "CMYK JPEG or a PNG); its pixels match within the image policy's tolerance"}
+                          for i in items[s] if i.name.rsplit(".", 1)[0] in wds.REENCODED]
+    return source
 
 
-def _label_flat(entries: list[tuple], truth: _Truth, label_map: LabelMap, skipped: list[dict]) -> list[tuple]:
+def _label_flat(entries: list[tuple], truth: _Truth, label_map: LabelMap, skipped: list[dict],
+                locate: Callable[[tuple], str]) -> list[tuple]:
     """Entries labelled by the ground truth; an image whose class the source lacks is skipped (with the reason)."""
     labelled = []
     for e in entries:
@@ -907,6 +1011,6 @@ def _label_flat(entries: list[tuple], truth: _Truth, label_map: LabelMap, skippe
         if wnid in label_map:
             labelled.append((e[0], wnid, *e[2:]))
         else:
-            skipped.append(_skip(e[0], f"its class {wnid} (from {truth.origin}) is not among the "
+            skipped.append(_skip(locate(e), f"its class {wnid} (from {truth.origin}) is not among the "
                                        f"{len(label_map.all_names)} classes of the source"))
     return labelled

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from imagenet_prep.atomic import check_writable, os_reason, replacing
+from imagenet_prep.atomic import check_writable, os_reason, read_json, replacing
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
 from imagenet_prep.store import IMAGE_SHAPE, open_split
@@ -28,6 +28,7 @@ from imagenet_prep.store import IMAGE_SHAPE, open_split
 BATCH = 64  # images per exact float64 partial sum: 64 * 65,536 * 255^2 < 2^53
 GRAM_IMAGES = 4  # images per float64 matmul, so the float copy stays in cache
 SAMPLE_SEED = 0
+MAX_STATS_JSON_BYTES = 1 << 20  # stats.json holds a few dozen numbers: about 1 KB
 
 
 # worker state (set by _init_worker in each process): the split and the chosen indices
@@ -73,7 +74,7 @@ def sample_indices(n_total: int, sample: int | None) -> np.ndarray:
 
 
 def finalize(s1: np.ndarray, s2: np.ndarray, simg: np.ndarray, n_images: int) -> dict:
-    """Exact sums -> the statistics of DESIGN.md ([0, 1] scale; mean_image on the 0-255 scale)."""
+    """Exact sums -> the statistics of docs/design.md ([0, 1] scale; mean_image on the 0-255 scale)."""
     n_pixels = n_images * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     mean = s1 / n_pixels / 255.0
     cov = s2 / n_pixels / 255.0**2 - np.outer(mean, mean)  # population covariance, ddof 0
@@ -157,18 +158,57 @@ def _write_stats(out: Path, stats: dict) -> None:
 
 
 def load_stats(data_dir) -> dict:
-    """stats.json plus mean_image (float32 (256, 256, 3), 0-255 scale) from stats.h5."""
-    import h5py
-
+    """stats.json plus mean_image (float32 (256, 256, 3), 0-255 scale) from stats.h5. Both are read bounded
+    and checked (a link to a device, a huge, deeply nested or edited file is a one-line error)."""
     d = Path(data_dir)
-    if not (d / "stats.json").is_file() or not (d / "stats.h5").is_file():
+    rerun = f"rerun `imgnet pca-stats --data {d}`"
+    if not (d / "stats.json").exists() or not (d / "stats.h5").exists():
         raise ImgnetError(f"no stats.json/stats.h5 in {d}: run `imgnet pca-stats --data {d}` first")
     try:
-        stats = json.loads((d / "stats.json").read_text())
-        with h5py.File(d / "stats.h5", "r") as f:
-            stats["mean_image"] = f["mean_image"][:].astype(np.float32)
-    except (OSError, KeyError, ValueError) as e:
-        raise ImgnetError(f"cannot read the statistics in {d} ({e}); rerun `imgnet pca-stats --data {d}`") from e
-    if stats["mean_image"].shape != IMAGE_SHAPE or len(stats.get("eigval", ())) != 3:
-        raise ImgnetError(f"{d / 'stats.json'} is malformed; rerun `imgnet pca-stats --data {d}`")
+        stats = read_json(d / "stats.json", MAX_STATS_JSON_BYTES, "the stats.json that `imgnet pca-stats` writes")
+    except (ImgnetError, FileNotFoundError) as e:
+        raise ImgnetError(f"{e}; {rerun}") from None
+    problem = _stats_problem(stats)
+    if problem:
+        raise ImgnetError(f"{d / 'stats.json'} is malformed: {problem}; {rerun}")
+    stats["mean_image"] = _mean_image(d / "stats.h5", rerun)
     return stats
+
+
+def _stats_problem(stats) -> str | None:
+    """Why stats.json is not what finalize writes, or None."""
+    if not isinstance(stats, dict):
+        return f"a JSON {type(stats).__name__}; expected an object"
+    shapes = {"mean_rgb": (3,), "std_rgb": (3,), "eigval": (3,), "cov": (3, 3), "eigvec": (3, 3)}
+    for key, shape in shapes.items():
+        try:
+            a = np.asarray(stats.get(key), dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"{key} is not numbers; expected {shape}"
+        if a.shape != shape or not np.isfinite(a).all():
+            return f"{key} is not {len(shape) == 1 and '3' or '3x3'} finite numbers"
+    for key in ("n_images", "n_pixels"):
+        if type(stats.get(key)) is not int or stats[key] < 1:
+            return f"{key} is {stats.get(key)!r}; expected a positive count"
+    if stats["n_pixels"] != stats["n_images"] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+        return f"n_pixels {stats['n_pixels']} is not n_images {stats['n_images']} x 256 x 256"
+    return None
+
+
+def _mean_image(path: Path, rerun: str) -> np.ndarray:
+    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store_hdf5.dataset)."""
+    import h5py
+
+    from imagenet_prep.store_hdf5 import check_regular, dataset
+
+    try:
+        check_regular(path, "the stats.h5 that `imgnet pca-stats` writes")
+        with h5py.File(path, "r") as f:
+            mean = dataset(f, "mean_image", path, "float32", IMAGE_SHAPE)[()]
+    except ImgnetError as e:
+        raise ImgnetError(f"{e}; {rerun}") from None
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise ImgnetError(f"cannot read {path} ({os_reason(e)}); {rerun}") from e
+    if not np.isfinite(mean).all():
+        raise ImgnetError(f"{path}: mean_image holds values that are not finite; {rerun}")
+    return mean.astype(np.float32)

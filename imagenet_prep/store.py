@@ -26,6 +26,7 @@ and renamed into place; a kill during conversion just redoes the conversion):
     images  (N, 256, 256, 3) uint8, chunked one image per chunk (raw), or vlen uint8 JPEG bytes (jpeg)
     labels  (N,) int64; name_bytes: uint8, the names joined by NUL as in LMDB; crc32 (N,) uint32;
     attribute `meta`: the JSON metadata (version 1: `names` (N,) utf-8 strings, no crc32)
+The conversion and the checks made before an HDF5 file is read live in store_hdf5.py.
 """
 
 from __future__ import annotations
@@ -117,16 +118,17 @@ def _unpack_rec(rec) -> tuple[int, bytes, int]:
     return int.from_bytes(rec[:4], "little", signed=True), rec[8:], int.from_bytes(rec[4:8], "little")
 
 
-def _storable(records, name_at: int) -> tuple[list, list[dict]]:
+def _storable(records, name_at: int, index_at: int | None = None) -> tuple[list, list[dict]]:
     """Split records into those whose name (field `name_at`) can be stored, with the name as bytes, and
-    rejected entries {"name", "reason"} for the others."""
+    rejected entries {"name", "reason"[, "index": field `index_at`]} for the others."""
     kept, rejected = [], []
     for r in records:
         try:
             nb = name_bytes(r[name_at])
         except ValueError as e:
             rejected.append({"name": r[name_at] if isinstance(r[name_at], str) else repr(r[name_at]),
-                             "reason": f"file name cannot be stored unchanged: {e}"})
+                             "reason": f"file name cannot be stored unchanged: {e}",
+                             **({"index": r[index_at]} if index_at is not None else {})})
             continue
         kept.append((*r[:name_at], nb, *r[name_at + 1:]))
     return kept, rejected
@@ -249,12 +251,12 @@ class LmdbWriter:
         with self.env.begin() as txn:
             raw = txn.get(_PROGRESS)
             meta = txn.get(_META)
-        self.complete = bool(meta and json.loads(meta).get("complete"))
+        self.complete = bool(meta and _parse_meta(meta, self.path).get("complete"))
         if raw is None:
             self.progress = {"fingerprint": fingerprint, "consumed": 0, "written": 0,
                              "rejected": [], "converted": [], "format_version": FORMAT_VERSION}
         else:
-            self.progress = parse_json(bytes(raw), f"the progress record of {self.path}", MAX_META_BYTES)
+            self.progress = _parse_progress(raw, self.path, expected_images)
             if self.progress.get("format_version") != FORMAT_VERSION:  # version 1 records carry no checksum
                 raise ImgnetError(
                     f"{self.path} holds an unfinished run written in store format version "
@@ -266,6 +268,18 @@ class LmdbWriter:
                 raise ImgnetError(
                     f"{self.path} holds an unfinished run with different settings ({', '.join(diff)}); "
                     "rerun with the same arguments to finish it, or pass --force to start over")
+            self._check_count(meta)
+
+    def _check_count(self, meta) -> None:
+        """The records on disk must be the `written` of the progress record (an edited or mixed-up record
+        would resume at the wrong image or leave holes in the split)."""
+        keys = {_PROGRESS} | ({_META, _LABELS, _NAMES} if meta else set())
+        with self.env.begin() as txn:
+            special = sum(txn.get(k) is not None for k in keys)
+        held = (self.env.stat()["entries"] - special) / 2  # two keys per record: img/ and rec/
+        if held != self.progress["written"]:
+            raise ImgnetError(f"{self.path}: the progress record says {self.progress['written']} images written but "
+                              f"the split holds {held:g}; pass --force to start it over")
 
     @property
     def meta(self) -> dict:
@@ -328,7 +342,7 @@ class LmdbWriter:
         """Out-of-order commit: records (final index, encoded image, label, name) from `consumed` more source
         items, with `units` ({shard or row group: how far it is done}) merged into the progress in the same
         transaction. Indices left free by rejected items (and unstorable names) are closed up by `finish`."""
-        records, unnamed = _storable(records, 3)
+        records, unnamed = _storable(records, 3, index_at=0)
         progress = dict(self.progress)
         progress["rejected"] = self.progress["rejected"] + list(rejected) + unnamed
         progress["converted"] = self.progress["converted"] + list(converted)
@@ -432,64 +446,6 @@ class LmdbWriter:
         self.env.close()
 
 
-def lmdb_to_hdf5(staging: LmdbWriter, dest: Path, meta: dict, progress=None) -> None:
-    """Convert a complete staged split to `dest` atomically (via dest.tmp), checking each staged record against
-    its checksum on the way. A full or read-only disk is an ImgnetError naming `dest`, and leaves no dest.tmp;
-    the staged split is kept, so a rerun converts again."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        _write_hdf5(staging, tmp, meta, progress)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except (OSError, RuntimeError, ValueError) as e:  # h5py reports some failed writes as Runtime/ValueError
-        _remove_quietly(tmp)
-        raise ImgnetError(f"cannot write {dest} ({os_reason(e)}); the staged split {staging.path} is kept: free "
-                          "some space (or make the folder writable) and rerun the same command") from e
-    except BaseException:  # ImgnetError from a bad staged record, Ctrl-C
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # a read-only disk (where none could be created anyway)
-        pass
-
-
-def _write_hdf5(staging: LmdbWriter, tmp: Path, meta: dict, progress) -> None:
-    import h5py
-
-    n, raw = staging.written, meta["encoding"] == "raw"
-    with h5py.File(tmp, "w") as f:
-        if raw:  # maxshape: HDF5 refuses a (1, ...) chunk on a dataset of 0 images unless it may grow
-            images = f.create_dataset("images", shape=(n, *IMAGE_SHAPE), dtype=np.uint8, chunks=(1, *IMAGE_SHAPE),
-                                      maxshape=(None, *IMAGE_SHAPE))
-        else:
-            images = f.create_dataset("images", shape=(n,), dtype=h5py.vlen_dtype(np.uint8))
-        labels, crcs, names = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint32), []
-        for i, (data, label, name, crc) in enumerate(staging._scan()):
-            if record_crc(data, label, name) != crc:
-                raise ImgnetError(f"staged record {i} ({name.decode('utf-8', 'surrogateescape')!r}) of {staging.path} "
-                                  "fails its checksum: the disk returned other bytes than were written; rerun "
-                                  "`imgnet prep` with --force")
-            if raw:
-                images.id.write_direct_chunk((i, 0, 0, 0), data)
-            else:
-                images[i] = np.frombuffer(data, dtype=np.uint8)
-            labels[i], crcs[i] = label, crc
-            names.append(name)
-            if progress is not None:
-                progress.update(1)
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("name_bytes", data=np.frombuffer(_join_names(names), dtype=np.uint8))
-        f.create_dataset("crc32", data=crcs)
-        f.attrs["meta"] = json.dumps(meta)
-        f.flush()
-
-
 # -------------------------------------------------------------------------------------- reader
 class Record(NamedTuple):
     image: np.ndarray  # uint8 (256, 256, 3) RGB
@@ -548,7 +504,9 @@ def split_meta(data_dir, split: str) -> dict | None:
         else:
             import h5py
 
-            _check_regular(path)
+            from imagenet_prep.store_hdf5 import check_regular
+
+            check_regular(path)
             with h5py.File(path, "r") as f:
                 meta = _parse_meta(f.attrs["meta"], path)
     except Exception:  # noqa: BLE001 - unreadable or damaged: not a complete split
@@ -566,7 +524,24 @@ def progress_of(path: Path) -> int:
             raw = txn.get(_PROGRESS)
     finally:
         _close_env(path)  # a writer opens it next
-    return parse_json(raw, f"the progress record of {path}", MAX_META_BYTES)["consumed"] if raw else 0
+    return _parse_progress(raw, path)["consumed"] if raw else 0
+
+
+def _parse_progress(raw, path, expected: int | None = None) -> dict:
+    """The __progress__ record, checked: counts that are not counts, or more than the `expected` items of the
+    split, are a one-line error (an edited record), never a traceback or a resume at the wrong image."""
+    progress = parse_json(bytes(raw), f"the progress record of {path}", MAX_META_BYTES)
+    ok = isinstance(progress, dict)
+    consumed, written = (progress.get("consumed"), progress.get("written")) if ok else (None, None)
+    ok = ok and type(consumed) is int and type(written) is int and 0 <= written <= consumed
+    ok = ok and (expected is None or consumed <= expected)
+    ok = ok and isinstance(progress.get("rejected"), list) and isinstance(progress.get("converted"), list)
+    ok = ok and isinstance(progress.get("units", {}), dict) and isinstance(progress.get("fingerprint", {}), dict)
+    if not ok:
+        raise ImgnetError(f"the progress record of {path} is damaged or edited (consumed {consumed!r}, written "
+                          f"{written!r}{f', of {expected} images' if expected is not None else ''}); pass --force "
+                          "to start the split over")
+    return progress
 
 
 @dataclass
@@ -744,7 +719,12 @@ def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
         raise ImgnetError(f"no {split} split in {data_dir}: expected {split}.lmdb/ or {split}.h5 "
                           f"written by `imgnet prep --out {data_dir}`")
     path, fmt = found
-    meta, labels, names = _open_lmdb(path, readahead) if fmt == "lmdb" else _open_hdf5(path)
+    if fmt == "lmdb":
+        meta, labels, names = _open_lmdb(path, readahead)
+    else:
+        from imagenet_prep.store_hdf5 import open_hdf5
+
+        meta, labels, names = open_hdf5(path)
     _check_labels(Path(data_dir), path, meta, labels)
     return Split(path, fmt, meta, labels, names, readahead)
 
@@ -803,81 +783,6 @@ def _open_lmdb(path: Path, readahead: bool) -> tuple[dict, np.ndarray, list]:
     return meta, labels, names
 
 
-def _check_regular(path: Path) -> None:
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); expected "
-                          "the HDF5 file `imgnet prep` writes")
-
-
-def _dtype_name(ds) -> str:
-    import h5py
-
-    vlen = h5py.check_vlen_dtype(ds.dtype)
-    if vlen is not None:
-        return "vlen uint8" if vlen == np.uint8 else "string" if vlen in (str, bytes) else f"vlen {vlen}"
-    return "string" if ds.dtype.kind == "S" else str(ds.dtype)
-
-
-def _dataset(f, name: str, path: Path, dtype: str, shape: tuple | None):
-    """f[name], refused unless it is a dataset stored in this file (no external link, external raw storage or
-    virtual mapping: each of those reads other files) of dtype `dtype` ("integer": any int) and `shape`
-    (None: any 1-D)."""
-    import h5py
-
-    link = f.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink) or not isinstance(f.get(name), h5py.Dataset):
-        raise ImgnetError(f"{path}: {name!r} is {'missing' if link is None else 'a link or a group'}; expected a "
-                          "dataset stored in the file; rebuild it with `imgnet prep --force`")
-    ds = f[name]
-    if ds.external or ds.is_virtual:
-        raise ImgnetError(f"{path}: dataset {name!r} has its data in other files (external storage or a virtual "
-                          "dataset); expected it stored in the file itself")
-    got = _dtype_name(ds)
-    dtype_ok = got == dtype or (dtype == "integer" and ds.dtype.kind in "iu")
-    if not dtype_ok or (ds.shape != shape if shape is not None else len(ds.shape) != 1):
-        raise ImgnetError(f"{path}: dataset {name!r} is {got} {ds.shape}; expected {dtype} "
-                          f"{shape if shape is not None else '(any length,)'}")
-    return ds
-
-
-def _contiguous(ds, path: Path, itemsize: int):
-    """Read a contiguous dataset whole, once its stored size matches its shape (an edited shape would
-    otherwise read a huge array of fill values)."""
-    if ds.id.get_storage_size() != ds.size * itemsize:
-        raise ImgnetError(f"{path}: dataset {ds.name!r} stores {ds.id.get_storage_size():,} bytes for {ds.size:,} "
-                          "elements; rebuild it with `imgnet prep --force`")
-    return ds[()]
-
-
-def _open_hdf5(path: Path) -> tuple[dict, np.ndarray, list]:
-    import h5py
-
-    try:
-        _check_regular(path)
-        with h5py.File(path, "r") as f:
-            meta = _parse_meta(f.attrs["meta"], path)
-            n = _check_meta(path, meta)
-            raw = meta["encoding"] == "raw"
-            images = _dataset(f, "images", path, "uint8" if raw else "vlen uint8", (n, *IMAGE_SHAPE) if raw else (n,))
-            if raw and images.id.get_storage_size() != n * RAW_BYTES:
-                raise ImgnetError(f"{path}: the images dataset stores {images.id.get_storage_size():,} bytes, not "
-                                  f"{n} x {RAW_BYTES:,}; rebuild it with `imgnet prep --force`")
-            labels_ds = _dataset(f, "labels", path, "integer", (n,))
-            labels = _contiguous(labels_ds, path, labels_ds.dtype.itemsize).astype(np.int64)
-            if meta["format_version"] >= 2:
-                _dataset(f, "crc32", path, "uint32", (n,))
-                blob = _contiguous(_dataset(f, "name_bytes", path, "uint8", None), path, 1).tobytes()
-                names = _split_names(blob, n)
-            else:
-                blob = b""
-                names = [s.decode("utf-8", "surrogateescape") if isinstance(s, bytes) else s
-                         for s in _dataset(f, "names", path, "string", (n,))[()]]
-    except (OSError, KeyError) as e:
-        raise ImgnetError(f"cannot read {path} ({os_reason(e)}); rerun `imgnet prep --force` to rebuild it") from e
-    _check_index(path, meta, n, labels, blob, len(names))
-    return meta, labels, names
-
-
 def _check_labels(data_dir: Path, path: Path, meta: dict, labels: np.ndarray) -> None:
     from imagenet_prep.labels import labels_sha256, read_labels_json
 
@@ -907,7 +812,9 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
     records = list(records)
     lj_path = data_dir / "labels.json"
     if labels_json is None and lj_path.is_file():
-        labels_json = json.loads(lj_path.read_text())
+        from imagenet_prep.labels import read_labels_json
+
+        labels_json = read_labels_json(data_dir)
     if labels_json is None:
         n = num_classes or (max(r[1] for r in records) + 1 if records else 1)
         labels_json = {"order": "sorted", "classes": [
@@ -928,9 +835,26 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
         raise ImgnetError(f"record {bad['name']!r}: {bad['reason']}")
     meta = w.finish(meta)
     if format == "hdf5":
+        from imagenet_prep.store_hdf5 import lmdb_to_hdf5
+
         lmdb_to_hdf5(w, data_dir / f"{split}.h5", meta)
         w.close()
         shutil.rmtree(lmdb_path)
     else:
         w.close()
     return open_split(data_dir, split)
+
+
+# the HDF5 half lives in store_hdf5.py; its names stay importable from here (imported on first use, since
+# store_hdf5 itself imports this module)
+_HDF5_NAMES = {"lmdb_to_hdf5": "lmdb_to_hdf5", "_write_hdf5": "_write_hdf5", "_check_regular": "check_regular",
+               "_dataset": "dataset", "_open_hdf5": "open_hdf5", "_contiguous": "contiguous",
+               "_dtype_name": "dtype_name"}
+
+
+def __getattr__(name: str):
+    if name in _HDF5_NAMES:
+        from imagenet_prep import store_hdf5
+
+        return getattr(store_hdf5, _HDF5_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,11 +52,22 @@ def _commit(writer: store.LmdbWriter, results: list, units: dict, clock) -> None
     writer.commit_at(records, len(results), units, rejected, converted)
 
 
-def in_order(entries: list[dict]) -> list[dict]:
-    """Report entries in record order, as an in-order run lists them (out-of-order ones carry their index)."""
-    if not any("index" in e for e in entries):
-        return list(entries)
-    return [{k: v for k, v in e.items() if k != "index"} for e in sorted(entries, key=lambda e: e.get("index", -1))]
+def in_order(entries: list[dict], items=None, locate=None) -> list[dict]:
+    """Report entries in record order (each carries its item's index), each named where its file is in the
+    source, `locate(items[index])` (sources.Source.locate), when `locate` is given."""
+    if locate is not None and any("index" not in e for e in entries):  # a name the store refused (in order)
+        first = {}
+        for i, it in enumerate(items):
+            first.setdefault(it.name, i)
+        entries = [e if "index" in e or e["name"] not in first else {**e, "index": first[e["name"]]}
+                   for e in entries]
+
+    def named(e: dict) -> dict:
+        out = {k: v for k, v in e.items() if k != "index"}
+        if locate is not None and "index" in e:
+            out["name"] = locate(items[e["index"]])
+        return out
+    return [named(e) for e in sorted(entries, key=lambda e: e.get("index", -1))]
 
 
 def _check_name(got: str | None, want: str, where: str) -> None:
@@ -102,7 +113,13 @@ def _pack_parquet(units, writer: store.LmdbWriter, cfg, workers: int, bar, clock
 
 # ------------------------------------------------------------------------------------ tar.gz
 def _decode(task):
+    """Worker: one tar.gz member's bytes -> its result; None bytes: a member over sources.MAX_IMAGE_BYTES."""
+    from imagenet_prep.sources import MAX_IMAGE_BYTES
+
     pos, index, name, label, data = task
+    if data is None:
+        return pos, (index, name, label, (None, f"over the {MAX_IMAGE_BYTES:,} bytes of the largest image the "
+                                                "toolkit reads", None))
     return pos, (index, name, label, prep.process_bytes(data, name))
 
 

@@ -12,16 +12,18 @@ of the official tars, so records come out in the contract order whatever the sha
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from pathlib import Path
 
+from imagenet_prep.atomic import parse_json, read_json
 from imagenet_prep.errors import ImgnetError
 
 SPLIT_OF = {"train": "train", "validation": "val"}
 SHARD = re.compile(r"imagenet1k-(train|validation)-(\d+)\.tar")
 INFO = "_info.json"
+MAX_INFO_BYTES = 16 << 20    # timm's _info.json lists 1,088 shards: about 100 KB
+MAX_SAMPLE_META = 64 << 10   # a sample's .cls (a number) or .json (filename, label, size): under 200 bytes
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif"}
 
 # The train images whose bytes the shards do not keep: 22 CMYK JPEGs and one PNG under a .JPEG name that
@@ -47,13 +49,17 @@ def find_shards(src: Path) -> dict[str, list[Path]]:
 def read_info(src: Path) -> dict | None:
     """_info.json, or None where SRC has none; an unreadable one is an error."""
     path = src / INFO
-    if not path.is_file():
+    if not path.exists():
+        return None
+    expected = ('timm\'s _info.json {"name", "splits": {split: {"num_samples", "filenames", "shard_lengths"}}}')
+    try:
+        info = read_json(path, MAX_INFO_BYTES, expected)
+    except FileNotFoundError:  # a broken link
         return None
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
         info["splits"].items()
         return info
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise ImgnetError(f"{path} is not readable ({type(e).__name__}: {e}); expected timm's _info.json "
                           '{"name", "splits": {split: {"num_samples", "filenames", "shard_lengths"}}}') from e
 
@@ -67,7 +73,11 @@ def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path
     entry = info["splits"].get(name)
     if not isinstance(entry, dict):
         return {}
-    files, lengths = list(entry.get("filenames") or []), list(entry.get("shard_lengths") or [])
+    files, lengths = entry.get("filenames") or [], entry.get("shard_lengths") or []
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files) and isinstance(lengths, list)
+            and all(type(n) is int and n >= 0 for n in lengths)):
+        raise ImgnetError(f"{src / INFO}: the {name} entry's filenames or shard_lengths are not a list of names and a "
+                          "list of counts; expected timm's _info.json")
     have = {p.name for p in shards}
     missing = [f for f in files if Path(f).name not in have]
     if missing:
@@ -88,9 +98,9 @@ def _label(shard: str, key: str, cls: bytes | None, meta: bytes | None, wnids: l
     filename = None
     if meta is not None:
         try:
-            d = json.loads(meta)
+            d = parse_json(meta, f"{where}: .json", MAX_SAMPLE_META)
             label, filename = d.get("label"), d.get("filename")
-        except (ValueError, AttributeError) as e:
+        except (ImgnetError, AttributeError) as e:
             raise ImgnetError(f"{where}: .json is not a JSON object ({e}); expected timm's sample metadata") from e
         if label is not None:
             if index is not None and label != index:
@@ -122,6 +132,9 @@ def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], exp
         def read(m):
             if m is None:
                 return None
+            if m.size > MAX_SAMPLE_META:
+                raise ImgnetError(f"{path}: member {m.name!r} is {m.size:,} bytes; expected a sample's .cls or .json "
+                                  f"of at most {MAX_SAMPLE_META:,} (a damaged shard?)")
             f.seek(m.offset_data)
             return f.read(m.size)
         for key, parts in samples.items():

@@ -339,6 +339,25 @@ def test_wnid_like_folder_is_an_error_naming_it(tmp_path, odd, layout):
         discover(root)
 
 
+@pytest.mark.parametrize("other", ["Backup", "tmp", "n0144076"])
+@pytest.mark.parametrize("layout", ["extracted", "train-tar"])
+def test_another_folder_among_wnid_class_folders_is_an_error_naming_it(tmp_path, other, layout):
+    train = _train(1)
+    if layout == "extracted":
+        root = _extracted(tmp_path / "src", train)
+        (root / "train" / other).mkdir()
+        (root / "train" / other / "x.JPEG").write_bytes(_jpeg(5))
+    else:  # "Backup" would sort first and shift every class index by one
+        root = layouts.official(tmp_path / "src", [*train, (other, "x.JPEG", _jpeg(5))], [])
+        (root / "ILSVRC2012_img_val.tar").unlink()
+    with pytest.raises(ImgnetError, match=f"class folder '{other}' is not a wnid, beside 2 wnid class folders") as e:
+        discover(root)
+    assert "\n" not in str(e.value)
+    imagefolder = _extracted(tmp_path / "own", [("cat", "a.JPEG", _jpeg(1)), ("dog", "b.JPEG", _jpeg(2)),
+                                                 (W1, "c.JPEG", _jpeg(3))])
+    assert discover(imagefolder).label_map.names == ["cat", "dog", W1]  # mostly other names: an ImageFolder tree
+
+
 def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
     src = _extracted(tmp_path / "src", _train(1))
     cls = src / "train" / W1
@@ -349,10 +368,11 @@ def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
     (cls / "Thumbs.db").write_bytes(b"x")
     os.mkfifo(cls / "pipe")
     found = discover(src)
-    skipped = {d["name"]: d["reason"] for d in found.skipped["train"]}
-    assert "loop" in skipped[f"{W1}/self"] and "broken" in skipped[f"{W1}/gone.JPEG"]
-    assert "loop" in skipped[f"{W1}/sub/back/"] and skipped[f"{W1}/Thumbs.db"] == "system file"
-    assert "not a regular file" in skipped[f"{W1}/pipe"]
+    skipped = {d["name"]: d["reason"] for d in found.skipped["train"]}  # named by their path in SRC
+    at = f"train/{W1}"
+    assert "loop" in skipped[f"{at}/self"] and "broken" in skipped[f"{at}/gone.JPEG"]
+    assert "loop" in skipped[f"{at}/sub/back/"] and skipped[f"{at}/Thumbs.db"] == "system file"
+    assert "not a regular file" in skipped[f"{at}/pipe"]
     assert [i.name for i in found.splits["train"]] == [f"{W1}_0.JPEG", f"{W2}_0.JPEG"]
 
 
@@ -436,3 +456,73 @@ def test_a_read_failure_on_an_odd_name_is_still_one_line(tmp_path, monkeypatch):
         run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))
     msg = str(e.value)
     assert msg.isprintable() and "EIO" in msg and ("'a\\nb.JPEG' in " in msg or "'latin1-\\udce9" in msg)
+
+
+# ------------------------------------------------------------------- oversized and sparse members
+def test_a_sparse_tar_member_is_skipped_with_a_reason(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("no tar program to make a sparse member")
+    cls = tmp_path / "build" / W1
+    cls.mkdir(parents=True)
+    (cls / f"{W1}_0.JPEG").write_bytes(_jpeg(1))
+    with open(cls / f"{W1}_holes.JPEG", "wb") as f:  # a 2 MB hole, then a byte: GNU tar -S stores it sparse
+        f.truncate(2 << 20)
+        f.seek(0, 2)
+        f.write(b"x")
+    subprocess.run(["tar", "-S", "-cf", str(tmp_path / f"{W1}.tar"), f"{W1}_0.JPEG", f"{W1}_holes.JPEG"], cwd=cls,
+                   check=True)
+    with tarfile.open(tmp_path / f"{W1}.tar") as tf:
+        if not tf.getmember(f"{W1}_holes.JPEG").issparse():
+            pytest.skip("this file system or tar made no sparse member")
+    src = tmp_path / "src"
+    src.mkdir()
+    with tarfile.open(src / "ILSVRC2012_img_train.tar", "w") as outer:
+        outer.add(tmp_path / f"{W1}.tar", arcname=f"{W1}.tar")
+    found = discover(src)
+    assert [i.name for i in found.splits["train"]] == [f"{W1}_0.JPEG"]
+    skipped = {s["name"]: s["reason"] for s in found.skipped["train"]}
+    assert "sparse" in skipped[f"ILSVRC2012_img_train.tar:{W1}.tar:{W1}_holes.JPEG"]
+
+
+def test_a_source_file_over_the_largest_image_is_rejected_unread(tmp_path, monkeypatch):
+    src = _extracted(tmp_path / "src", _train(1))
+    with open(src / "train" / W1 / f"{W1}_huge.JPEG", "wb") as f:
+        f.truncate(sources.MAX_IMAGE_BYTES + 1)  # sparse: no disk used; reading it whole would take 2 GB
+    reads = []
+    real = builtins.open
+
+    def watched(path, *a, **kw):
+        f = real(path, *a, **kw)
+        if os.fsdecode(path).endswith("_huge.JPEG"):
+            reads.append(path)
+            f.read = lambda *x: pytest.fail("the oversized file was read")
+        return f
+    monkeypatch.setattr(sources, "open", watched, raising=False)
+    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
+    rejected = {r["name"]: r["reason"] for r in report["rejected"]}
+    assert "over the" in rejected[f"train/{W1}/{W1}_huge.JPEG"] and report["written"] == 2 and reads
+
+
+@pytest.mark.parametrize("layout", ["tars", "hf-targz"])
+def test_an_archive_member_over_the_bound_is_rejected_by_name(tmp_path, monkeypatch, layout):
+    train = _train(2)
+    big = max(len(d) for _, _, d in train)
+    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", big - 1)  # the largest member is now over the bound
+    victim = next(n for _, n, d in train if len(d) == big)
+    if layout == "tars":
+        src = layouts.official(tmp_path / "src", train, [])
+        (src / "ILSVRC2012_img_val.tar").unlink()
+    else:
+        src = tmp_path / "src"
+        src.mkdir()
+        rows = [(f"{n.rsplit('.', 1)[0]}_{w}.JPEG", d) for w, n, d in train]
+        for k in range(5):
+            (src / f"train_images_{k}.tar.gz").write_bytes(gzip.compress(_tar(rows[k::5])))
+    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
+    stem = victim.rsplit(".", 1)[0]  # named n0..._0.JPEG in the class tar, n0..._0_<wnid>.JPEG in a tar.gz shard
+    assert [r["name"].rsplit(":", 1)[-1].startswith(stem + ("." if layout == "tars" else "_"))
+            for r in report["rejected"]] == [True]
+    assert "over the" in report["rejected"][0]["reason"] and report["written"] == len(train) - 1

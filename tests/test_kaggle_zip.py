@@ -2,6 +2,7 @@
 directory, ZIP64, and damaged members."""
 
 import json
+import os
 import zipfile
 
 import pytest
@@ -102,9 +103,11 @@ def test_a_member_failing_its_crc_is_a_reported_skip(shared_data, images, tmp_pa
     _corrupt_member(path, f"ILSVRC/Data/CLS-LOC/val/{val[2][0]}", at=40)  # inside the deflate stream
     report = _prep(tmp_path / "kaggle", tmp_path / "out")
     rejected = {r["name"]: r["reason"] for s in ("train", "val") for r in report["splits"][s]["rejected"]}
-    assert set(rejected) == {stored_name, val[2][0]}
-    assert "fails its CRC-32 check" in rejected[stored_name]
-    assert "re-download" in rejected[val[2][0]]  # an inflate error or a CRC failure, whichever the flip causes
+    zipped = f"{kaggle_zip.ZIP_NAME}:{kaggle_zip.CLS_LOC}"  # named by the zip and the member's name in it
+    bad_train, bad_val = f"{zipped}train/{train[1][0]}/{stored_name}", f"{zipped}val/{val[2][0]}"
+    assert set(rejected) == {bad_train, bad_val}
+    assert "fails its CRC-32 check" in rejected[bad_train]
+    assert "re-download" in rejected[bad_val]  # an inflate error or a CRC failure, whichever the flip causes
     assert report["splits"]["train"]["written"] == len(train) - 1 and report["splits"]["val"]["written"] == len(val) - 1
 
 
@@ -129,3 +132,16 @@ def test_zip_csv_that_disagrees_with_the_ground_truth(shared_data, images, tmp_p
     with pytest.raises(ImgnetError, match="labels ILSVRC2012_val_00000005.JPEG as n99999999, but the ILSVRC2012 "
                                           "ground truth"):
         discover(tmp_path / "kaggle")
+
+
+def test_member_name_that_is_not_utf8_under_the_utf8_flag_keeps_its_bytes(shared_data, images, tmp_path):
+    train, val = images
+    wnid = train[0][0]
+    odd = [(wnid, "\u00e9t\u00e9.JPEG", train[0][2]), *train[1:]]
+    path = layouts.kaggle(tmp_path / "k", odd, val, shared_data)
+    # the name's bytes: 0xff 0xfe are not UTF-8, though the entry's flag says UTF-8
+    path.write_bytes(path.read_bytes().replace("\u00e9t\u00e9".encode(), b"\xff\xfet\xfe\xff"))
+    _prep(tmp_path / "k", tmp_path / "out", split="train")
+    names = [n for _, _, n in layouts.content(tmp_path / "out", "train")]
+    assert os.fsdecode(b"\xff\xfet\xfe\xff.JPEG") in names and len(names) == len(odd)
+    assert {n.encode("utf-8", "surrogateescape") for n in names} >= {b"\xff\xfet\xfe\xff.JPEG"}

@@ -255,3 +255,28 @@ def test_shipped_data_files_reach_the_wheel(tmp_path):
     assert "ILSVRC2012_validation_ground_truth.txt" in data
     assert {f"imagenet_prep/data/{n}" for n in data} <= names
     assert {"imagenet_prep/kaggle_zip.py", "imagenet_prep/wds.py", "cli.py"} <= names
+
+
+def _crash(task):
+    """A MAT reader that dies by a signal, as scipy's does on some damaged files."""
+    import faulthandler
+    import os
+    import signal
+
+    faulthandler.disable()
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_meta_mat_that_crashes_the_mat_reader_is_one_line(shared_data, monkeypatch):
+    from imagenet_prep import labels
+
+    data = (shared_data / "devkit_t12" / "data" / "meta.mat").read_bytes()
+    flipped = bytearray(data)
+    flipped[27688] ^= 0x80  # a flipped bit that crashes the reading of the table (SIGSEGV) in the scipy tested
+    with pytest.raises(ImgnetError, match="meta.mat") as e:
+        parse_meta_mat(bytes(flipped), origin="devkit/data/meta.mat")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(labels, "_read_meta_mat", _crash)  # whatever the scipy: a reader that crashes
+    with pytest.raises(ImgnetError, match=r"devkit/data/meta.mat: not a readable .* crashed .*SIGSEGV") as e:
+        parse_meta_mat(data, origin="devkit/data/meta.mat")
+    assert "\n" not in str(e.value)

@@ -70,12 +70,14 @@ def test_messy_source_skips_and_converts(messy_src, tmp_path):
     r = report["splits"]["train"]
     assert r["written"] == 8 + 4
     rejected = {x["name"]: x["reason"] for x in r["rejected"]}
-    assert {"n01440764_90.JPEG", "n01440764_91.JPEG", "n01440764_92.JPEG"} <= set(rejected)
-    assert any(name.endswith(".DS_Store") for name in rejected)
+    # skipped at listing and rejected at decode: both named by their path relative to --src
+    assert set(rejected) == {f"train/n01440764/{n}" for n in (".DS_Store", "n01440764_90.JPEG", "n01440764_91.JPEG",
+                                                              "n01440764_92.JPEG")}
     assert all(reason for reason in rejected.values())
     converted = {x["name"]: x["from_mode"] for x in r["converted"]}
-    assert converted["n01443537_94.JPEG"] == "CMYK" and converted["n01443537_95.JPEG"] == "L"
-    assert converted["n01443537_96.JPEG"].startswith("I")
+    assert converted["train/n01443537/n01443537_94.JPEG"] == "CMYK"
+    assert converted["train/n01443537/n01443537_95.JPEG"] == "L"
+    assert converted["train/n01443537/n01443537_96.JPEG"].startswith("I")
     assert json.loads((out / "prep-report.json").read_text())["splits"]["train"]["written"] == 12
     split = open_split(out, "train")
     assert split.names == sorted(split.names, key=lambda n: (n.split("_")[0], n))  # (class, name) order

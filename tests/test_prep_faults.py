@@ -186,9 +186,10 @@ def test_report_lists_png_named_jpeg_and_16_bit_under_converted(tmp_path):
     (src / "train" / W1 / f"{W1}_deep.png").write_bytes(buf.getvalue())
     report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
     converted = {c["name"]: c for c in report["converted"]}
-    assert converted[f"{W1}_png.JPEG"] == {"name": f"{W1}_png.JPEG", "from_format": "PNG", "from_mode": "RGB"}
-    assert converted[f"{W1}_deep.png"]["from_format"] == "PNG" and "16" in converted[f"{W1}_deep.png"]["from_mode"]
-    assert set(converted) == {f"{W1}_png.JPEG", f"{W1}_deep.png"}
+    png, deep = f"train/{W1}/{W1}_png.JPEG", f"train/{W1}/{W1}_deep.png"
+    assert converted[png] == {"name": png, "from_format": "PNG", "from_mode": "RGB"}
+    assert converted[deep]["from_format"] == "PNG" and "16" in converted[deep]["from_mode"]
+    assert set(converted) == {png, deep}
 
 
 # -------------------------------------------------------------------------------- Kaggle CSV
@@ -229,5 +230,5 @@ def test_a_split_that_ends_with_no_image_warns(tmp_path, capsys):
     (src / "train" / W1).mkdir(parents=True)
     (src / "train" / W1 / "bad.JPEG").write_bytes(b"<html>not an image</html>")
     report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
-    assert report["written"] == 0 and [r["name"] for r in report["rejected"]] == ["bad.JPEG"]
+    assert report["written"] == 0 and [r["name"] for r in report["rejected"]] == [f"train/{W1}/bad.JPEG"]
     assert "warning: train ends with 0 images" in capsys.readouterr().err

@@ -150,14 +150,16 @@ def test_official_archives_round_trip_exact_bytes(shared_data, tmp_path):
         assert item.path == str(src_dir / "ILSVRC2012_img_train.tar") and item.size > 0
         item = pickle.loads(pickle.dumps(item))  # what a worker process receives
         assert read_item(item) == originals[(src.label_map.names[item.label], item.name)]
-    assert sorted(s["name"] for s in src.skipped["train"]) == [".DS_Store"] + [
-        f"{w}/._{w}_0.JPEG" for w in train_wnids]
+    # skipped files are named where they are: the archive, then the member (the class tar, then its member)
+    assert sorted(s["name"] for s in src.skipped["train"]) == ["ILSVRC2012_img_train.tar:.DS_Store"] + [
+        f"ILSVRC2012_img_train.tar:{w}.tar:._{w}_0.JPEG" for w in train_wnids]
     val = src.splits["val"]
     assert [i.name for i in val] == [val_name(n) for n in range(1, 9)]
     for item in val:
         assert read_item(item) == (shared_data / "images" / "val_original" / item.name).read_bytes()
         assert src.label_map.names[item.label] == truth[item.name]
-    assert src.skipped["val"] == [{"name": "._ILSVRC2012_val_00000001.JPEG", "reason": "hidden file"}]
+    assert src.skipped["val"] == [{"name": "ILSVRC2012_img_val.tar:._ILSVRC2012_val_00000001.JPEG",
+                                   "reason": "hidden file"}]
     # without the val archive the classes are the class tars
     (src_dir / "ILSVRC2012_img_val.tar").unlink()
     assert discover(src_dir).label_map.names == train_wnids
@@ -232,7 +234,8 @@ def test_tar_listings_are_cached_and_reused(shared_data, tmp_path, tar_opens):
     assert tar_opens and len(list(cache.glob(".listing-*.npz"))) == 2 and not list(cache.glob("*.tmp"))
     assert discover(src) == first  # the cache changes nothing
     assert len(first.splits["train"]) == 3 and len(first.splits["val"]) == 3
-    assert {s["name"] for s in first.skipped["train"]} == {"README.txt", "n01440764/._n01440764_1.JPEG"}
+    assert {s["name"] for s in first.skipped["train"]} == {"ILSVRC2012_img_train.tar:README.txt",
+                                                           "ILSVRC2012_img_train.tar:n01440764.tar:._n01440764_1.JPEG"}
     tar_opens.clear()
     second = discover(src, cache_dir=cache)
     assert second == first and tar_opens == []  # no tar header read
@@ -300,13 +303,17 @@ def test_extracted_train_with_flat_val(shared_data, tmp_path):
     assert [(i.label, i.name) for i in train] == sorted((i.label, i.name) for i in train)
     for i in train:
         assert Path(i.path) == tmp_path / "train" / src.label_map.names[i.label] / i.name
-    assert src.skipped["train"] == [{"name": "n01440764/.DS_Store", "reason": "hidden file"}]
+    assert src.skipped["train"] == [{"name": "train/n01440764/.DS_Store", "reason": "hidden file"}]
     assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == {
         k: v for k, v in caffe_val(shared_data).items() if int(k[15:23]) <= 10}
     assert discover(tmp_path, per_class=4).splits == src.splits  # deterministic
-    # class folders the devkit does not know cannot share its label map
+    # a class folder that is not a wnid among wnid folders: an error naming it, not an extra class
     (tmp_path / "train" / "cat").mkdir()
-    with pytest.raises(ImgnetError, match="class folders 'cat' are not among the 1000 classes of .*ground_truth"):
+    with pytest.raises(ImgnetError, match="class folder 'cat' is not a wnid, beside 10 wnid class folders"):
+        discover(tmp_path)
+    (tmp_path / "train" / "cat").rmdir()  # a wnid the ground truth does not know cannot share its label map
+    (tmp_path / "train" / "n99999999").mkdir()
+    with pytest.raises(ImgnetError, match="class folders 'n99999999' are not among the 1000 classes of .*ground_truth"):
         discover(tmp_path)
 
 
@@ -320,7 +327,7 @@ def test_kaggle_csv_class_missing_from_the_synset_list_is_skipped(shared_data, t
     src = discover(tmp_path)
     assert len(src.label_map) == 999
     assert [i.name for i in src.splits["val"]] == [val_name(1), val_name(3)]
-    assert src.skipped["val"] == [{"name": val_name(2), "reason": f"its class {truth[val_name(2)]} (from "
+    assert src.skipped["val"] == [{"name": f"ILSVRC/Data/CLS-LOC/val/{val_name(2)}", "reason": f"its class {truth[val_name(2)]} (from "
                                    f"{tmp_path / 'LOC_val_solution.csv'}) is not among the 999 classes of the source"}]
 
 
@@ -345,10 +352,10 @@ def test_imagefolder_tree_keeps_any_file_and_skips_system_junk(shared_data, tmp_
         (0, "z.jpg"), (1, "a.png"), (1, "b.JPEG"), (1, "more/c.JPEG"), (1, "noext")]
     assert [i.name for i in src.splits["val"]] == ["a.png", "b.JPEG", "more/c.JPEG", "noext", "z.jpg"]
     assert src.skipped["train"] == [
-        {"name": "__MACOSX/", "reason": "system folder"},
-        {"name": "cat/broken.jpg", "reason": "a broken symbolic link"},
-        {"name": "dog/.hidden/", "reason": "hidden folder"},
-        {"name": "dog/Thumbs.db", "reason": "system file"}]
+        {"name": "train/__MACOSX/", "reason": "system folder"},
+        {"name": "train/cat/broken.jpg", "reason": "a broken symbolic link"},
+        {"name": "train/dog/.hidden/", "reason": "hidden folder"},
+        {"name": "train/dog/Thumbs.db", "reason": "system file"}]
     with pytest.raises(ImgnetError, match="label order 'devkit' needs ILSVRC2012 wnids.*'cat', 'dog'"):
         discover(tmp_path, label_order="devkit")
     only_val = discover(tmp_path, splits=["val"])
