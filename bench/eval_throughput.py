@@ -57,15 +57,16 @@ def sync(device: torch.device) -> None:
 
 def ours(model, split, stats, ten: bool, batch_size: int, workers: int | None, device: torch.device):
     """(images/s, top-1 predictions) of evaluate() over the Loader that run_test builds."""
-    from trainer.loader import Loader
+    from trainer.data import InputTransform
     from trainer.evaluate import evaluate, loader_workers
+    from trainer.loader import Loader
 
     kw = dict(batch_size=batch_size, train=False, views="ten" if ten else "center",
-              workers=loader_workers(workers, device),
-              device=str(device), lighting_std=0.0)
-    with Loader(split, stats, indices=np.arange(min(batch_size, len(split))), **kw) as warm:
+              workers=loader_workers(workers, device), device=str(device))
+    transform = InputTransform(stats, lighting_std=0.0)
+    with Loader(split, transform, indices=np.arange(min(batch_size, len(split))), **kw) as warm:
         evaluate(model, warm, device=device)
-    with Loader(split, stats, **kw) as loader:
+    with Loader(split, transform, **kw) as loader:
         sync(device)
         t0 = time.perf_counter()
         r = evaluate(model, loader, ten_crop=ten, device=device, return_predictions=True)

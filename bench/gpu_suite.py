@@ -90,11 +90,12 @@ def device_of(dry: bool):
     return torch.device("cpu" if dry else "cuda")
 
 
-def make_loader(split, stats, **kw):
-    """The one place this script builds a trainer.loader.Loader."""
+def make_loader(split, stats, channels_last: bool = False, **kw):
+    """The one place this script builds a trainer.loader.Loader (the training input: lighting on)."""
+    from trainer.data import InputTransform
     from trainer.loader import Loader
 
-    return Loader(split, stats, **kw)
+    return Loader(split, InputTransform(stats, channels_last=channels_last), **kw)
 
 
 # ------------------------------------------------------------------------------------ parts

@@ -5,7 +5,7 @@ flipped with it, plus the PCA lighting offset) from the same photo-like 256x256 
 fields plus noise, so JPEG sizes are realistic), made on the fly:
   ours      Loader over the packed train split, raw and jpeg encodings: workers copy the crops into
             shared-memory batches. On a GPU host it yields the float input on the GPU; without one it
-            yields the device-ready uint8 batch plus the per-image lighting offsets (output="uint8"), the
+            yields the device-ready uint8 batch plus the per-image lighting offsets (raw_batches()), the
             form in which it reaches the GPU; the float path on the CPU is reported too (raw_float_cpu_img_s).
   baseline  a torch.utils.data.Dataset that opens each image from a JPEG file (the same 4:4:4 quality-90
             bytes as the packed jpeg split) with PIL and applies the same crop, flip and normalization in
@@ -19,7 +19,7 @@ Each configuration runs one warm-up epoch (starts its workers, fills the page ca
 The main process's ceiling: whatever the workers deliver, the training process spends CPU time per
 batch (handing out tasks, collecting results, taking and releasing the slot, the labels and lighting
 offsets; on a GPU host also launching the copy and the transform). `main_process_cost` measures it
-with the float transform stubbed out (output="uint8") at --ceiling-workers (15: a 16-core GPU host):
+with the float transform stubbed out (raw_batches()) at --ceiling-workers (15: a 16-core GPU host):
 main_us_per_batch and ceiling_img_s = batch / that time (goal: >= 40,000 img/s, twice what one H100
 trains at, so that the main process never limits the rate), with the stages it is spent in.
 
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 from imagenet_prep.stats import compute_stats, load_stats  # noqa: E402
 from imagenet_prep.store import encode_image, open_split, write_split  # noqa: E402
-from trainer.data import CROP, PAD, lighting_offset  # noqa: E402
+from trainer.data import CROP, PAD, InputTransform, lighting_offset  # noqa: E402
 from trainer.loader import Loader  # noqa: E402
 
 QUALITY = 90
@@ -162,16 +162,16 @@ def _worker_seed(wid):
     np.random.seed(seed)
 
 
-def time_batches(iterable_factory, batches: int, device) -> float:
-    """Images per second over `batches` batches after one warm-up epoch."""
-    it_src = iterable_factory()
+def time_batches(epoch, batches: int, device) -> float:
+    """Images per second over `batches` batches after one warm-up epoch; epoch() iterates one epoch."""
     n_img = 0
-    for _ in it_src:  # warm-up epoch
+    for _ in epoch():  # warm-up epoch
         pass
     done = 0
     t0 = time.perf_counter()
     while done < batches:
-        for b in it_src:
+        it = epoch()
+        for b in it:
             x = b[0] if isinstance(b, (tuple, list)) else b.images
             if device.type == "cuda":
                 x = x.to(device, non_blocking=True)
@@ -182,8 +182,8 @@ def time_batches(iterable_factory, batches: int, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
-    close = getattr(it_src, "close", None)
-    if close:
+    close = getattr(it, "close", None)
+    if close:  # an epoch left mid-way: let its work land before the loader is closed
         close()
     return n_img / dt
 
@@ -193,21 +193,23 @@ def run_baseline(folder, stats, workers, bs, batches, device) -> float:
     dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
                                      pin_memory=device.type == "cuda", persistent_workers=True,
                                      worker_init_fn=_worker_seed)
-    r = time_batches(lambda: dl, batches, device)
+    r = time_batches(lambda: iter(dl), batches, device)
     del dl
     return r
 
 
-def make_loader(split, stats, **kw) -> Loader:
-    """The one place this script builds a Loader (its constructor's parameters live in trainer/loader.py)."""
-    return Loader(split, stats, **kw)
+def make_loader(split, stats, output: str = "float", **kw):
+    """The one place this script builds a Loader: (the loader, epoch() iterating one epoch of its float
+    input, or of its RawBatch for output="uint8")."""
+    ld = Loader(split, InputTransform(stats), **kw)
+    return ld, (ld.raw_batches if output == "uint8" else ld.__iter__)
 
 
 def run_ours(data_dir, stats, workers, bs, batches, device, output) -> float:
     split = open_split(data_dir, "train")
-    ld = make_loader(split, stats, batch_size=bs, workers=workers, seed=0, device=device, output=output)
+    ld, epoch = make_loader(split, stats, output, batch_size=bs, workers=workers, seed=0, device=device)
     try:
-        return time_batches(lambda: ld, batches, device)
+        return time_batches(epoch, batches, device)
     finally:
         ld.close()
 
@@ -223,12 +225,12 @@ def per_core_rate(data_dir, stats, bs, batches) -> float:
         return r.ru_utime + r.ru_stime
 
     cpu0 = children_cpu()
-    ld = make_loader(open_split(data_dir, "train"), stats, batch_size=bs, workers=1, seed=0, device="cpu",
-                     output="uint8")
+    ld, epoch = make_loader(open_split(data_dir, "train"), stats, "uint8", batch_size=bs, workers=1, seed=0,
+                            device="cpu")
     n = 0
     try:
         for _ in range(-(-batches // len(ld))):
-            for _b in ld:
+            for _b in epoch():
                 n += 1
     finally:
         ld.close()
@@ -242,7 +244,7 @@ STAGES = ("_submit", "_collect", "_deliver", "_release_copied")  # the main proc
 def main_process_cost(data_dir, stats, workers, bs, batches) -> dict:
     """CPU time the training process itself spends per batch, the float transform stubbed out.
 
-    The loader runs with output="uint8" (the device-ready crops and lighting offsets, no float
+    The loader's raw_batches() run (the device-ready crops and lighting offsets, no float
     transform: on a GPU host that runs on the GPU, its cost is the GPU suite's to measure) while the
     workers fill the slots. time.process_time() counts the main process (all its threads: the queue
     feeder thread pickles the tasks), never the workers, and not the time it waits for them; the
@@ -262,16 +264,16 @@ def main_process_cost(data_dir, stats, workers, bs, batches) -> dict:
                 spent[name] += time.thread_time() - t
         return wrapper
 
-    ld = make_loader(open_split(data_dir, "train"), stats, batch_size=bs, workers=workers, seed=0,
-                     device="cpu", output="uint8")
+    ld, epoch = make_loader(open_split(data_dir, "train"), stats, "uint8", batch_size=bs, workers=workers, seed=0,
+                            device="cpu")
     try:
-        for _ in ld:  # warm-up epoch: workers started, page cache filled
+        for _ in epoch():  # warm-up epoch: workers started, page cache filled
             pass
         for name, fn in originals.items():
             setattr(loader_mod._EpochRun, name, timed(name, fn))
         done, cpu0, thr0 = 0, time.process_time(), time.thread_time()
         while done < batches:
-            for _ in ld:
+            for _ in epoch():
                 done += 1
                 if done == batches:
                     break

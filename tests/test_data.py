@@ -23,7 +23,7 @@ from trainer import data as D
 from trainer import loader as L
 from trainer.data import (CROP, ImageNetDataset, InputTransform, center_crop, check_split, draw_augment, hflip,
                           lighting_offset, pca_lighting, random_crop, ten_crop, view_geometry)
-from trainer.loader import Loader, WorkerError
+from trainer.loader import Loader, LoaderTuning, WorkerError
 
 N = 40  # images in the test split
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_device_path_equals_cpu_path(packed, mean):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_input_is_the_formula_for_the_drawn_choices(packed, workers):
     d, split, stats, imgs = packed
-    with Loader(split, stats, batch_size=8, workers=workers, seed=11) as ld:
+    with Loader(split, InputTransform(stats), batch_size=8, workers=workers, seed=11) as ld:
         ld.set_epoch(3)
         plan = ld.plan(3)
         got = _epoch(ld)
@@ -193,28 +193,28 @@ def test_same_seed_same_batches_whatever_the_worker_count(packed):
     _, split, stats, _ = packed
     runs = {}
     for w in (0, 1, 2):
-        with Loader(split, stats, batch_size=8, workers=w, seed=5) as ld:
+        with Loader(split, InputTransform(stats), batch_size=8, workers=w, seed=5) as ld:
             runs[w] = [_epoch(ld), _epoch(ld)]  # epochs 0 and 1
     for w in (1, 2):
         for e in (0, 1):
             for (xa, ya), (xb, yb) in zip(runs[0][e], runs[w][e]):
                 assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(runs[0][0][0][0], runs[0][1][0][0])  # a fresh permutation and draws each epoch
-    with Loader(split, stats, batch_size=8, workers=0, seed=6) as other:
+    with Loader(split, InputTransform(stats), batch_size=8, workers=0, seed=6) as other:
         assert not torch.equal(_epoch(other)[0][0], runs[0][0][0][0])
 
 
 def test_every_image_at_most_once_and_the_drop_is_logged(packed, caplog):
     _, split, stats, _ = packed
-    with Loader(split, stats, batch_size=6, workers=2, seed=1, output="uint8") as ld:
+    with Loader(split, InputTransform(stats), batch_size=6, workers=2, seed=1) as ld:
         with caplog.at_level(logging.INFO, logger="trainer.data"):
-            seen = [b.indices.copy() for b in ld]
+            seen = [b.indices.copy() for b in ld.raw_batches()]
         assert ld.dropped == N % 6 == 4 and len(ld) == 6
     seen = np.concatenate(seen)
     assert len(seen) == 36 and len(np.unique(seen)) == 36  # only the N mod B left over are missed
     assert "4 of 40 images left out by drop_last" in caplog.text
-    with Loader(split, stats, batch_size=6, train=False, workers=2, output="uint8") as ev:  # no drop: all, in order
-        idx = np.concatenate([b.indices.copy() for b in ev])
+    with Loader(split, InputTransform(stats), batch_size=6, train=False, workers=2) as ev:  # no drop: all, in order
+        idx = np.concatenate([b.indices.copy() for b in ev.raw_batches()])
     np.testing.assert_array_equal(idx, np.arange(N))
     assert ev.dropped == 0 and len(ev) == 7
 
@@ -222,8 +222,8 @@ def test_every_image_at_most_once_and_the_drop_is_logged(packed, caplog):
 def test_ranks_get_disjoint_equal_shares(packed):
     _, split, stats, _ = packed
     b, w = 3, 2
-    plans = [Loader(split, stats, batch_size=b, workers=0, shard=(r, w), seed=2).plan(0) for r in range(w)]
-    single = Loader(split, stats, batch_size=b * w, workers=0, seed=2).plan(0)
+    plans = [Loader(split, InputTransform(stats), batch_size=b, workers=0, shard=(r, w), seed=2).plan(0) for r in range(w)]
+    single = Loader(split, InputTransform(stats), batch_size=b * w, workers=0, seed=2).plan(0)
     assert len(plans[0].batches) == len(plans[1].batches) == N // (b * w)
     a, c = plans[0].indices, plans[1].indices
     assert not set(a) & set(c) and len(a) == len(c) == 18  # disjoint, no padding
@@ -232,14 +232,14 @@ def test_ranks_get_disjoint_equal_shares(packed):
         mine, whole = slice(s * b, (s + 1) * b), slice(s * b * w, (s + 1) * b * w)
         np.testing.assert_array_equal(np.concatenate([a[mine], c[mine]]), single.indices[whole])
         np.testing.assert_array_equal(np.concatenate([plans[0].tops[mine], plans[1].tops[mine]]), single.tops[whole])
-    ev = [Loader(split, stats, batch_size=4, train=False, workers=0, shard=(r, 3)).plan(0).indices
+    ev = [Loader(split, InputTransform(stats), batch_size=4, train=False, workers=0, shard=(r, 3)).plan(0).indices
           for r in range(3)]
     np.testing.assert_array_equal(np.sort(np.concatenate(ev)), np.arange(N))  # without drop_last: all, once
 
 
 def test_eval_views_and_uint8_output(packed):
     d, split, stats, imgs = packed
-    with Loader(split, stats, batch_size=4, train=False, views="ten", workers=2) as ld:
+    with Loader(split, InputTransform(stats), batch_size=4, train=False, views="ten", workers=2) as ld:
         x, y = next(iter(ld))
     assert x.shape == (40, 3, 224, 224) and y.tolist() == [0, 1, 2, 3]
     tf = InputTransform(stats)
@@ -248,12 +248,12 @@ def test_eval_views_and_uint8_output(packed):
         offs = np.array(D.TEN_CROP_OFFSETS)
         want = tf(v, offs[:, 0], offs[:, 1], np.array(D.TEN_CROP_FLIPS))
         torch.testing.assert_close(x[10 * i:10 * i + 10], want, rtol=0, atol=0)
-    with Loader(split, stats, batch_size=4, train=False, workers=0) as ld:
+    with Loader(split, InputTransform(stats), batch_size=4, train=False, workers=0) as ld:
         x, _ = next(iter(ld))
     np.testing.assert_allclose(x[1].numpy(), _reference_x(imgs[1], stats, 16, 16, False, None), atol=1e-4)
-    with Loader(split, stats, batch_size=8, workers=2, seed=9, output="uint8") as raw, \
-            Loader(split, stats, batch_size=8, workers=0, seed=9) as flt:
-        for rb, (x, _) in zip(raw, flt):
+    with Loader(split, InputTransform(stats), batch_size=8, workers=2, seed=9) as raw, \
+            Loader(split, InputTransform(stats), batch_size=8, workers=0, seed=9) as flt:
+        for rb, (x, _) in zip(raw.raw_batches(), flt):
             for j in range(8):
                 c = random_crop(imgs[rb.indices[j]], rb.tops[j], rb.lefts[j])
                 np.testing.assert_array_equal(rb.images[j].numpy(), hflip(c) if rb.flips[j] else c)
@@ -267,8 +267,8 @@ def test_eval_views_and_uint8_output(packed):
 def test_cuda_path_equals_cpu_path(packed, workers):
     """Pinned slots, asynchronous copies on a side stream and the gather transform give the CPU's numbers."""
     _, split, stats, _ = packed
-    with Loader(split, stats, batch_size=8, workers=workers, seed=3, device="cuda") as gpu, \
-            Loader(split, stats, batch_size=8, workers=0, seed=3) as cpu:
+    with Loader(split, InputTransform(stats), batch_size=8, workers=workers, seed=3, device="cuda") as gpu, \
+            Loader(split, InputTransform(stats), batch_size=8, workers=0, seed=3) as cpu:
         pairs = list(zip(gpu, cpu))
         assert len(pairs) == len(cpu) == 5
         for (xg, yg), (xc, yc) in pairs:
@@ -283,8 +283,8 @@ def test_other_formats_give_slices_of_the_decoded_image(tmp_path, fmt, enc):
     split = write_split(tmp_path, "train", [(im, i % 2, f"i{i}") for i, im in enumerate(imgs)],
                         format=fmt, encoding=enc)
     compute_stats(tmp_path, workers=1, progress=False)
-    with Loader(split, load_stats(tmp_path), batch_size=5, workers=2, seed=4, output="uint8") as ld:
-        for rb in ld:
+    with Loader(split, InputTransform(load_stats(tmp_path)), batch_size=5, workers=2, seed=4) as ld:
+        for rb in ld.raw_batches():
             for j in range(5):
                 c = random_crop(split.read_image(int(rb.indices[j])), rb.tops[j], rb.lefts[j])
                 np.testing.assert_array_equal(rb.images[j].numpy(), hflip(c) if rb.flips[j] else c)
@@ -294,7 +294,7 @@ def test_dataset_gives_the_loaders_inputs(packed):
     d, split, stats, _ = packed
     ds = ImageNetDataset(split, stats, seed=8)
     ds.set_epoch(2)
-    with Loader(split, stats, batch_size=8, workers=0, seed=8) as ld:
+    with Loader(split, InputTransform(stats), batch_size=8, workers=0, seed=8) as ld:
         ld.set_epoch(2)
         plan = ld.plan(2)
         x, y = next(iter(ld))
@@ -319,7 +319,7 @@ def test_view_geometry_is_what_the_loader_the_dataset_and_ten_crop_use(packed):
     np.testing.assert_array_equal(cut, ten_crop(img))  # the contract's order, from the one definition
     assert [a.tolist() for a in view_geometry("center", 2)] == [[16, 16], [16, 16], [False, False]]
     for views in ("center", "ten"):
-        plan = Loader(split, stats, batch_size=4, train=False, views=views, workers=0).plan(0)
+        plan = Loader(split, InputTransform(stats), batch_size=4, train=False, views=views, workers=0).plan(0)
         want = view_geometry(views, len(plan.indices))
         for got, w in zip((plan.tops, plan.lefts, plan.flips), want):
             np.testing.assert_array_equal(got, w)
@@ -331,8 +331,10 @@ def test_view_geometry_is_what_the_loader_the_dataset_and_ten_crop_use(packed):
 # --------------------------------------------------------------------------------------- refusals
 def test_refusals_name_the_reason(packed, tmp_path):
     d, split, stats, _ = packed
-    with pytest.raises(ImgnetError, match="imgnet pca-stats"):
-        Loader(split, tmp_path, workers=0)  # a folder without stats.json
+    with pytest.raises(ImgnetError, match="expected a trainer.data.InputTransform"):
+        Loader(split, stats, workers=0)  # the statistics themselves, not the transform made of them
+    with pytest.raises(ImgnetError, match="expected a Split"):
+        Loader(str(d), InputTransform(stats), workers=0)
     with pytest.raises(ImgnetError, match="num_classes=3"):
         check_split(split, stats, num_classes=3)  # labels run to 4: the caller's check (train, test)
     other = read_labels_json(d)
@@ -340,19 +342,19 @@ def test_refusals_name_the_reason(packed, tmp_path):
     with pytest.raises(ImgnetError, match="another label map"):
         check_split(split, stats, labels=other)
     with pytest.raises(ImgnetError, match="statistics were computed"):
-        Loader(split, dict(stats, source={"labels_sha256": "0" * 64}), workers=0)
+        check_split(split, dict(stats, source={"labels_sha256": "0" * 64}))
     bad = dataclasses.replace(split, meta=dict(split.meta, image_shape=[128, 128, 3]))
     with pytest.raises(ImgnetError, match=r"shape \[128, 128, 3\]"):
-        Loader(bad, stats, workers=0)
+        Loader(bad, InputTransform(stats), workers=0)
     with pytest.raises(ImgnetError, match="repeat"):
-        Loader(split, stats, workers=0, indices=[1, 2, 2])
+        Loader(split, InputTransform(stats), workers=0, indices=[1, 2, 2])
     check_split(split, stats, num_classes=5, labels=read_labels_json(d))  # the matching ones pass
 
 
 # --------------------------------------------------------------------------------------- failures
 def test_a_killed_worker_raises_instead_of_hanging(packed):
     _, split, stats, _ = packed
-    ld = Loader(split, stats, batch_size=4, workers=2, seed=0)
+    ld = Loader(split, InputTransform(stats), batch_size=4, workers=2, seed=0)
     it = iter(ld)
     next(it)
     procs = list(ld._pool.procs)
@@ -375,9 +377,30 @@ def test_a_worker_exception_carries_its_traceback(packed, monkeypatch):
         raise ValueError(f"cannot read record {int(idx[0])}")
 
     monkeypatch.setattr(L._CropReader, "copy", broken)  # the forked workers inherit it
-    with Loader(split, stats, batch_size=4, workers=2) as ld:
+    with Loader(split, InputTransform(stats), batch_size=4, workers=2) as ld:
         with pytest.raises(WorkerError, match=r"(?s)Traceback.*ValueError: cannot read record"):
             _epoch(ld)
+
+
+def test_stuck_workers_end_the_epoch_after_the_tuning_timeout(packed, monkeypatch):
+    """A worker that never finishes (hung storage) is reported once `timeout` passes with no work done;
+    the tuning changes when that happens, never what a batch holds."""
+    _, split, stats, _ = packed
+
+    def hung(self, dst, idx, *a):
+        time.sleep(60)
+
+    with Loader(split, InputTransform(stats), batch_size=4, workers=2, seed=1,
+                tuning=LoaderTuning(prefetch=3, timeout=1.0)) as ld:
+        same = [x for x, _ in ld]
+    with Loader(split, InputTransform(stats), batch_size=4, workers=0, seed=1) as ref:
+        assert all(torch.equal(a, b) for a, (b, _) in zip(same, ref, strict=True))
+    monkeypatch.setattr(L._CropReader, "copy", hung)  # the forked workers inherit it
+    with Loader(split, InputTransform(stats), batch_size=4, workers=2, tuning=LoaderTuning(timeout=1.0)) as ld:
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match="no loader worker finished any work in 1 s"):
+            _epoch(ld)
+        assert time.monotonic() - t0 < 20
 
 
 @pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
@@ -386,8 +409,11 @@ def test_ctrl_c_stops_workers_and_leaves_no_shared_memory(packed, method):
     script = textwrap.dedent(f"""
         import sys, time
         from imagenet_prep import open_split
-        from trainer.loader import Loader
-        ld = Loader(open_split({str(d)!r}, "train"), {str(d)!r}, batch_size=4, workers=2, start_method=sys.argv[1])
+        from imagenet_prep.stats import load_stats
+        from trainer.data import InputTransform
+        from trainer.loader import Loader, LoaderTuning
+        ld = Loader(open_split({str(d)!r}, "train"), InputTransform(load_stats({str(d)!r})), batch_size=4, workers=2,
+                    tuning=LoaderTuning(start_method=sys.argv[1]))
         for epoch in range(1000):
             for i, (x, y) in enumerate(ld):
                 if epoch == 0 and i == 0:

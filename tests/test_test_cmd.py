@@ -14,6 +14,7 @@ from imagenet_prep.labels import build_label_map, load_class_meta
 from imagenet_prep.store import write_split
 from oracle_arch import ranking, write_class
 from trainer import checkpoint as ck
+from trainer.data import InputTransform
 from trainer.evaluate import REAL_FIGURES, center_view, evaluate, parse_views, report_name, run_test
 
 # val numbers: 36, 50 and 56 are on the 2015 blacklist; the first 40 hold single-label, multi-label and
@@ -245,7 +246,7 @@ def test_center_of_ten_needs_a_ten_view_loader(random_data):
     model = ck.model_from_checkpoint(ck.load_checkpoint(random_data["ckpt"]), arch="tiny_arch:make")
     s = open_split(random_data["data"], "val")
     try:
-        with Loader(s, zero_stats(), batch_size=4, train=False, views="center", workers=0) as loader:
+        with Loader(s, InputTransform(zero_stats()), batch_size=4, train=False, views="center", workers=0) as loader:
             with pytest.raises(ImgnetError, match="center_of_ten needs the ten views"):
                 evaluate(model, loader, center_of_ten=True)
     finally:
@@ -266,7 +267,8 @@ def test_label_sets_follow_the_split_indices_of_a_sharded_loader(random_data):
         sets = label_sets(s.names, read_labels_json(random_data["data"]), exclude_blacklist=True)
         runs = []
         for shard in ((0, 1), (0, 2), (1, 2)):
-            with Loader(s, zero_stats(), batch_size=3, train=False, views="center", workers=0, shard=shard) as ld:
+            with Loader(s, InputTransform(zero_stats()), batch_size=3, train=False, views="center", workers=0,
+                        shard=shard) as ld:
                 runs.append(evaluate(model, ld, label_sets=sets, return_predictions=True))
     finally:
         s.close()

@@ -128,9 +128,10 @@ class InputTransform:
 
     `stats`: the dict of imagenet_prep.stats.load_stats (or the copy in a checkpoint; mean_image may be a
     torch tensor). mean="image" subtracts the mean image cropped at each image's (top, left) and flipped
-    with it; mean="rgb" the mean RGB. `lighting_std` is the sigma that `draw` uses (section 4.1: 0.1)."""
+    with it; mean="rgb" the mean RGB. `lighting_std` is the sigma of the lighting alphas (section 4.1: 0.1;
+    0 for evaluation). channels_last: the output in NHWC memory format (same values)."""
 
-    def __init__(self, stats: dict, mean: str = "image", lighting_std: float = 0.1):
+    def __init__(self, stats: dict, mean: str = "image", lighting_std: float = 0.1, channels_last: bool = False):
         if mean not in ("image", "rgb"):
             raise ImgnetError(f"mean={mean!r}; expected 'image' or 'rgb'")
         if lighting_std < 0 or not math.isfinite(lighting_std):
@@ -140,6 +141,7 @@ class InputTransform:
             raise ImgnetError(f"the statistics lack {', '.join(missing)}; rerun `imgnet pca-stats --data DATA`")
         self.mean = mean
         self.lighting_std = float(lighting_std)
+        self.channels_last = bool(channels_last)
         self.eigval = _np(stats["eigval"]).astype(np.float64).reshape(3)
         self.eigvec = _np(stats["eigvec"]).astype(np.float64).reshape(3, 3)
         self.mean_image = np.ascontiguousarray(_np(stats["mean_image"]), dtype=np.float32)  # (256, 256, 3), 0-255
@@ -162,9 +164,10 @@ class InputTransform:
             self._on[key] = torch.from_numpy(np.ascontiguousarray(m)).to(device)
         return self._on[key]
 
-    def __call__(self, images, tops, lefts, flips, alphas=None, channels_last: bool = False) -> torch.Tensor:
+    def __call__(self, images, tops, lefts, flips, alphas=None, channels_last: bool | None = None) -> torch.Tensor:
         """images uint8 (B, 224, 224, 3) (tensor on any device, or numpy); tops, lefts (B,) crop offsets and
-        flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation)."""
+        flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation);
+        channels_last None: the transform's own setting."""
         u8 = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
         assert u8.dtype == torch.uint8 and u8.shape[1:] == (CROP, CROP, 3), (u8.dtype, tuple(u8.shape))
         off = None if alphas is None else self.offsets(alphas)  # (B, 3) float32
@@ -172,7 +175,7 @@ class InputTransform:
             x = torch.from_numpy(self._cpu(u8.numpy(), tops, lefts, flips, off))
         else:
             x = self._device(u8, tops, lefts, flips, off)
-        if channels_last:
+        if self.channels_last if channels_last is None else channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

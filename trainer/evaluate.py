@@ -3,7 +3,7 @@
 For the training loop (per-epoch validation):
 
     from trainer.evaluate import evaluate
-    m = evaluate(model, val_loader)     # Loader(..., train=False, views="center", drop_last=False)
+    m = evaluate(model, val_loader)     # Loader(split, transform, train=False, views="center")
     m["top1_err"], m["top5_err"], m["loss"], m["n"]     # fractions in [0, 1], mean NLL, images
     m["sums"]                           # {name: sum over the images}: what processes add up
 
@@ -488,7 +488,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from trainer.checkpoint import load_checkpoint, model_from_checkpoint
-    from trainer.data import check_split
+    from trainer.data import InputTransform, check_split
     from trainer.labelsets import label_sets
     from trainer.loader import Loader
 
@@ -509,9 +509,9 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
         sets = label_sets(names, data_labels, exclude_blacklist=exclude_blacklist)  # refusals before the model
         model = model_from_checkpoint(ckpt, device=str(device), arch=arch)
         check_split(s, ckpt["stats"], len(labels["classes"]), labels)
-        with Loader(s, ckpt["stats"], batch_size=batch_size, train=False, views="ten" if ten else "center",
-                    workers=loader_workers(workers, device), device=str(device), mean=ck.mean_mode(ckpt),
-                    lighting_std=0.0) as loader:
+        transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0)
+        with Loader(s, transform, batch_size, train=False, views="ten" if ten else "center",
+                    workers=loader_workers(workers, device), device=str(device)) as loader:
             t0 = time.perf_counter()
             r = evaluate(model, loader, ten_crop=ten, device=device, progress=progress, return_predictions=True,
                          amp=amp, label_sets=sets, center_of_ten=len(views) > 1)

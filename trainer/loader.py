@@ -9,8 +9,8 @@ Data path of `Loader`:
   main process  slot -> pinned memory -> asynchronous copy to the GPU -> `InputTransform` on the device:
                 float, minus the mean crop, plus the lighting offset (the same arithmetic on the CPU).
 
-    split, stats = open_split(DATA, "train"), load_stats(DATA)
-    loader = Loader(split, stats, batch_size=128, workers=15, device="cuda", seed=0)
+    split, transform = open_split(DATA, "train"), InputTransform(load_stats(DATA))
+    loader = Loader(split, transform, batch_size=128, workers=15, device="cuda", seed=0)
     for epoch in range(90):
         loader.set_epoch(epoch)
         for x, y in loader:          # x float (128, 3, 224, 224) on the GPU, y int64 (128,)
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import IMAGE_SHAPE, Split, open_split
-from trainer.data import (CROP, VIEWS, InputTransform, as_stats, check_split, default_workers, epoch_draws, log,
-                          to_device, view_geometry)
+from imagenet_prep.store import IMAGE_SHAPE, Split
+from trainer.data import (CROP, VIEWS, InputTransform, check_split, default_workers, epoch_draws, log, to_device,
+                          view_geometry)
 
 
 # ----------------------------------------------------------------------------------- crop reader
@@ -240,7 +240,7 @@ class EpochPlan:
 
 
 class RawBatch(NamedTuple):
-    """A device-ready batch before the float transform (Loader(output="uint8"))."""
+    """A device-ready batch before the float transform (Loader.raw_batches())."""
 
     images: torch.Tensor  # uint8 (B * views, 224, 224, 3), on the device
     labels: torch.Tensor  # int64 (B,), on the device
@@ -253,43 +253,52 @@ class RawBatch(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- the loader
+@dataclass(frozen=True)
+class LoaderTuning:
+    """How a Loader runs, never what it delivers: the batches are the same under any tuning."""
+
+    prefetch: int | None = None  # batch slots in flight (shared memory); None: 4, or 2 for ten-crop batches
+    start_method: str | None = None  # of the worker processes; None: "fork" on Linux, else "spawn"
+    timeout: float = 300.0  # seconds without any finished work before the workers count as stuck
+
+
 class Loader:
     """Batches of network input from a packed split: `for x, y in loader`, x float (B, 3, 224, 224) on
     `device` ((B * 10, ...) for views="ten", image-major in ten_crop order), y int64 (B,).
 
-    train=True shuffles with a fresh permutation each epoch and drops the last partial batch (evaluation,
-    train=False, delivers every image once, in order); views
-    "random" (default for training: random crop, flip, PCA lighting), "center" or "ten" (evaluation,
-    alpha = 0). Each iteration is one epoch: `set_epoch(e)` chooses it, otherwise epochs count on from
-    0. Deterministic for a seed whatever `workers` (0 reads in this process). `shard=(rank, world_size)`
-    (data parallel: the caller's process group, passed in, never looked up) gives the ranks disjoint shares
-    of one permutation: in training every rank gets len(loader) batches and the remainder is dropped
-    (`dropped`, logged), never padded; in evaluation every image is delivered once, and the ranks' shares
-    differ by at most one image. Checks of the split against a model or a label map are the caller's
-    (trainer.data.check_split). output="uint8" yields RawBatch (the device-ready uint8 crops and their
-    parameters) for callers that apply `loader.transform` themselves; on the CPU its images are a view of
-    a batch slot, valid until the next batch is asked for.
+    What is drawn: train=True shuffles with a fresh permutation each epoch and drops the last partial
+    batch (evaluation, train=False, delivers every image once, in order); views "random" (default for
+    training: random crop, flip, and PCA lighting at the transform's sigma), "center" or "ten"
+    (evaluation); `indices` a subset of the split's records. Each iteration is one epoch: `set_epoch(e)`
+    chooses it, otherwise epochs count on from 0. Deterministic for a seed whatever `workers` (0 reads in
+    this process). `shard=(rank, world_size)` (data parallel: the caller's process group, passed in, never
+    looked up) gives the ranks disjoint shares of one permutation: in training every rank gets len(loader)
+    batches and the remainder is dropped (`dropped`, logged), never padded; in evaluation every image is
+    delivered once, and the ranks' shares differ by at most one image.
+
+    `transform` (trainer.data.InputTransform) turns the uint8 crops into the network input on `device`:
+    its statistics, mean mode, lighting sigma and memory format. Checks of the split against a model, the
+    statistics or a label map are the caller's (trainer.data.check_split). `raw_batches()` iterates the
+    next epoch as RawBatch (the device-ready uint8 crops and their parameters) for callers that apply the
+    transform themselves; on the CPU its images are a view of a batch slot, valid until the next batch.
 
     Workers are started on the first iteration and kept until close() (or garbage collection, or exit).
     A worker that raises or dies ends the iteration with WorkerError; Ctrl-C stops them all."""
 
-    def __init__(self, split, stats, batch_size: int = 128, train: bool = True, views: str | None = None,
-                 workers: int | None = None, seed: int = 0, device="cpu", *, shard: tuple[int, int] = (0, 1),
-                 mean: str = "image", lighting_std: float = 0.1, channels_last: bool = False, indices=None,
-                 output: str = "float", prefetch: int | None = None, start_method: str | None = None,
-                 timeout: float = 300.0):
-        if isinstance(split, (str, os.PathLike)):
-            split = open_split(split, "train" if train else "val")
-        self.split = split
-        self.stats = as_stats(stats)
-        check_split(split, self.stats)
+    def __init__(self, split: Split, transform: InputTransform, batch_size: int = 128, *, train: bool = True,
+                 views: str | None = None, indices=None, seed: int = 0, workers: int | None = None, device="cpu",
+                 shard: tuple[int, int] = (0, 1), tuning: LoaderTuning = LoaderTuning()):
+        if not isinstance(split, Split):
+            raise ImgnetError(f"split is {type(split).__name__}; expected a Split (imagenet_prep.open_split)")
+        if not isinstance(transform, InputTransform):
+            raise ImgnetError(f"transform is {type(transform).__name__}; expected a trainer.data.InputTransform "
+                              "(InputTransform(load_stats(DATA)))")
+        check_split(split)
         views = views or ("random" if train else "center")
         if views not in VIEWS:
             raise ImgnetError(f"views={views!r}; expected one of {', '.join(VIEWS)}")
         if batch_size < 1:
             raise ImgnetError(f"batch_size={batch_size}; expected at least 1")
-        if output not in ("float", "uint8"):
-            raise ImgnetError(f"output={output!r}; expected 'float' or 'uint8'")
         self.rank, self.world_size = (int(v) for v in shard)
         if not 0 <= self.rank < self.world_size:
             raise ImgnetError(f"rank {self.rank} outside 0..{self.world_size - 1} of world_size {self.world_size}")
@@ -302,6 +311,8 @@ class Loader:
                                   f"expected 0..{len(split) - 1}")
             if len(np.unique(self.indices)) != len(self.indices):
                 raise ImgnetError("indices repeat some images; expected each image at most once per epoch")
+        self.split = split
+        self.transform = transform
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.views = views
@@ -309,14 +320,9 @@ class Loader:
         self.workers = default_workers() if workers is None else int(workers)
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.lighting_std = float(lighting_std)
-        self.channels_last = bool(channels_last)
-        self.output = output
-        self.transform = InputTransform(self.stats, mean=mean, lighting_std=lighting_std)
-        v = VIEWS[views]
-        self.prefetch = max(2, int(prefetch or (4 if v == 1 else 2)))  # batches in flight: slots of shared memory
-        self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
-        self.timeout = float(timeout)
+        self.prefetch = max(2, int(tuning.prefetch or (4 if VIEWS[views] == 1 else 2)))
+        self.start_method = tuning.start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+        self.timeout = float(tuning.timeout)
         self._epoch, self._start_batch = 0, 0
         self._pool: _Pool | None = None
         self._finalizer = None
@@ -349,7 +355,7 @@ class Loader:
         """Everything this rank delivers in `epoch`: a pure function of (seed, epoch, rank, world_size)."""
         n, w, b, r = len(self.indices), self.world_size, self.batch_size, self.rank
         v = VIEWS[self.views]
-        sigma = self.lighting_std if self.views == "random" else None  # None: no random choices to draw
+        sigma = self.transform.lighting_std if self.views == "random" else None  # None: no random choices
         order, aug = epoch_draws(self.seed, epoch, n, self.train, sigma)
         mine, dropped = self._shares()
         if self.drop_last:
@@ -361,7 +367,7 @@ class Loader:
         batches = [(lo, min(lo + b, mine)) for lo in range(0, mine, b)]
         idx = self.indices[order[pos]]
         tops, lefts, flips = view_geometry(self.views, mine, aug, pos)
-        alphas = aug.alphas[pos] if self.views == "random" and self.lighting_std > 0 else None
+        alphas = aug.alphas[pos] if self.views == "random" and self.transform.lighting_std > 0 else None
         return EpochPlan(epoch, v, idx, tops, lefts, flips, alphas, batches, dropped, n)
 
     # ---- workers
@@ -392,6 +398,14 @@ class Loader:
 
     # ---- iteration
     def __iter__(self):
+        """The next epoch as (x, y): the network input and the labels on the device."""
+        return self._run(raw=False)
+
+    def raw_batches(self):
+        """The next epoch as RawBatch: the uint8 crops on the device, before the transform."""
+        return self._run(raw=True)
+
+    def _run(self, raw: bool):
         epoch, start = self._epoch, self._start_batch
         self._epoch, self._start_batch = epoch + 1, 0
         plan = self.plan(epoch)
@@ -400,15 +414,14 @@ class Loader:
         if plan.dropped:
             log.info("epoch %d: %d of %d images left out by drop_last (%d batches of %d x %d ranks)",
                      epoch, plan.dropped, plan.total, len(plan.batches), self.batch_size, self.world_size)
-        run = _EpochRun(self, plan, self._ensure_pool())
-        return run.batches()
+        return _EpochRun(self, plan, self._ensure_pool(), raw).batches()
 
 
 class _EpochRun:
     """One epoch's traffic: batches into slots, chunks to the workers, slots back to the caller in order."""
 
-    def __init__(self, loader: Loader, plan: EpochPlan, pool: _Pool):
-        self.ld, self.plan, self.pool = loader, plan, pool
+    def __init__(self, loader: Loader, plan: EpochPlan, pool: _Pool, raw: bool):
+        self.ld, self.plan, self.pool, self.raw = loader, plan, pool, raw
         self.v = plan.views
         self.cuda = loader.device.type == "cuda"
         self.stream = torch.cuda.Stream(loader.device) if self.cuda else None
@@ -530,12 +543,12 @@ class _EpochRun:
             y = to_device(y, ld.device, torch.int64)
         else:
             u8 = self.pool.tensor[staged, :vs.stop - vs.start]
-        if ld.output == "uint8":
+        if self.raw:
             if not self.cuda:
                 self.held = staged  # the caller looks at the slot itself until the next batch
             offsets = None if alphas is None else ld.transform.offsets(alphas)
             return RawBatch(u8, y, tops, lefts, flips, alphas, offsets, idx)
-        x = ld.transform(u8, tops, lefts, flips, alphas, channels_last=ld.channels_last)
+        x = ld.transform(u8, tops, lefts, flips, alphas)
         if not self.cuda:
             self.free.append(staged)
         return x, y

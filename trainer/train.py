@@ -222,21 +222,21 @@ def open_data(cfg: TrainConfig) -> dict:
 
 
 def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
-    from trainer.data import check_split
+    from trainer.data import InputTransform, check_split
     from trainer.loader import Loader
 
     if cfg.batch_size % d.world:
         raise ImgnetError(f"--batch-size {cfg.batch_size} does not split over {d.world} processes; "
                           f"expected a multiple of {d.world}")
     per_rank = cfg.batch_size // d.world
-    common = dict(workers=cfg.workers, seed=cfg.seed, device=str(device), shard=(d.rank, d.world), mean=cfg.mean,
-                  channels_last=cfg.channels_last)
+    common = dict(workers=cfg.workers, seed=cfg.seed, device=str(device), shard=(d.rank, d.world))
     for split in (data["train"], data["val"]):
         check_split(split, data["stats"], data["num_classes"], data["labels"])
-    train_loader = Loader(data["train"], data["stats"], batch_size=per_rank, train=True, views="random",
-                          lighting_std=cfg.lighting_std, indices=data["train_idx"], **common)
-    val_loader = Loader(data["val"], data["stats"], batch_size=per_rank, train=False, views="center",
-                        lighting_std=0.0, indices=data["val_idx"], **common)
+    transform = functools.partial(InputTransform, data["stats"], mean=cfg.mean, channels_last=cfg.channels_last)
+    train_loader = Loader(data["train"], transform(lighting_std=cfg.lighting_std), per_rank, train=True,
+                          views="random", indices=data["train_idx"], **common)
+    val_loader = Loader(data["val"], transform(lighting_std=0.0), per_rank, train=False, views="center",
+                        indices=data["val_idx"], **common)
     if len(train_loader) == 0:
         n = len(data["train"]) if data["train_idx"] is None else len(data["train_idx"])
         raise ImgnetError(f"{n} train images make no full batch of {cfg.batch_size}; expected a smaller --batch-size")
