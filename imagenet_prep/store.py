@@ -207,7 +207,7 @@ def decode_image(buf, encoding: str, out: np.ndarray | None = None) -> np.ndarra
     else:
         from PIL import Image
 
-        with Image.open(io.BytesIO(buf)) as im:
+        with Image.open(io.BytesIO(buf), formats=["JPEG"]) as im:  # what encode_image writes, and nothing else
             arr = np.array(im.convert("RGB") if im.mode != "RGB" else im)  # writable, like a raw record
     if out is None:
         return arr.copy() if encoding == "raw" else arr
@@ -417,11 +417,8 @@ class LmdbWriter:
 
         self._write_txn(fill)
         self.env.sync(True)
-        if n == 0:
-            report = meta.get("report") or {}
-            why = (f" ({report.get('found', 0)} found, {len(report.get('rejected', ()))} rejected: prep-report.json "
-                   "says why)" if report else "")
-            print(f"warning: {meta.get('split', self.path.name)} ends with 0 images{why}", file=sys.stderr)
+        if n == 0 and not meta.get("report"):  # prep warns itself, with its counts
+            print(f"warning: {meta.get('split', self.path.name)} ends with 0 images", file=sys.stderr)
         return meta
 
     def read_all(self):

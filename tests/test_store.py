@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import shutil
@@ -413,8 +414,24 @@ def test_prep_of_a_split_that_ends_empty_in_hdf5_completes(tmp_path, capsys):
     out = tmp_path / "data"
     report = run_prep(PrepConfig(src=str(src), out=str(out), workers=1, format="hdf5"))
     assert report["splits"]["val"]["written"] == 0 and len(open_split(out, "val")) == 0
-    assert "val ends with 0 images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "val ends with 0 images" in err and err.count("val ends with 0 images") == 1  # said once, with counts
     run_prep(PrepConfig(src=str(src), out=str(out), workers=1, format="hdf5"))  # the rerun: already complete
+
+
+def test_a_stored_jpeg_record_decodes_as_jpeg_only():
+    """A jpeg record holding another format (an edited or hostile DATA) is refused, never handed to another
+    decoder (EPS goes to Ghostscript)."""
+    from PIL import Image, UnidentifiedImageError
+
+    img = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    assert decode_image(encode_image(img, "jpeg"), "jpeg").shape == (256, 256, 3)
+    png = io.BytesIO()
+    Image.fromarray(img).save(png, format="PNG")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 256 256\nshowpage\n"
+    for buf in (png.getvalue(), eps):
+        with pytest.raises(UnidentifiedImageError):
+            decode_image(buf, "jpeg")
 
 
 def _staged(tmp_path, n):
