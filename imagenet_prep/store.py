@@ -709,8 +709,9 @@ def _close_env(path: Path) -> None:
 
 
 def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
-    """Open the packed `split` ("train" or "val") that `imgnet prep` wrote to `data_dir`. `readahead=True`
-    for one pass in storage order (a scan from a cold cache then reads in large requests)."""
+    """Open the packed `split` ("train", "val" or a "v2-..." test split) that `imgnet prep` wrote to
+    `data_dir`. `readahead=True` for one pass in storage order (a scan from a cold cache then reads in
+    large requests)."""
     found = split_path(data_dir, split)
     if found is None:
         raise ImgnetError(f"no {split} split in {data_dir}: expected {split}.lmdb/ or {split}.h5 "
