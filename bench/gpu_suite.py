@@ -2,6 +2,7 @@
 
     python bench/gpu_suite.py --out OUT                  # on a CUDA machine: under 4.5 minutes
     python bench/gpu_suite.py --out OUT --dry-run        # any machine: every part, tiny, on the CPU
+    python bench/gpu_suite.py --out OUT --dry-run --jobs 2   # the same, two parts side by side (CI)
     python bench/gpu_suite.py --out OUT --parts train,test   # rerun some parts (merged into OUT/suite.json)
 
 Parts, in order, each in its own subprocess with its own time limit (a CUDA fault ruins the process
@@ -39,7 +40,7 @@ carry list: carry=["wheels"]). There, in the repository root:
     PYTHONPATH=$PWD:/tmp/pydeps python3 bench/gpu_suite.py --out $OUT
 
 A wheel is a zip: extracting it is the whole install; every subprocess of the suite inherits the
-PYTHONPATH and runs the CLI as `python -m cli` from this tree. The pytest part needs pytest there
+PYTHONPATH and runs the CLI's commands from this tree. The pytest part needs pytest there
 too; should it be missing, carry its pure-Python wheels in wheels/ as well (pip download pytest -d
 wheels/). About 4 minutes when every part passes: give the command a limit of some 330 s, so that
 the device time left allows one rerun of the failed parts with `--parts`.
@@ -70,6 +71,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 LIMITS = {"env": (30, 60), "pytest": (120, 90), "data": (90, 60), "train_step": (60, 90), "compiled": (150, 120),
           "loader": (45, 60), "train": (90, 120), "test": (45, 90), "two_tower": (40, 90), "demo": (90, 120)}
 PARTS = tuple(LIMITS)
+NEEDS = {"loader": ("data",), "train": ("data",), "test": ("train",)}  # parts that use another's output
 
 
 # ------------------------------------------------------------------------------------ sizes
@@ -136,7 +138,9 @@ def part_pytest(work: Path, dry: bool) -> dict:
     if importlib.util.find_spec("pytest") is None:
         raise RuntimeError("pytest is not importable here; carry its pure-Python wheels too (pip download pytest "
                            "-d wheels/) and extract each into the PYTHONPATH folder like lmdb's")
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests")]
+    # the files that hold gpu-marked tests (collecting the rest only to deselect it costs seconds)
+    files = [str(f) for f in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in f.read_text()]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", *files]
     r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     print(r.stdout[-20000:], r.stderr[-5000:], sep="\n")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", r.stdout)}
@@ -380,12 +384,19 @@ def child_env() -> dict:
 
 
 def cli(args: list[str]) -> None:
-    """Run `imgnet ARGS` from source (python -m cli), its output into this part's log."""
+    """Run `imgnet ARGS` from source in this part's process (cli.py's click group, as `python -m cli` runs
+    it, without a second interpreter start), its output into this part's log."""
+    import cli as imgnet
+
     print("$ imgnet " + " ".join(args), flush=True)
-    r = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=child_env(), stdout=sys.stdout,
-                       stderr=subprocess.STDOUT)
-    if r.returncode:
-        raise RuntimeError(f"imgnet {args[0]} exited {r.returncode}")
+    try:
+        imgnet.main.main(args, prog_name="imgnet", standalone_mode=False)
+    except SystemExit as e:  # the commands' one-line errors exit 2, Ctrl-C 130
+        if e.code:
+            raise RuntimeError(f"imgnet {args[0]} exited {e.code}") from None
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def run_child(part: str, work: Path, dry: bool) -> None:
@@ -422,6 +433,25 @@ def run_part(part: str, work: Path, logs: Path, dry: bool, scale: float) -> dict
     tail = (logs / f"{part}.log").read_text(errors="replace")[-1500:]
     why = f"timed out after {limit:.0f} s" if code is None else f"exit code {code}"
     return {"ok": False, **rec, "error": why, "log_tail": tail}
+
+
+def run_parts(parts: list[str], jobs: int, run, record) -> None:
+    """run(part) for each part, `jobs` at a time, each once the parts it NEEDS (among those asked) have
+    ended, in the order given otherwise; record(part, result) in this thread as each one ends."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending, running, ended = list(parts), {}, set()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for part in list(pending):
+                if len(running) < jobs and all(n in ended or n not in parts for n in NEEDS.get(part, ())):
+                    pending.remove(part)
+                    running[pool.submit(run, part)] = part
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                part = running.pop(f)
+                record(part, f.result())
+                ended.add(part)
 
 
 def flat(parts: dict) -> dict:
@@ -461,6 +491,9 @@ def parse_args(argv=None):
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--work", default=None, help="data, runs and logs [default: a folder in the temp dir]")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every part's time limit")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --dry-run: parts run side by side, a part after those it needs (on a GPU each "
+                        "part runs alone, so that its timings are its own)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is None and not args.out:
@@ -468,6 +501,8 @@ def parse_args(argv=None):
     bad = [x for x in args.parts.split(",") if x not in PARTS]
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; expected some of {', '.join(PARTS)}")
+    if args.jobs < 1 or args.jobs > 1 and not args.dry_run:
+        p.error(f"--jobs {args.jobs}: expected 1, or more only with --dry-run (GPU timings need each part alone)")
     return args
 
 
@@ -489,14 +524,18 @@ def main(argv=None) -> dict | None:
     suite.update(dry_run=dry, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     suite.setdefault("parts", {})
     t0 = time.perf_counter()
-    for part in [x for x in PARTS if x in args.parts.split(",")]:
-        rec = run_part(part, work, logs, dry, args.timeout_scale)
+
+    def record(part: str, rec: dict) -> None:
         suite["parts"][part] = rec
         print(f"{part:>10}: {'ok' if rec['ok'] else 'FAILED (' + rec['error'] + ')'} in {rec['seconds']} s", flush=True)
         suite["figures"] = flat(suite["parts"])
         suite["goals"] = goals(suite["figures"])
         suite["seconds"] = round(time.perf_counter() - t0, 1)
         write_outputs(out, suite, logs)  # after every part: a kill of the whole run keeps what was done
+
+    run_parts([x for x in PARTS if x in args.parts.split(",")], args.jobs,
+              lambda part: run_part(part, work, logs, dry, args.timeout_scale), record)
+    suite["parts"] = {p: suite["parts"][p] for p in PARTS if p in suite["parts"]}  # the suite's order
     suite["failed"] = sorted(p for p, r in suite["parts"].items() if not r["ok"])
     write_outputs(out, suite, logs)
     missed = sorted(g for g, ok in suite["goals"].items() if ok is False)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def suite(out: Path, work: Path, *args, timeout=600) -> subprocess.CompletedProc
 
 def test_dry_run_runs_every_part_on_the_cpu(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    r = suite(out, work)
+    r = suite(out, work, "--jobs", "2")  # two parts side by side: CI's two cores, and well under 90 s
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "suite.json").read_text())
     failed = {p: rec.get("log_tail", "")[-800:] for p, rec in s["parts"].items() if not rec["ok"]}
@@ -70,6 +71,37 @@ def test_overrun_is_recorded_and_a_rerun_merges(tmp_path):
 def test_unknown_part_is_refused(tmp_path):
     r = suite(tmp_path / "out", tmp_path / "work", "--parts", "env,warp_drive", timeout=60)
     assert r.returncode == 2 and "unknown part(s) warp_drive" in r.stderr
+    r = subprocess.run([sys.executable, str(SUITE), "--out", str(tmp_path / "out"), "--jobs", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "only with --dry-run" in r.stderr  # GPU timings need each part alone
+
+
+def test_parts_side_by_side_start_after_the_parts_they_need():
+    import threading
+
+    log, lock = [], threading.Lock()
+
+    def run(part):
+        with lock:
+            log.append(("start", part))
+        time.sleep(0.05 if part != "data" else 0.2)
+        with lock:
+            log.append(("end", part))
+        return {"ok": True}
+
+    recorded = []
+    gpu_suite.run_parts(list(gpu_suite.PARTS), 3, run, lambda part, rec: recorded.append(part))
+    assert sorted(recorded) == sorted(gpu_suite.PARTS)
+    at = {ev: i for i, ev in enumerate(log)}
+    for part, needs in gpu_suite.NEEDS.items():
+        for n in needs:
+            assert at[("end", n)] < at[("start", part)], (part, n)
+    most = max(sum(1 for e in log[:i + 1] if e[0] == "start") - sum(1 for e in log[:i + 1] if e[0] == "end")
+               for i in range(len(log)))
+    assert most == 3  # side by side, never more than asked
+    alone = []
+    gpu_suite.run_parts(["test", "env"], 1, lambda p: alone.append(p) or {"ok": True}, lambda p, r: None)
+    assert alone == ["test", "env"]  # a needed part not asked for is not waited for
 
 
 def test_end_to_end_ratio_needs_both_figures():
