@@ -321,14 +321,30 @@ def run_prep(cfg: PrepConfig) -> dict:
 def _exclusive(out: Path):
     """One prep at a time per DATA folder: two would race on labels.json, the report and --force. A POSIX
     record lock: held by this process only (forked workers do not inherit it), released when it dies."""
+    import errno
     import fcntl
+    import stat
 
-    with open(out / ".prep.lock", "a+") as f:
+    path = out / ".prep.lock"
+    try:  # never through a link, and never blocking on a FIFO put in its place
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise ImgnetError(f"cannot open the lock file {path} ({e.strerror}); expected a plain file that "
+                          "`imgnet prep` writes: remove it and rerun") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImgnetError(f"{path} is not a regular file; expected the lock file `imgnet prep` writes: "
+                          "remove it and rerun")
+    with os.fdopen(fd, "r+") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise ImgnetError(f"cannot lock {path} ({e.strerror}); expected a file system with POSIX "
+                                  "record locks") from None
             f.seek(0)
-            raise ImgnetError(f"another `imgnet prep` is writing {out} (pid {f.read().strip() or '?'}); wait for it "
+            holder = f.read(32).strip() or "?"
+            raise ImgnetError(f"another `imgnet prep` is writing {out} (pid {holder}); wait for it "
                               "to finish, or use another --out") from None
         f.seek(0)
         f.truncate()

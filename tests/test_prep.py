@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -266,3 +267,25 @@ def test_a_second_prep_on_the_same_data_is_refused(messy_src, tmp_path):
         holder.kill()
         holder.wait()
     run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))  # free again once the holder is gone
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "folder", "dangling link"])
+def test_a_lock_file_that_is_not_a_plain_file_is_a_one_line_error(messy_src, tmp_path, kind):
+    """Never read /dev/zero to its end, never block on a FIFO, never write through a link."""
+    out = tmp_path / "data"
+    out.mkdir()
+    lock = out / ".prep.lock"
+    if kind == "link to /dev/zero":
+        lock.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ImgnetError, match=r"\.prep\.lock") as e:
+        run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))
+    assert "\n" not in str(e.value) and "remove it" in str(e.value)
+    assert not (tmp_path / "elsewhere").exists()
+    lock.unlink() if kind != "folder" else lock.rmdir()
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))  # a plain lock file again: it runs
