@@ -507,3 +507,17 @@ def test_readahead_is_on_for_scans_only_and_survives_pickling(tmp_path):
     assert scan._open().flags()["readahead"]
     assert pickle.loads(pickle.dumps(scan)).readahead
     scan.close()
+
+
+def test_the_hdf5_conversion_reads_the_staged_split_with_readahead(tmp_path, monkeypatch):
+    """The conversion is one pass in storage order: the staged LMDB is read with readahead on."""
+    import lmdb
+
+    flags = []
+    real_open = lmdb.open
+    monkeypatch.setattr(lmdb, "open", lambda path, **kw: flags.append((Path(path).name, kw.get("readahead")))
+                        or real_open(path, **kw))
+    split = write_split(tmp_path, "train", _records(3), format="hdf5")
+    assert split.format == "hdf5" and len(split) == 3
+    staged = [r for name, r in flags if name != "train.h5"]
+    assert staged[0] is False and staged[-1] is True, flags  # written without readahead, scanned with it

@@ -108,3 +108,40 @@ def test_no_packed_data_is_a_clean_error(tmp_path):
         verify_data(tmp_path, progress=False)
     result = CliRunner().invoke(main, ["verify", str(tmp_path)])
     assert result.exit_code == 2 and "error: no packed split" in result.output
+
+
+def test_verify_scans_with_readahead_and_a_progress_bar_over_every_record(data, monkeypatch):
+    """The scan reads the way a disk likes (LMDB readahead on; HDF5 advised sequential), training stays
+    random access, and the bar counts every record of every split."""
+    import imagenet_prep.verify as V
+    from imagenet_prep.store import open_split
+
+    d, _, fmt = data
+    advice, bars = [], []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advice.append(how) or real_fadvise(fd, off, n, how))
+    real_tqdm = V.tqdm
+
+    class Bar(real_tqdm):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.counted = 0  # what it was told, shown or not (tqdm hides itself off a terminal)
+            bars.append(self)
+
+        def update(self, n=1):
+            self.counted += n
+            return super().update(n)
+
+    monkeypatch.setattr(V, "tqdm", Bar)
+    opened = []
+    monkeypatch.setattr(V, "open_split", lambda *a, **kw: opened.append(kw) or open_split(*a, **kw))
+    assert V.verify_data(d, progress=True)["ok"]
+    assert opened == [{"readahead": True}] * 2
+    assert len(bars) == 1 and bars[0].total == bars[0].counted == 9  # 6 train + 3 val records
+    if fmt == "hdf5":
+        assert set(advice) == {os.POSIX_FADV_SEQUENTIAL}
+        advice.clear()
+        s = open_split(d, "train")  # training's reader
+        s.read_image(0)
+        s.close()
+        assert advice == [os.POSIX_FADV_RANDOM]
