@@ -185,8 +185,14 @@ def test_exclude_blacklist_leaves_its_images_out_of_every_figure(oracle_data):
     # the effect: the three left out change the figures (they are not all scored alike)
     assert (r["top1_err"], r["real_top1_err"]) != pytest.approx((full["top1_err"], full["real_top1_err"]))
     assert sum(c["n"] for c in r["per_class"]) == r["n"] and sum(c["n"] for c in full["per_class"]) == full["n"]
-    saved = json.loads((w["ckpt"].parent / "test-center.json").read_text())
+    saved = json.loads((w["ckpt"].parent / "test-val-no-blacklist-center.json").read_text())
     assert saved["exclude_blacklist"] is True and saved["excluded"] == 3 and saved["n"] == len(kept)
+    kept_full = json.loads((w["ckpt"].parent / "test-center.json").read_text())  # the full run's stays
+    assert kept_full["n"] == full["n"] and not kept_full.get("exclude_blacklist")
+    from trainer.compare import read_tests
+
+    tests = read_tests(w["ckpt"].parent)
+    assert tests["val/center"]["n"] == full["n"] and tests["val-no-blacklist/center"]["n"] == len(kept)
 
 
 def test_every_image_of_the_blacklist_left_out_is_an_error(oracle_data, tmp_path):
@@ -301,6 +307,7 @@ def test_views_and_report_names():
     assert report_name("val", "center") == "test-center.json"
     assert report_name("val", "ten-crop") == "test-ten-crop.json"
     assert report_name("v2-matched-frequency", "center") == "test-v2-matched-frequency-center.json"
+    assert report_name("val", "center", exclude_blacklist=True) == "test-val-no-blacklist-center.json"
 
 
 def test_another_split_writes_its_own_reports_and_leaves_val_alone(oracle_data, tmp_path):

@@ -5,7 +5,8 @@ Each run is read from its folder: the launch record in config.json (its settings
 device, loader workers and other settings that leave the result unchanged are ignored), log.jsonl (best val
 top-1 error and the top-5 error of that epoch, the one best.pt holds; epochs; images/s) and the test JSONs
 beside checkpoints/best.pt (`test-center.json`, `test-ten-crop.json` for val, `test-<split>-<view>.json`
-for other splits; a report made with --exclude-blacklist counts as split `<split>-no-blacklist`, so that
+for other splits, `test-<split>-no-blacklist-<view>.json`; a report made with --exclude-blacklist counts as
+split `<split>-no-blacklist`, so that
 its figures never sit in one column with full-split ones), with their ReaL figures where present: the keys `top1_err`, `top5_err`, `n` and
 `<set>_top1_err`, `<set>_top5_err`, `<set>_n` (`real_...`), flat or one level down (`{"real": {"top1_err"}}`).
 Every figure is also given as its difference to the first run.

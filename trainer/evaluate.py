@@ -458,9 +458,12 @@ def parse_views(views=None, ten_crop: bool = False) -> tuple[str, ...]:
     return tuple(v for v in VIEW_NAMES if v in asked)
 
 
-def report_name(split: str, view: str) -> str:
+def report_name(split: str, view: str, exclude_blacklist: bool = False) -> str:
     """test-<view>.json for the val split (the names scripts and `imgnet compare` know), test-<split>-<view>.json
-    for any other split, so that no split overwrites another's result."""
+    for any other split, test-<split>-no-blacklist-<view>.json without the blacklist's images: no result
+    overwrites another's."""
+    if exclude_blacklist:
+        return f"test-{split}-no-blacklist-{view}.json"
     return f"test-{view}.json" if split == "val" else f"test-{split}-{view}.json"
 
 
@@ -525,7 +528,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     by_view = {}
     for view in views:
         report = view_report(results[view], labels, {"split": split, "view": view}, sets.info(), common)
-        out = ckpt_path.parent / report_name(split, view)
+        out = ckpt_path.parent / report_name(split, view, exclude_blacklist)
         write_json(out, report)
         by_view[view] = {**report, "report_path": str(out)}
     main = dict(by_view[views[-1]])
