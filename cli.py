@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -14,7 +15,8 @@ from imagenet_prep.v2 import ANY as V2_ANY, SPLITS as V2_SPLITS
 
 
 def _friendly(fn):
-    """Turn ImgnetError into a one-line message and exit 2; Ctrl-C into exit 130."""
+    """Turn ImgnetError, and an OSError from the disk (full, read-only, gone), into a one-line message and
+    exit 2; Ctrl-C into exit 130. Every command writes atomically or resumably, so a rerun completes."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,6 +24,14 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except ImgnetError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):  # output piped into a reader that stopped (`| head`)
+                sys.exit(1)
+            code = errno.errorcode.get(e.errno or 0)
+            where = f" on {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where}" + (f" [{code}]" if code else "") +
+                       "; what was completed is kept: fix the disk or free space and rerun", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -64,3 +64,25 @@ def test_bad_source_is_one_line_error(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "layout" in lines[0]
+
+
+def test_a_disk_error_in_any_command_is_one_line(tmp_path, monkeypatch):
+    """An OSError no command turned into its own message (a full or vanished disk) still ends in one
+    line naming the file and the errno, exit 2, never a traceback."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    import cli
+    import imagenet_prep.verify as V
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.tmp"))
+
+    monkeypatch.setattr(V, "verify_data", full)
+    r = CliRunner().invoke(cli.main, ["verify", str(tmp_path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln]
+    assert len(lines) == 1 and "No space left on device on" in lines[0] and "x.tmp" in lines[0]
+    assert "[ENOSPC]" in lines[0] and "rerun" in lines[0]

@@ -84,6 +84,11 @@ def save_checkpoint(path, ckpt: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or ["?"])[-1]
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise ImgnetError(f"cannot write the checkpoint {path} ({why[:200]}); {kept}: free space in {path.parent} "
+                          "(or fix the disk) and rerun with --resume") from None
     finally:
         if tmp.exists():
             tmp.unlink()
