@@ -46,6 +46,9 @@ def replacing(*paths):
                 os.close(fd)
         for path, tmp in zip(paths, tmps):
             current = path
+            if path.is_dir() and not path.is_symlink():
+                raise ImgnetError(f"{path} is a folder; expected the file written there: remove the folder and "
+                                  "rerun")
             os.replace(tmp, path)
     except OSError as e:
         raise ImgnetError(f"cannot write {current} ({os_reason(e)}); expected a writable folder with free "
@@ -58,7 +61,7 @@ def replacing(*paths):
 
 def write_text(path, text: str) -> None:
     """Write `text` to `path` via a temporary file, fsync and rename; ImgnetError naming the path on failure."""
-    with replacing(path) as tmp, open(tmp, "w") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
 
 

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -242,23 +241,12 @@ def labels_sha256(labels_json: dict | LabelMap) -> str:
 
 def write_labels_json(out_dir: str | os.PathLike, label_map: LabelMap) -> Path:
     """Write OUT/labels.json atomically (a reader never sees half a file); returns its path."""
+    from imagenet_prep.atomic import write_text
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LABELS_FILE
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".labels.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(label_map.to_json(), f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600: give it the mode of any other file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(label_map.to_json(), indent=1, ensure_ascii=False) + "\n")
     return path
 
 

@@ -289,3 +289,29 @@ def test_a_lock_file_that_is_not_a_plain_file_is_a_one_line_error(messy_src, tmp
     assert not (tmp_path / "elsewhere").exists()
     lock.unlink() if kind != "folder" else lock.rmdir()
     run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))  # a plain lock file again: it runs
+
+
+@pytest.mark.parametrize("name", ["labels.json", "prep-report.json", "stats.json"])
+def test_a_folder_where_an_output_file_goes_is_a_one_line_error(messy_src, tmp_path, name):
+    """prep and pca-stats never write into, or traceback on, a folder that stands where their file goes;
+    once it is removed the rerun completes."""
+    from imagenet_prep.stats import compute_stats
+
+    out = tmp_path / "data"
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))
+    if name == "stats.json":
+        (out / name).mkdir()
+        with pytest.raises(ImgnetError, match=rf"{name} is a folder; expected the file"):
+            compute_stats(out, workers=1, progress=False)
+        (out / name).rmdir()
+        compute_stats(out, workers=1, progress=False)
+        assert (out / name).is_file()
+        return
+    (out / name).unlink()
+    (out / name).mkdir()
+    with pytest.raises(ImgnetError, match=rf"{name}") as e:
+        run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, force=True))
+    assert "\n" not in str(e.value)
+    (out / name).rmdir()
+    run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1))
+    assert (out / name).is_file()
