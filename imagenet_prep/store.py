@@ -162,6 +162,9 @@ def check_env(path, new_ok: bool = False) -> None:
     as long as its newest meta page says (last page + 1 pages). Mapping a truncated file (an interrupted copy
     of DATA) would end the process with SIGBUS at the first read past its end, so every open checks first.
     `new_ok` (a writer): no file, or an empty one that LMDB had just created, is fine: LMDB writes the header."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ImgnetError(f"{path} is not a folder; expected the LMDB folder `imgnet prep` writes: remove it, or "
+                          "rerun `imgnet prep --force`")
     file = Path(path) / "data.mdb"
     if new_ok and not os.path.lexists(file):
         return
@@ -472,6 +475,8 @@ def split_path(data_dir, split: str) -> tuple[Path, str] | None:
     unfinished (or damaged) run of the other format (an interrupted --format lmdb run beside a finished train.h5)."""
     d = Path(data_dir)
     lmdb_path, h5_path = d / f"{split}.lmdb", d / f"{split}.h5"
+    if os.path.lexists(lmdb_path) and not lmdb_path.is_dir() and not h5_path.exists():
+        return lmdb_path, "lmdb"  # not a folder: refused by name when opened, never taken for "no split"
     if (lmdb_path / "data.mdb").exists():  # exists, not is_file: a link to a device is refused by name later
         if h5_path.exists():
             try:

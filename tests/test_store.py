@@ -521,3 +521,20 @@ def test_the_hdf5_conversion_reads_the_staged_split_with_readahead(tmp_path, mon
     assert split.format == "hdf5" and len(split) == 3
     staged = [r for name, r in flags if name != "train.h5"]
     assert staged[0] is False and staged[-1] is True, flags  # written without readahead, scanned with it
+
+
+def test_a_split_path_that_is_not_a_folder_is_named_never_taken_for_no_split(tmp_path):
+    """val.lmdb as a plain file (a botched copy): open_split, verify and a writer name it; it is not silently
+    skipped as if DATA had no val split."""
+    from imagenet_prep.verify import verify_data
+
+    write_split(tmp_path, "train", _records(2))
+    (tmp_path / "val.lmdb").write_bytes(b"not a folder")
+    with pytest.raises(ImgnetError, match=r"val\.lmdb is not a folder.*--force"):
+        open_split(tmp_path, "val")
+    r = verify_data(tmp_path, progress=False)
+    assert not r["ok"] and "is not a folder" in r["splits"]["val"]["error"] and r["splits"]["train"]["bad"] == []
+    from imagenet_prep.store import LmdbWriter
+
+    with pytest.raises(ImgnetError, match="is not a folder"):
+        LmdbWriter(tmp_path / "val.lmdb", {"t": 1})
