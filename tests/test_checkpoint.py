@@ -175,3 +175,23 @@ def test_restore_reads_a_version_1_checkpoint(tmp_path):
                       world=1, steps_per_epoch=5)
     assert note is None and (state.epoch, state.step, state.best_epoch) == (3, 15, 2)  # step: 3 epochs of 5
     assert ck.saved_config(loaded)["arch"] == "alexnet" and ck.saved_config(loaded)["bias_decay"] is True
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_a_checkpoint_path_that_is_not_a_file_is_named(tmp_path, kind):
+    """test/predict on /dev/null, --resume over a last.pt that became a folder or FIFO: one line, no block."""
+    from trainer import runfolder
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    last = run / "checkpoints" / "last.pt"
+    if kind == "folder":
+        last.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(last)
+    else:
+        last.symlink_to("/dev/null")
+    with pytest.raises(ImgnetError, match="is not a regular file"):
+        ck.load_checkpoint(last)
+    with pytest.raises(ImgnetError, match=r"--resume: .*last\.pt is not a file.*another --out"):
+        runfolder.prepare(run, True, {}, set())

@@ -117,6 +117,9 @@ def link_checkpoint(src, dst) -> Path:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read a checkpoint written by `save_checkpoint`; ImgnetError when missing, corrupt or foreign."""
     path = Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise ImgnetError(f"checkpoint {path} is not a regular file (a folder, device or FIFO, or a link to one); "
+                          "expected a file written by `imgnet train`")
     if not path.is_file():
         raise ImgnetError(f"checkpoint {path} not found; expected a file written by `imgnet train`")
     try:

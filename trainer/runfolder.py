@@ -105,6 +105,9 @@ def prepare(run: Path, resume: bool, settings: dict, runtime: set) -> dict | Non
             raise ImgnetError(f"{run} already holds a run ({describe(run)}); pass --resume to continue it "
                               "or choose another --out")
         return None
+    if os.path.lexists(last) and not last.is_file():
+        raise ImgnetError(f"--resume: {last} is not a file; expected the checkpoint `imgnet train` writes (the run "
+                          "cannot continue without it: start again in another --out; best.pt still serves `imgnet test`)")
     if not last.is_file():
         raise ImgnetError(f"--resume: {last} not found; nothing to continue (start without --resume)")
     ckpt = ck.load_checkpoint(last)
