@@ -164,7 +164,7 @@ def _worker_seed(wid):
 
 def time_batches(epoch, batches: int, device) -> float:
     """Images per second over `batches` batches after one warm-up epoch; epoch() iterates one epoch."""
-    n_img = 0
+    n_img, it = 0, None
     for _ in epoch():  # warm-up epoch
         pass
     done = 0

@@ -44,11 +44,12 @@ def replacing(*paths):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for path, tmp in zip(paths, tmps):
-            current = path
+        for path in paths:  # before any rename: all of them get the new content, or none does
             if path.is_dir() and not path.is_symlink():
                 raise ImgnetError(f"{path} is a folder; expected the file written there: remove the folder and "
                                   "rerun")
+        for path, tmp in zip(paths, tmps):
+            current = path
             os.replace(tmp, path)
     except OSError as e:
         raise ImgnetError(f"cannot write {current} ({os_reason(e)}); expected a writable folder with free "

@@ -152,7 +152,8 @@ def test_input_transform_equals_numpy_formula(packed, mean):
     ev = tf(crops, tops, lefts, flips)  # evaluation: alpha = 0
     want = np.stack([_reference_x(imgs[i], stats, tops[i], lefts[i], flips[i], None, mean) for i in range(b)])
     np.testing.assert_allclose(ev.numpy(), want, rtol=0, atol=1e-4)
-    assert tf(crops, tops, lefts, flips, alphas, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    nhwc = InputTransform(stats, mean=mean, channels_last=True)
+    assert nhwc(crops, tops, lefts, flips, alphas).is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("mean", ["image", "rgb"])

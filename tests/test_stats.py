@@ -258,3 +258,18 @@ def test_pca_stats_scans_with_readahead(tmp_path, monkeypatch):
     monkeypatch.setattr(stats, "open_split", spy)
     stats.compute_stats(tmp_path, workers=1, progress=False)
     assert seen == [True]
+
+
+def test_a_folder_in_place_of_either_stats_file_leaves_both_unchanged(tmp_path):
+    """stats.h5 and stats.json are replaced together or not at all: a folder where the second goes stops
+    the write before the first is renamed."""
+    from imagenet_prep.atomic import replacing
+
+    (tmp_path / "stats.h5").write_text("old h5")
+    (tmp_path / "stats.json").mkdir()
+    with pytest.raises(ImgnetError, match=r"stats\.json is a folder"):
+        with replacing(tmp_path / "stats.h5", tmp_path / "stats.json") as (h5, js):
+            h5.write_text("new h5")
+            js.write_text("new json")
+    assert (tmp_path / "stats.h5").read_text() == "old h5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.h5", "stats.json"]  # no temporary left

@@ -164,10 +164,9 @@ class InputTransform:
             self._on[key] = torch.from_numpy(np.ascontiguousarray(m)).to(device)
         return self._on[key]
 
-    def __call__(self, images, tops, lefts, flips, alphas=None, channels_last: bool | None = None) -> torch.Tensor:
+    def __call__(self, images, tops, lefts, flips, alphas=None) -> torch.Tensor:
         """images uint8 (B, 224, 224, 3) (tensor on any device, or numpy); tops, lefts (B,) crop offsets and
-        flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation);
-        channels_last None: the transform's own setting."""
+        flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation)."""
         u8 = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
         assert u8.dtype == torch.uint8 and u8.shape[1:] == (CROP, CROP, 3), (u8.dtype, tuple(u8.shape))
         off = None if alphas is None else self.offsets(alphas)  # (B, 3) float32
@@ -175,7 +174,7 @@ class InputTransform:
             x = torch.from_numpy(self._cpu(u8.numpy(), tops, lefts, flips, off))
         else:
             x = self._device(u8, tops, lefts, flips, off)
-        if self.channels_last if channels_last is None else channels_last:
+        if self.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
