@@ -1,7 +1,7 @@
 """SHA-256 digests of what the toolkit writes, for showing that a change of structure changes no output.
 
-    python scripts/output_digests.py --out before.json      # on the old checkout
-    python scripts/output_digests.py --out after.json       # on the new one
+    cd OLD && python NEW/scripts/output_digests.py --out before.json   # the code of the folder it runs in
+    cd NEW && python scripts/output_digests.py --out after.json
     diff before.json after.json
 
 Builds every source layout from the same images (generated ones always; the real fixtures of
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+ROOT = Path.cwd()  # the checkout whose code is digested: run the script from its root
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TIMINGS = {"seconds", "images_per_s", "pillow"}
 TMP = [""]  # the temporary folder of this run, replaced by "TMP" in what is digested
 
