@@ -131,6 +131,8 @@ def test_builtin_formats_keep_the_paths_prep_writes(tmp_path):
     assert hdf5.staging_path(tmp_path, "val") == tmp_path / ".val.h5.staging.lmdb"
     assert lmdb.leftovers(tmp_path, "val") == [tmp_path / "val.lmdb"]
     assert hdf5.leftovers(tmp_path, "val") == [tmp_path / n for n in ("val.h5", ".val.h5.staging.lmdb", "val.h5.tmp")]
+    assert formats.paths_of(tmp_path, "val") == [tmp_path / n for n in (
+        "val.lmdb", "val.h5", ".val.h5.staging.lmdb", "val.h5.tmp")]
     assert (lmdb.disk_bytes(3, 10, 100), hdf5.disk_bytes(3, 10, 100)) == (300, 1300)
     assert (lmdb.disk_note(), hdf5.disk_note()) == ("", " (staged, then HDF5)")
 

@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
-
-if TYPE_CHECKING:  # annotations only: the reader and the writer import this module
-    from imagenet_prep.store.reader import Split
-    from imagenet_prep.store.writer import LmdbWriter
 
 
 class StoreFormat:
@@ -74,9 +69,9 @@ class StoreFormat:
         """The split's metadata without opening it for reading; any exception means: not a complete split."""
         raise NotImplementedError
 
-    def open(self, path: Path, readahead: bool = False) -> Split:
-        """The reader of the split at `path`, its metadata and index checked (ImgnetError naming what is wrong).
-        `readahead`: one pass in storage order follows."""
+    def open(self, path: Path, readahead: bool = False):
+        """The reader of the split at `path` (a store.Split subclass), its metadata and index checked
+        (ImgnetError naming what is wrong). `readahead`: one pass in storage order follows."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------- writing
@@ -88,9 +83,9 @@ class StoreFormat:
     def disk_note(self) -> str:
         return f" (staged, then {self.title})" if self.staged else ""
 
-    def finalize(self, staging: LmdbWriter, final: Path, meta: dict, progress=None) -> None:
-        """Turn the complete staged split (`staging.finish` done, `meta` its result) into `final`, atomically:
-        `convert` to the temporary path, fsync, rename. A full or read-only disk is an ImgnetError naming `final`
+    def finalize(self, staging, final: Path, meta: dict, progress=None) -> None:
+        """Turn the complete staged split (a store.LmdbWriter whose `finish` returned `meta`) into `final`,
+        atomically: `convert` to the temporary path, fsync, rename. A full or read-only disk is an ImgnetError naming `final`
         and leaves no temporary file; the staged split is kept, so a rerun converts again. `progress`: an
         object with `update(n)` (a tqdm bar), advanced once per record. Nothing to do for an unstaged format;
         the caller removes the staging LMDB when it is not `final`."""
@@ -110,7 +105,7 @@ class StoreFormat:
             _remove_quietly(tmp)
             raise
 
-    def convert(self, staging: LmdbWriter, tmp: Path, meta: dict, progress) -> None:
+    def convert(self, staging, tmp: Path, meta: dict, progress) -> None:
         """Write the split as one file at `tmp` from `staging.scan()` (each record checked against its CRC-32
         on the way), storing `meta` with it."""
         raise NotImplementedError
@@ -161,6 +156,11 @@ def default() -> str:
 
 def registered() -> tuple[StoreFormat, ...]:
     return tuple(_FORMATS.values())
+
+
+def paths_of(data_dir, split: str) -> list[Path]:
+    """Every path any registered format may hold or leave for `split` in `data_dir` (what --force removes)."""
+    return list(dict.fromkeys(p for f in registered() for p in f.leftovers(data_dir, split)))
 
 
 def expected(split: str) -> str:

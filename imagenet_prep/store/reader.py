@@ -118,9 +118,9 @@ class Split:
 
 
 def split_path(data_dir, split: str) -> tuple[Path, str] | None:
-    """The packed file of `split` in `data_dir` and its format's name, or None. A complete split wins over an
-    unfinished (or damaged) run of another format (an interrupted --format lmdb run beside a finished
-    train.h5); where none is complete, the last registered of those present."""
+    """The packed file of `split` in `data_dir` and its format's name, or None. Where several formats hold
+    one, a complete split wins over an unfinished (or damaged) run of another format (an interrupted --format
+    lmdb run beside a finished train.h5): the first complete one in registration order, else the last one."""
     present = [(f, f.path(data_dir, split)) for f in formats.registered()]
     present = [(f, p) for f, p in present if f.present(p)]
     if not present:
