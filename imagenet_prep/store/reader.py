@@ -88,7 +88,7 @@ class Split:
     def raw_views(self):
         """Where the format has them (raw LMDB splits): yields `view(i) -> uint8 (256, 256, 3)`, a zero-copy view
         valid only inside the block. Other splits have no such view: ValueError."""
-        raise ValueError(f"{self.path} is {self.format}/{self.encoding}; raw views need lmdb/raw")
+        raise ValueError(f"{self.path} is {self.format}/{self.encoding}; the {self.format} format has no raw views")
         yield  # a generator, for contextmanager
 
     def close(self) -> None:
