@@ -14,7 +14,9 @@ from imagenet_prep.store.records import (CHECKSUM, ENCODINGS, FORMAT_VERSION, IM
                                          estimate_bytes_per_image, index_crc, join_names, name_bytes, parse_meta,
                                          record_crc, split_names)
 from imagenet_prep.store.reader import Record, Split, open_split, split_meta, split_path
-from imagenet_prep.store import lmdb, hdf5  # noqa: E402,I001 - the built-in formats, registered in this order
+# the registry line: the built-in formats, each registered when imported, in this order (the first is the
+# default; split_path prefers the first complete one). A new format is one module here and its name on this line.
+from imagenet_prep.store import lmdb, hdf5  # isort: skip
 from imagenet_prep.store.lmdb import check_env
 from imagenet_prep.store.hdf5 import lmdb_to_hdf5
 from imagenet_prep.store.writer import LmdbWriter, parse_progress, progress_of, write_split

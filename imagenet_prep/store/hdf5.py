@@ -24,7 +24,7 @@ import numpy as np
 
 from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import formats
+from imagenet_prep.store.formats import StoreFormat, register
 from imagenet_prep.store.reader import Split
 from imagenet_prep.store.records import (IMAGE_SHAPE, RAW_BYTES, check_index, check_meta, decode_image, join_names,
                                          parse_meta, split_names)
@@ -156,7 +156,7 @@ class Hdf5Split(Split):
 
 
 # -------------------------------------------------------------------------------------- format
-class Hdf5Format(formats.StoreFormat):
+class Hdf5Format(StoreFormat):
     name, title, suffix = "hdf5", "HDF5", ".h5"
 
     def read_meta(self, path: Path) -> dict:
@@ -197,7 +197,7 @@ class Hdf5Format(formats.StoreFormat):
             f.flush()
 
 
-FORMAT = formats.register(Hdf5Format())
+FORMAT = register(Hdf5Format())
 
 
 def lmdb_to_hdf5(staging, dest: Path, meta: dict, progress=None) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import formats
+from imagenet_prep.store.formats import StoreFormat, register
 from imagenet_prep.store.reader import Split
 from imagenet_prep.store.records import (IMAGE_SHAPE, RAW_BYTES, check_index, check_meta, decode_image, parse_meta,
                                          split_names, split_names_v1, unpack_rec)
@@ -190,7 +190,7 @@ class LmdbSplit(Split):
 
 
 # -------------------------------------------------------------------------------------- format
-class LmdbFormat(formats.StoreFormat):
+class LmdbFormat(StoreFormat):
     name, title, suffix, folder, staged = "lmdb", "LMDB", ".lmdb", True, False
 
     def present(self, path: Path) -> bool:
@@ -239,4 +239,4 @@ class LmdbFormat(formats.StoreFormat):
         return LmdbSplit(path, self.name, meta, labels, names, readahead)
 
 
-FORMAT = formats.register(LmdbFormat())
+FORMAT = register(LmdbFormat())

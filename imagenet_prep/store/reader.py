@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import formats
+from imagenet_prep.store.formats import expected, get as get_format, registered
 from imagenet_prep.store.records import check_labels
 
 
@@ -121,7 +121,7 @@ def split_path(data_dir, split: str) -> tuple[Path, str] | None:
     """The packed file of `split` in `data_dir` and its format's name, or None. Where several formats hold
     one, a complete split wins over an unfinished (or damaged) run of another format (an interrupted --format
     lmdb run beside a finished train.h5): the first complete one in registration order, else the last one."""
-    present = [(f, f.path(data_dir, split)) for f in formats.registered()]
+    present = [(f, f.path(data_dir, split)) for f in registered()]
     present = [(f, p) for f, p in present if f.present(p)]
     if not present:
         return None
@@ -139,7 +139,7 @@ def split_meta(data_dir, split: str) -> dict | None:
         return None
     path, fmt = found
     try:
-        meta = formats.get(fmt).read_meta(path)
+        meta = get_format(fmt).read_meta(path)
     except Exception:  # noqa: BLE001 - unreadable or damaged: not a complete split
         return None
     return meta if meta.get("complete") else None
@@ -151,9 +151,9 @@ def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
     large requests)."""
     found = split_path(data_dir, split)
     if found is None:
-        raise ImgnetError(f"no {split} split in {data_dir}: expected {formats.expected(split)} "
+        raise ImgnetError(f"no {split} split in {data_dir}: expected {expected(split)} "
                           f"written by `imgnet prep --out {data_dir}`")
     path, fmt = found
-    opened = formats.get(fmt).open(path, readahead)
+    opened = get_format(fmt).open(path, readahead)
     check_labels(Path(data_dir), path, opened.meta, opened.labels)
     return opened

@@ -16,7 +16,7 @@ import numpy as np
 
 from imagenet_prep.atomic import parse_json
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import formats
+from imagenet_prep.store.formats import get as get_format
 from imagenet_prep.store.lmdb import (LABELS, META, NAMES, PROGRESS, check_env, close_env, img_key, read_env,
                                       rec_key)
 from imagenet_prep.store.reader import Split, open_split
@@ -318,7 +318,7 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
     Writes a generic labels.json (classes c0, c1, ...) when the folder has none and `labels_json` is not given."""
     from imagenet_prep.labels import labels_sha256
 
-    fmt = formats.get(format)
+    fmt = get_format(format)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     records = list(records)
