@@ -11,6 +11,7 @@ import sys
 import click
 
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.store import formats as store_formats
 from imagenet_prep.v2 import ANY as V2_ANY, SPLITS as V2_SPLITS
 
 
@@ -51,7 +52,7 @@ def main():
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="ILSVRC2012 download (any supported layout).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the packed splits and label maps.")
 @click.option("--split", type=click.Choice(["train", "val", "all", V2_ANY, *V2_SPLITS]), default="all", help="v2, v2-*: an ImageNetV2 variant in --src, packed as a test split beside train and val and labelled through --out's labels.json (prep ILSVRC2012 into --out first).")
-@click.option("--format", "fmt", type=click.Choice(["lmdb", "hdf5"]), default="lmdb")
+@click.option("--format", "fmt", type=click.Choice(store_formats.names()), default=store_formats.default())
 @click.option("--encoding", type=click.Choice(["raw", "jpeg"]), default="raw", help="raw: 196,608 bytes per image, decode-free; jpeg: about 10x smaller.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, help="JPEG quality for --encoding jpeg.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes [default: all cores].")

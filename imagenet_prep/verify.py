@@ -1,5 +1,6 @@
 """`imgnet verify DATA`: read every record of every packed split and check it against the CRC-32 written at
-prep time (imagenet_prep.store), naming each damaged record.
+prep time (imagenet_prep.store), naming each damaged record. Splits are found and read through the store's
+format registry (store.formats), so every registered format is verified the same way.
 
 A copy of DATA to another machine is where bit rot and short copies show up. The scan reads each split once
 in storage order with readahead on (the disk's large sequential reads); CRC-32 runs at about 2.7 GB/s, so the
@@ -15,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import RAW_BYTES, decode_image, name_bytes, open_split, record_crc, split_path
+from imagenet_prep.store import RAW_BYTES, decode_image, formats, name_bytes, open_split, record_crc, split_path
 from imagenet_prep.v2 import SPLITS as V2_SPLITS
 
 SPLITS = ("train", "val", *V2_SPLITS)  # every split `imgnet prep` writes
@@ -63,7 +64,7 @@ def verify_data(data_dir, splits=SPLITS, progress: bool = True) -> dict:
     data_dir = Path(data_dir)
     present = [s for s in splits if split_path(data_dir, s) is not None]
     if not present:
-        shown = [f"{s}.lmdb/ or {s}.h5" for s in splits[:2]] + (["another split"] if len(splits) > 2 else [])
+        shown = [formats.expected(s) for s in splits[:2]] + (["another split"] if len(splits) > 2 else [])
         raise ImgnetError(f"no packed split in {data_dir}: expected {' or '.join(shown)} written by `imgnet prep`")
     opened, result = {}, {}
     for name in present:

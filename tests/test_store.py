@@ -140,7 +140,7 @@ def test_compaction_killed_midway_is_completed_by_the_next_finish(tmp_path):
 def test_check_env_reads_the_size_lmdb_itself_requires(tmp_path):
     import lmdb
 
-    from imagenet_prep.store import _lmdb_metas
+    from imagenet_prep.store.lmdb import lmdb_metas
 
     write_split(tmp_path, "train", _records(5)).close()
     path = tmp_path / "train.lmdb"
@@ -148,7 +148,7 @@ def test_check_env_reads_the_size_lmdb_itself_requires(tmp_path):
     info, psize = env.info(), env.stat()["psize"]
     env.close()
     head = (path / "data.mdb").read_bytes()[:2 * 65536]
-    txnid, last_pg, ps = max(_lmdb_metas(head, len(head), "data.mdb"))
+    txnid, last_pg, ps = max(lmdb_metas(head, len(head), "data.mdb"))
     assert (txnid, last_pg, ps) == (info["last_txnid"], info["last_pgno"], psize)
     assert (last_pg + 1) * ps <= (path / "data.mdb").stat().st_size
 
