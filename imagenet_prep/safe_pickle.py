@@ -11,7 +11,8 @@ with the few opcodes and globals the CIFAR batches use, and builds the objects i
   `numpy._core.multiarray`), of plain numeric dtypes (`numpy.dtype("u1", 0, 1)` + BUILD with its
   byte-order state); the array is made here with `np.frombuffer` from the raw bytes, so no numpy
   `__setstate__` runs and no array is larger than the bytes the file holds;
-- `_codecs.encode(text, "latin1")`, the way Python 3 writes a byte string at protocol 2.
+- `_codecs.encode(text, "latin1")` and `bytes()`, the way Python 3 writes a byte string (an empty one) at
+  protocol 2.
 
 Any other global (`os.system`, `posix.system`, `subprocess.Popen`, `builtins.eval`, ...) is refused at the
 GLOBAL opcode, before anything could call it, with one ImgnetError line naming the file and the
@@ -48,7 +49,8 @@ _RECONSTRUCT2 = ("numpy._core.multiarray", "_reconstruct")
 _NDARRAY = ("numpy", "ndarray")
 _DTYPE = ("numpy", "dtype")
 _ENCODE = ("_codecs", "encode")
-ADMITTED_GLOBALS = frozenset({_RECONSTRUCT, _RECONSTRUCT2, _NDARRAY, _DTYPE, _ENCODE})
+_BYTES = (("__builtin__", "bytes"), ("builtins", "bytes"))  # bytes() at protocol 2: the empty byte string
+ADMITTED_GLOBALS = frozenset({_RECONSTRUCT, _RECONSTRUCT2, _NDARRAY, _DTYPE, _ENCODE, *_BYTES})
 _DTYPE_SPEC = re.compile(r"(b1|[ui][1248]|f[248])")  # plain numbers: no objects, records, void or strings
 _BYTE_ORDERS = ("<", ">", "|", "=")
 
@@ -117,6 +119,10 @@ def _reduce(func, args):
             except UnicodeEncodeError:
                 raise _Refused("_codecs.encode of text outside latin-1") from None
         raise _Refused("_codecs.encode with arguments other than (text, 'latin1')")
+    if key in _BYTES:
+        if args == ():
+            return b""
+        raise _Refused(f"{func.module}.bytes with arguments (only bytes() is admitted)")
     raise _Refused(f"a call of {func.module}.{func.name}")  # numpy.ndarray itself is not called
 
 
