@@ -33,7 +33,8 @@ the official 50,000 / 10,000: a smaller download of the same layout (as the test
 from __future__ import annotations
 
 import contextlib
-import io
+import os
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from typing import Iterator
 import numpy as np
 
 from imagenet_prep import safe_pickle
-from imagenet_prep.atomic import os_reason, read_bounded
+from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
 
 __all__ = ["CifarDownload", "LAYOUTS", "Layout", "find", "find_all", "open_download"]
@@ -142,7 +143,11 @@ class _Folder(_Members):
 
     def size(self, name: str) -> int:
         try:
-            return self.file(name).stat().st_size
+            st = self.file(name).stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise ImgnetError(f"{self.file(name)} is not a regular file (a device, FIFO or folder, or a link to "
+                                  f"one); expected a {self.layout.key} file")
+            return st.st_size
         except FileNotFoundError:
             raise ImgnetError(f"{self.file(name)} is missing; expected the {self.layout.folder}/ folder "
                               f"complete as extracted from {self.layout.archive}") from None
@@ -151,11 +156,38 @@ class _Folder(_Members):
 
     @contextlib.contextmanager
     def open(self, name: str, limit: int):
-        size = self.size(name)
-        if size > limit:
-            raise ImgnetError(f"{self.origin(name)} is {size:,} bytes, more than the {limit:,} a "
-                              f"{self.layout.key} file can hold; expected the official file")
-        yield io.BytesIO(read_bounded(self.file(name), limit, f"a {self.layout.key} file"))
+        path = self.file(name)
+        try:  # O_NONBLOCK: a FIFO in place of a batch must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            self.size(name)  # says which file is missing
+            raise
+        except OSError as e:
+            raise ImgnetError(f"cannot read {path} ({os_reason(e)})") from e
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImgnetError(f"{path} is not a regular file (a device, FIFO or folder, or a link to one); "
+                                  f"expected a {self.layout.key} file")
+            if st.st_size > limit:
+                raise ImgnetError(f"{path} is {st.st_size:,} bytes, more than the {limit:,} a {self.layout.key} "
+                                  "file can hold; expected the official file")
+            yield _Bounded(f, st.st_size, path)
+
+
+class _Bounded:
+    """A folder file read no further than the size it had when opened (a file that grows is not read on)."""
+
+    def __init__(self, f, size: int, path):
+        self.f, self.left, self.path = f, size, path
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self.f.read(max(0, min(n, self.left)))
+        except OSError as e:
+            raise ImgnetError(f"cannot read {self.path} ({os_reason(e)})") from e
+        self.left -= len(data)
+        return data
 
 
 class _Archive(_Members):
@@ -168,10 +200,14 @@ class _Archive(_Members):
         super().__init__(path, layout)
         self.members, self._small = {}, {}
         self._tar = None
-        with self._guard():
-            self._tar = tarfile.open(self.path, "r:gz")
-            for m in self._scan(self._tar):
-                self.members.setdefault(_member_name(m.name), []).append(m)
+        try:
+            with self._guard():
+                self._tar = tarfile.open(self.path, "r:gz")
+                for m in self._scan(self._tar):
+                    self.members.setdefault(_member_name(m.name), []).append(m)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._tar is not None:
@@ -264,16 +300,24 @@ class CifarDownload:
     def __init__(self, path, layout: Layout):
         self.path, self.layout = Path(path), layout
         self.is_archive = self.path.is_file()
-        self._files = (_Archive if self.is_archive else _Folder)(self.path, layout)
+        self._opened: _Members | None = None  # the archive is listed on first use, not by detection
         self._classes: dict = {}
         self._counts: dict | None = None
 
     def __repr__(self) -> str:
         return f"CifarDownload({str(self.path)!r}, {self.layout.key})"
 
+    @property
+    def _files(self) -> _Members:
+        if self._opened is None:
+            self._opened = (_Archive if self.is_archive else _Folder)(self.path, self.layout)
+        return self._opened
+
     def close(self) -> None:
-        """Close the archive (an extracted folder holds nothing open)."""
-        self._files.close()
+        """Close the archive (an extracted folder holds nothing open); a later read opens it again."""
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def __enter__(self) -> "CifarDownload":
         return self
@@ -474,19 +518,28 @@ def _hwc(rows: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ detection
 def _layout_of_archive(path: Path) -> Layout | None:
+    """An archive by its official name, else (a renamed .tar.gz / .tgz) by the folder its first entry is in."""
     for lay in LAYOUTS:
         if path.name == lay.archive:
             return lay
-    return None
+    if not path.name.endswith((".tar.gz", ".tgz")):
+        return None
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            first = tar.next()
+    except (tarfile.TarError, EOFError, zlib.error, OSError):
+        return None  # not ours to judge: another layout's archive, or damaged
+    top = [p for p in (first.name if first else "").split("/") if p not in ("", ".")][:1]
+    return next((lay for lay in LAYOUTS if top == [lay.folder]), None)
 
 
 def _layout_of_folder(path: Path) -> Layout | None:
-    """An extracted folder: by its name, else by the meta files it holds."""
+    """An extracted folder: by its official name, else by the files it holds (class names, batches)."""
     for lay in LAYOUTS:
-        if path.name == lay.folder and all((path / m).is_file() for m in lay.meta):
+        if path.name == lay.folder:
             return lay
     for lay in LAYOUTS:
-        if all((path / m).is_file() for m in lay.meta) and (path / lay.test[0]).is_file():
+        if all((path / f).is_file() for f in lay.meta + lay.train + lay.test):
             return lay
     return None
 

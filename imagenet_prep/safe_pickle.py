@@ -10,7 +10,8 @@ with the few opcodes and globals the CIFAR batches use, and builds the objects i
   followed by BUILD with the state `(1, shape, dtype, is_fortran, raw bytes)`; numpy 2 spells the module
   `numpy._core.multiarray`), of plain numeric dtypes (`numpy.dtype("u1", 0, 1)` + BUILD with its
   byte-order state); the array is made here with `np.frombuffer` from the raw bytes, so no numpy
-  `__setstate__` runs and no array is larger than the bytes the file holds;
+  `__setstate__` runs and no array is larger than the bytes the file holds (the arrays are read-only
+  views of those bytes: copy one to write into it);
 - `_codecs.encode(text, "latin1")` and `bytes()`, the way Python 3 writes a byte string (an empty one) at
   protocol 2.
 
@@ -31,6 +32,7 @@ EMPTY_LIST, APPENDS, SETITEMS, STOP.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 
@@ -148,7 +150,7 @@ def _build(obj, state):
             raise _Refused(f"a numpy array of shape {shape!r:.60}")
         if not isinstance(dtype, np.dtype) or fortran not in (True, False, 0, 1) or not isinstance(raw, bytes):
             raise _Refused("a numpy array state without a plain dtype and raw bytes")
-        size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        size = math.prod(shape)  # Python ints: no wrap-around for crafted huge dimensions
         if size * dtype.itemsize != len(raw):
             raise _Refused(f"a numpy array of shape {shape} {dtype} with {len(raw):,} data bytes "
                            f"(needs {size * dtype.itemsize:,})")

@@ -2,7 +2,6 @@
 
 import gzip
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +211,35 @@ def test_make_official_downloads_agree_with_each_other_and_the_jpegs(tmp_path):
     test = [(n, lab) for n, lab, _ in py.records("test")]
     assert [lab for _, lab in test] == sorted(lab for _, lab in test)  # class folders in NAMES order
     assert test[0][0] == "airplane_test_0000.png"
+
+
+def test_a_renamed_archive_is_known_by_its_folder(tmp_path):
+    want = cd.write(tmp_path, "cifar-100-binary")
+    renamed = want["path"].rename(tmp_path / "c100.tgz")
+    d = find(renamed)
+    assert d.key == "cifar-100-binary"
+    _check_split(d, "test", want["test"])
+    (tmp_path / "other.tar.gz").write_bytes(gzip.compress(b"\0" * 1024))  # not a CIFAR archive: not ours
+    assert find(tmp_path / "other.tar.gz") is None
+
+
+def test_an_official_folder_with_a_missing_or_odd_file_names_it(tmp_path):
+    want = cd.write(tmp_path, "cifar-10-python", archive=False, override={"batches.meta": None})
+    d = find(want["path"])
+    assert d.key == "cifar-10-python"
+    with pytest.raises(ImgnetError, match=r"cifar-10-batches-py/batches.meta is missing; expected the "
+                                          r"cifar-10-batches-py/ folder complete"):
+        d.classes()
+    want = cd.write(tmp_path / "b", "cifar-10-binary", archive=False)
+    batch = want["path"] / "test_batch.bin"
+    batch.unlink()
+    os.mkfifo(batch)
+    with pytest.raises(ImgnetError, match="test_batch.bin is not a regular file"):
+        list(find(want["path"]).records("test"))
+
+
+def test_a_download_closes_and_reopens(tmp_path):
+    want = cd.write(tmp_path, "cifar-10-binary")
+    with find(tmp_path) as d:
+        first = next(d.records("test"))[0]
+    assert next(d.records("test"))[0] == first == want["test"][0][0]  # read again after close

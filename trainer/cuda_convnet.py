@@ -141,7 +141,8 @@ class SpatialResponseNorm(nn.Module):
             raise ImgnetError(f"response norm size {size!r} is not valid; expected an odd positive integer (3)")
         if convention not in NORM_CONVENTIONS:
             raise ImgnetError(f"response norm convention {convention!r}; expected one of {', '.join(NORM_CONVENTIONS)}")
-        self.size, self.alpha, self.beta, self.k, self.convention = size, float(alpha), float(beta), float(k), convention
+        self.size, self.alpha, self.beta, self.k = size, float(alpha), float(beta), float(k)
+        self.convention = convention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> same
         alpha = self.alpha / self.size ** 2 if self.convention == "caffe" else self.alpha
@@ -151,7 +152,8 @@ class SpatialResponseNorm(nn.Module):
         return (xf * (self.k + alpha * window).pow(-self.beta)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, k={self.k:g}, convention={self.convention!r}"
+        return (f"size={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, k={self.k:g}, "
+                f"convention={self.convention!r}")
 
 
 def _act(name: str) -> nn.Module:
@@ -289,7 +291,8 @@ CUDA_CONVNET_RECIPES = {
 }
 
 
-def param_groups(model: nn.Module, recipe: dict, lr: float | None = None, weight_decay: float | None = None) -> list[dict]:
+def param_groups(model: nn.Module, recipe: dict, lr: float | None = None,
+                 weight_decay: float | None = None) -> list[dict]:
     """torch.optim parameter groups, one per parameter, with the recipe's per-layer multipliers applied to
     `lr` and `weight_decay` (the recipe's own when None): lr * lr_mult, weight_decay * decay_mult, the
     weight's multiplier for a 2-d+ parameter and the bias's for a 1-d one. A layer the recipe does not name
