@@ -204,7 +204,9 @@ class _Archive(_Members):
             with self._guard():
                 self._tar = tarfile.open(self.path, "r:gz")
                 for m in self._scan(self._tar):
-                    self.members.setdefault(_member_name(m.name), []).append(m)
+                    name = _member_name(m.name, layout.folder)
+                    if name:
+                        self.members.setdefault(name, []).append(m)
         except BaseException:
             self.close()
             raise
@@ -287,10 +289,10 @@ def _reason(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _member_name(name: str) -> str:
-    """'./cifar-10-batches-py/data_batch_1' -> 'data_batch_1' (the folder is checked by detection)."""
+def _member_name(name: str, folder: str) -> str:
+    """'./cifar-10-batches-py/data_batch_1' -> 'data_batch_1'; '' for an entry outside the download's folder."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
-    return "/".join(parts[1:]) if len(parts) > 1 else ""
+    return "/".join(parts[1:]) if len(parts) > 1 and parts[0] == folder else ""
 
 
 # ----------------------------------------------------------------------------------- the download

@@ -1,9 +1,11 @@
 """imagenet_prep.cifar_files: the four official CIFAR downloads read in place, on tiny downloads made here."""
 
 import gzip
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +245,18 @@ def test_a_download_closes_and_reopens(tmp_path):
     with find(tmp_path) as d:
         first = next(d.records("test"))[0]
     assert next(d.records("test"))[0] == first == want["test"][0][0]  # read again after close
+
+
+def test_members_outside_the_download_folder_are_not_taken(tmp_path):
+    want = cd.write(tmp_path, "cifar-10-binary", override={"test_batch.bin": None})
+    # the archive again, with a test batch under another folder: still missing from the download
+    with tarfile.open(want["path"]) as t:
+        entries = [(m, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
+    stray = tarfile.TarInfo("elsewhere/test_batch.bin")
+    stray.size = 3073
+    with tarfile.open(want["path"], "w:gz") as t:
+        for m, data in entries:
+            t.addfile(m, io.BytesIO(data) if data is not None else None)
+        t.addfile(stray, io.BytesIO(bytes(3073)))
+    with pytest.raises(ImgnetError, match=r"cifar-10-batches-bin/test_batch.bin is missing"):
+        find(tmp_path).splits()
