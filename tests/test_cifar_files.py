@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cifar_downloads as cd
 from imagenet_prep.cifar_files import LAYOUTS, find, find_all, open_download
 from imagenet_prep.errors import ImgnetError
-from tests import cifar_downloads as cd
 
 KEYS = [lay.key for lay in LAYOUTS]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"

@@ -6,9 +6,9 @@ import pickletools
 import numpy as np
 import pytest
 
+from cifar_downloads import py2_pickle
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.safe_pickle import ADMITTED_GLOBALS, load_file, loads
-from tests.cifar_downloads import py2_pickle
 
 
 def _batch(n=5):
