@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid
-from imagenet_prep.sources import archives, extracted, hf_parquet, hf_targz, imagefolder, kaggle, kaggle_zip, wds
+from imagenet_prep.sources import archives, caffe, extracted, hf_parquet, hf_targz, imagefolder, kaggle, kaggle_zip, wds
 from imagenet_prep.sources.base import Layout
 
 LAYOUTS: list[Layout] = [
@@ -18,6 +18,7 @@ LAYOUTS: list[Layout] = [
     archives.LAYOUT,     # ILSVRC2012_img_{train,val}.tar
     wds.LAYOUT,          # imagenet1k-{train,validation}-NN.tar
     kaggle_zip.LAYOUT,   # imagenet-object-localization-challenge.zip
+    caffe.LAYOUT,        # train.txt / val.txt '<relpath> <label>' with synset_words.txt or synsets.txt
     extracted.LAYOUT,    # train/<wnid>/, val/ (wnid class folders or flat)
     imagefolder.LAYOUT,  # train/<class>/, val/<class>/
 ]
