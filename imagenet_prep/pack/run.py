@@ -17,6 +17,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -71,11 +72,36 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
             "labels_sha256": labels_sha}
 
 
-def _paths(out: Path, name: str, fmt: str) -> tuple[Path, Path]:
-    """(final packed path, LMDB written while working)."""
-    if fmt == "lmdb":
-        return out / f"{name}.lmdb", out / f"{name}.lmdb"
-    return out / f"{name}.h5", out / f".{name}.h5.staging.lmdb"
+@dataclass(frozen=True)
+class _StoreFormat:
+    """What prep needs of a store format: where a split goes, where the packers write it (an LMDB), and how the
+    one becomes the other. An entry of the store-format registry (store/) will take its place."""
+
+    name: str                                   # --format
+    label: str                                  # in messages
+    final: Callable[[Path, str], Path]          # (DATA, split) -> the packed split
+    staging: Callable[[Path, str], Path]        # (DATA, split) -> the LMDB the packers write
+    leftovers: Callable[[Path, str], list]      # (DATA, split) -> what a killed conversion leaves
+    convert: Callable | None = None             # (writer, final, meta): staged LMDB -> final; None: it is final
+
+
+def _store_formats() -> dict[str, _StoreFormat]:
+    """The one place prep names the store formats (the only branches on --format)."""
+    def to_hdf5(writer: store.LmdbWriter, final: Path, meta: dict) -> None:
+        bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
+        store.lmdb_to_hdf5(writer, final, meta, bar)
+        bar.close()
+    return {"lmdb": _StoreFormat("lmdb", "LMDB", lambda out, n: out / f"{n}.lmdb", lambda out, n: out / f"{n}.lmdb",
+                                 lambda out, n: []),
+            "hdf5": _StoreFormat("hdf5", "HDF5", lambda out, n: out / f"{n}.h5",
+                                 lambda out, n: out / f".{n}.h5.staging.lmdb", lambda out, n: [out / f"{n}.h5.tmp"],
+                                 to_hdf5)}
+
+
+def _every_path(out: Path, name: str) -> set[Path]:
+    """Everything any store format keeps of split `name` in DATA (what --force removes)."""
+    return {p for f in _store_formats().values() for p in (f.final(out, name), f.staging(out, name),
+                                                            *f.leftovers(out, name))}
 
 
 def _complete_meta(out: Path, name: str) -> dict | None:
@@ -96,12 +122,13 @@ def _check_disk(out: Path, remaining: dict, cfg: PrepConfig, freed: int = 0) -> 
     per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality)
     n = sum(todo for todo, _ in remaining.values())
     need = n * per_image
-    if cfg.format == "hdf5":  # the staged LMDB, then the .h5 file beside it
+    fmt = _store_formats()[cfg.format]
+    if fmt.convert is not None:  # the staged LMDB, then the converted split beside it
         need += sum(whole for _, whole in remaining.values()) * per_image
     free = shutil.disk_usage(out).free + freed
     if need > free:
         raise ImgnetError(f"not enough free disk in {out}: {n} images as {cfg.encoding}"
-                          f"{' (staged, then HDF5)' if cfg.format == 'hdf5' else ''} need about "
+                          f"{f' (staged, then {fmt.label})' if fmt.convert is not None else ''} need about "
                           f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
@@ -135,30 +162,23 @@ def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
                 workers: int, differs=(), extra=None, locate=None, layout=None) -> dict:
-    final, work = _paths(out, name, cfg.format)
+    fmt = _store_formats()[cfg.format]
+    final, work = fmt.final(out, name), fmt.staging(out, name)
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
     try:
-        assert not (writer.complete and cfg.format == "lmdb"), f"{work} is complete: the caller skips it"
-        if writer.complete:  # killed while converting to HDF5: the staged split is done, convert again
+        assert not (writer.complete and fmt.convert is None), f"{work} is complete: the caller skips it"
+        if writer.complete:  # killed while converting: the staged split is done, convert again
             meta = writer.meta
         else:
             meta = _pack_split(name, items, skipped, writer, cfg, labels, fingerprint, workers, differs, extra, locate,
                                layout)
-        _to_format(writer, final, meta, cfg.format)
+        if fmt.convert is not None:
+            fmt.convert(writer, final, meta)
     finally:
         writer.close()
     if final != work:
         shutil.rmtree(work)
     return meta["report"]
-
-
-def _to_format(writer: store.LmdbWriter, final: Path, meta: dict, fmt: str) -> None:
-    """The packed split in its store format: the LMDB the packers wrote is the lmdb format's split; another
-    format is converted from it (the staging LMDB is removed by the caller)."""
-    if fmt == "hdf5":
-        bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
-        store.lmdb_to_hdf5(writer, final, meta, bar)
-        bar.close()
 
 
 def _pack_split(name: str, items, skipped, writer: store.LmdbWriter, cfg: PrepConfig, labels: dict,
@@ -198,7 +218,7 @@ def run_prep(cfg: PrepConfig) -> dict:
     (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
     at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG); a V2 split's, relative to
     the variant folder its entry names as `src` (2/0af3e1c8.jpeg)."""
-    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", ("lmdb", "hdf5")),
+    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", tuple(_store_formats())),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
@@ -275,7 +295,7 @@ def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -
     if old_sha is None or old_sha == labels_sha:
         return
     held = [s for s in ALL_SPLITS if _complete_meta(out, s) is not None
-            or any(_paths(out, s, f)[1].exists() for f in ("lmdb", "hdf5"))]
+            or any(f.staging(out, s).exists() for f in _store_formats().values())]
     if not cfg.force and held:
         raise ImgnetError(f"{out / 'labels.json'} holds another label map (other --classes or --label-order?) than "
                           "this run; use a new --out folder, or --force to redo the splits")
@@ -292,7 +312,8 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
     """{split: (images to process, whole split)} of the splits still to pack. A complete split with the same
     fingerprint is skipped (another fingerprint is refused without --force); the disk is checked before
     --force deletes anything."""
-    other_fmt = "hdf5" if cfg.format == "lmdb" else "lmdb"
+    formats = _store_formats()
+    others = [f for f in formats if f != cfg.format]
     todo, freed = {}, 0
     for name in names:
         fp, meta = fingerprints[name], _complete_meta(out, name)
@@ -303,20 +324,21 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
                 raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
                                   f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
             print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
-            if meta.get("format") == "hdf5":  # a kill between the .h5 rename and the staging's removal
-                _remove(_paths(out, name, "hdf5")[1])
+            done = formats.get(meta.get("format"))
+            if done is not None and done.convert is not None:  # a kill between the rename and the staging's removal
+                _remove(done.staging(out, name))
             continue
-        if meta is None and _paths(out, name, other_fmt)[1].exists() and not cfg.force:
-            raise ImgnetError(f"{out} holds an unfinished --format {other_fmt} run of {name}; rerun with "
-                              f"--format {other_fmt} to finish it, or --force to discard it")
-        doomed = [*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"] if cfg.force else []
-        freed += sum(_size(p) for p in set(doomed))
-        consumed = 0 if cfg.force else store.progress_of(_paths(out, name, cfg.format)[1])
+        other = next((f for f in others if formats[f].staging(out, name).exists()), None)
+        if meta is None and other is not None and not cfg.force:
+            raise ImgnetError(f"{out} holds an unfinished --format {other} run of {name}; rerun with "
+                              f"--format {other} to finish it, or --force to discard it")
+        freed += sum(_size(p) for p in _every_path(out, name)) if cfg.force else 0
+        consumed = 0 if cfg.force else store.progress_of(formats[cfg.format].staging(out, name))
         todo[name] = (fp["count"] - consumed, fp["count"])
     _check_disk(out, todo, cfg, freed)
     if cfg.force:
         for name in todo:
-            for p in {*_paths(out, name, "lmdb"), *_paths(out, name, "hdf5"), out / f"{name}.h5.tmp"}:
+            for p in _every_path(out, name):
                 _remove(p)
     return todo
 
