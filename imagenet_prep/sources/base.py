@@ -87,7 +87,7 @@ class Listing:
 
 class Layout:
     """A source layout. Subclasses set `name` and `description` and implement `detect` and `list`; a streamed
-    layout (no byte range per image) sets `streamed` and implements `read_unit` and `stored_name`."""
+    layout (no byte range per image) sets `streamed` (and `unit_in_worker`) and implements `read_unit`."""
 
     name: str = ""          # recorded in each split's fingerprint and metadata, and in prep-report.json
     description: str = ""  # one line for the "matches no known source layout" message
@@ -108,14 +108,11 @@ class Layout:
         """Why an item's bytes are not those of the official archives (re-encoded), else None."""
         return None
 
-    def read_unit(self, path: str, unit: int, want) -> Iterator[tuple[int, str | None, bytes | None, str | None]]:
-        """Streamed layouts: (position, the image's name as stored, bytes, None) for the positions in `want`
-        of unit `unit` of `path`, in position order; bytes None with the reason where the image cannot be
-        read. A position past the unit's end is an error naming it."""
-        raise NotImplementedError
-
-    def stored_name(self, stored: str | None, where: str) -> str:
-        """Streamed layouts: the record name of an image from its name as stored (checked against the listing)."""
+    def read_unit(self, path: str, unit: int, want: dict[int, str]) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """Streamed layouts: (position, bytes, None) for each position of `want` ({position: the record name the
+        listing gave it, checked against the shard}) in unit `unit` of `path` (Item.path, Item.offset), in
+        position order; bytes None with the reason where the image cannot be used. A position past the unit's
+        end, or a name that changed, is an error naming it (the shard changed since it was listed)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
