@@ -30,6 +30,7 @@ SHIPPED_FILE = "ilsvrc2012_classes.json"
 LABELS_FILE = "labels.json"
 MAX_LABELS_JSON_BYTES = 64 << 20  # 1000 classes with the WordNet DAG: about 0.4 MB; 21k classes: about 10 MB
 _WNID = re.compile(r"n\d{8}")
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")  # an official val image; group 1: its line in the ground truth
 
 
 def is_wnid(name: str) -> bool:
@@ -127,6 +128,12 @@ def _shipped() -> ClassMeta:
 def load_class_meta() -> ClassMeta:
     """The shipped metadata (the devkit's meta.mat table, its DAG cross-checked against WordNet is_a)."""
     return _shipped()
+
+
+def sorted_wnids() -> list[str]:
+    """The 1000 ILSVRC2012 wnids in sorted order: index k is label k of the sorted label order, of Caffe's
+    synsets.txt, of the Hugging Face `label` column, of timm's `.cls` and of ImageNetV2's folder k."""
+    return sorted(c["wnid"] for c in _shipped().classes)
 
 
 def load_ilsvrc_classes() -> list[dict]:

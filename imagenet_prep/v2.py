@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.labels import NUM_CLASSES, load_class_meta
-from imagenet_prep.sources import Item, _junk
+from imagenet_prep.labels import NUM_CLASSES, sorted_wnids
+from imagenet_prep.sources.base import Item, junk
 
 VARIANTS = {
     "imagenetv2-matched-frequency-format-val": "v2-matched-frequency",
@@ -50,11 +50,6 @@ class V2Split:
     outside: int = 0                # images of classes that DATA's label map does not hold (--classes)
     outside_classes: int = 0        # class folders holding those images
     missing: list[int] = field(default_factory=list)  # folder numbers absent from 0..999
-
-
-def split_of_variant(name: str) -> str | None:
-    """The split name of a published variant folder name, else None."""
-    return VARIANTS.get(name)
 
 
 def find_variant(src, split: str = ANY) -> tuple[Path, str]:
@@ -98,7 +93,7 @@ def _class_folders(root: Path, skipped: list[dict]) -> dict[int, Path]:
     with os.scandir(root) as it:
         for e in it:
             is_dir = e.is_dir()
-            reason = _junk(e.name, is_dir)
+            reason = junk(e.name, is_dir)
             if reason:
                 skipped.append({"name": e.name + "/" * is_dir, "reason": reason})
             elif not is_dir or not _FOLDER.fullmatch(e.name) or int(e.name) >= NUM_CLASSES:
@@ -117,7 +112,7 @@ def _images(folder: Path, n: int, skipped: list[dict]) -> list[tuple[str, str]]:
     with os.scandir(folder) as it:
         for e in it:
             is_dir = e.is_dir()
-            reason = _junk(e.name, is_dir) or ("a folder inside a class folder" if is_dir else None)
+            reason = junk(e.name, is_dir) or ("a folder inside a class folder" if is_dir else None)
             if reason is None and not e.is_file():
                 reason = "not a regular file (a broken link?)"
             if reason:
@@ -131,7 +126,7 @@ def data_index_of_folder(labels_json: dict) -> list[int | None]:
     """Folder n -> DATA label index (None: a class DATA's label map does not hold), for n in 0..999.
 
     Folder n is the n-th sorted ILSVRC2012 wnid; DATA's classes must be ILSVRC2012 wnids."""
-    wnids = sorted(c["wnid"] for c in load_class_meta().classes)
+    wnids = sorted_wnids()
     index = {c["wnid"]: c["index"] for c in labels_json["classes"]}
     foreign = [w for w in index if w not in set(wnids)]
     if foreign:

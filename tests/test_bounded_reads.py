@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 import layouts
-from imagenet_prep import ImgnetError, kaggle_zip, sources
+from imagenet_prep import ImgnetError
+from imagenet_prep import sources
+from imagenet_prep.sources import base, zipscan
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.stats import compute_stats, load_stats
 from imagenet_prep.store import LmdbWriter, progress_of, write_split
@@ -224,7 +226,7 @@ def test_hostile_kaggle_csv_and_val_labels_are_one_line(shared_data, tmp_path, k
 
 
 def test_devkit_gzip_bomb_is_one_line(shared_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_SMALL_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(base, "MAX_SMALL_FILE_BYTES", 1 << 20)
     src = tmp_path / "src"
     (src / "val").mkdir(parents=True)
     (src / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(_jpeg(1))
@@ -239,7 +241,7 @@ def test_devkit_gzip_bomb_is_one_line(shared_data, tmp_path, monkeypatch):
 
 
 def test_zip_member_that_inflates_past_the_bound_is_rejected(shared_data, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(kaggle_zip, "MAX_MEMBER_BYTES", 8 << 20)  # over the label files
+    monkeypatch.setattr(zipscan, "MAX_MEMBER_BYTES", 8 << 20)  # over the label files
     train, val = images
     path = layouts.kaggle(tmp_path / "k", train, val, shared_data)
     with __import__("zipfile").ZipFile(path, "a", compression=8) as z:

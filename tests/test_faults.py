@@ -17,7 +17,10 @@ import pytest
 from PIL import Image
 
 import layouts
-from imagenet_prep import ImgnetError, kaggle_zip, prep, sources
+from imagenet_prep import ImgnetError, sources
+from imagenet_prep.pack import commits
+from imagenet_prep.sources import archives, base, kaggle_zip, truth, zipscan
+from imagenet_prep.sources import cache as listing_cache
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.sources import discover
 from imagenet_prep.synthetic import class_image
@@ -64,12 +67,12 @@ def _names(data_dir, split="train"):
 def test_read_failure_stops_the_run_and_the_rerun_writes_the_images(tmp_path, monkeypatch, code, workers):
     train = _train()
     src = _extracted(tmp_path / "src", train)
-    monkeypatch.setattr(prep, "COMMIT_EVERY", 2)
+    monkeypatch.setattr(commits, "COMMIT_EVERY", 2)
     ref = tmp_path / "ref"
     run_prep(PrepConfig(src=str(src), out=str(ref), workers=1))
     out = tmp_path / "out"
     with monkeypatch.context() as m:  # the 5th image is unreadable: two commits of two are already made
-        m.setattr(sources, "open", _faulty_open(sources, code, f"{W2}_1.JPEG"), raising=False)
+        m.setattr(base, "open", _faulty_open(base, code, f"{W2}_1.JPEG"), raising=False)
         with pytest.raises(ImgnetError) as e:
             run_prep(PrepConfig(src=str(src), out=str(out), workers=workers))
     msg = str(e.value)
@@ -84,13 +87,13 @@ def test_read_failure_in_a_tar_member_and_a_zip_member(tmp_path, monkeypatch):
     src = layouts.official(tmp_path / "official", train, [])
     (src / "ILSVRC2012_img_val.tar").unlink()
     with monkeypatch.context() as m:  # listing the tar fails: an I/O failure naming it
-        m.setattr(sources, "open", _faulty_open(sources, errno.EIO, "img_train.tar"), raising=False)
+        m.setattr(archives, "open", _faulty_open(archives, errno.EIO, "img_train.tar"), raising=False)
         with pytest.raises(ImgnetError, match=r"ILSVRC2012_img_train.tar \(EIO"):
             discover(src)
     (tmp_path / "a").mkdir()
     discover(src, cache_dir=tmp_path / "a")  # listed (cached) with the real open: then reading a member fails
     with monkeypatch.context() as m:
-        m.setattr(sources, "open", _faulty_open(sources, errno.EIO, "img_train.tar"), raising=False)
+        m.setattr(base, "open", _faulty_open(base, errno.EIO, "img_train.tar"), raising=False)
         with pytest.raises(ImgnetError, match=rf"{W1}_0.JPEG in .*ILSVRC2012_img_train.tar \(EIO"):
             run_prep(PrepConfig(src=str(src), out=str(tmp_path / "a"), workers=2))
     assert run_prep(PrepConfig(src=str(src), out=str(tmp_path / "a"), workers=1))["splits"]["train"]["written"] == 4
@@ -104,7 +107,7 @@ def test_read_failure_in_a_tar_member_and_a_zip_member(tmp_path, monkeypatch):
     out = tmp_path / "b"
     out.mkdir()
     discover(zsrc, cache_dir=out)
-    monkeypatch.setattr(kaggle_zip, "open", _faulty_open(kaggle_zip, errno.EIO, ".zip"), raising=False)
+    monkeypatch.setattr(zipscan, "open", _faulty_open(zipscan, errno.EIO, ".zip"), raising=False)
     with pytest.raises(ImgnetError) as e:
         run_prep(PrepConfig(src=str(zsrc), out=str(out), workers=1))
     assert "EIO" in str(e.value) and f"{W1}_0.JPEG" in str(e.value)
@@ -199,7 +202,7 @@ def _devkit_tgz(path: Path) -> bytes:
 def test_damaged_devkit_tgz_is_an_error(tmp_path, damage):
     tgz = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
     data = bytearray(_devkit_tgz(tgz))
-    assert sources._read_devkit_tgz(tgz)[sources.META] == b"m" * 3000  # intact: reads
+    assert truth.read_devkit_tgz(tgz)[truth.META] == b"m" * 3000  # intact: reads
     if damage == "crc":
         data[-8] ^= 0x01
     elif damage == "body":
@@ -211,7 +214,7 @@ def test_damaged_devkit_tgz_is_an_error(tmp_path, damage):
         data = gzip.compress(raw[:512 + 3072])
     tgz.write_bytes(bytes(data))
     with pytest.raises(ImgnetError, match="ILSVRC2012_devkit_t12.tar.gz"):
-        sources._find_devkit(tmp_path)
+        truth.find_devkit(tmp_path)
 
 
 @pytest.mark.parametrize("where", ["boundary", "header"])
@@ -228,7 +231,7 @@ def test_truncated_wds_shard_is_an_error(tmp_path, where):
 @pytest.mark.parametrize("damage", ["boundary", "header", "crc", "gzip cut"])
 def test_damaged_hf_targz_shard_is_an_error(tmp_path, damage):
     pytest.importorskip("pyarrow")
-    from imagenet_prep import hf
+    from imagenet_prep.sources import hf_targz as hf
 
     members = [(f"{n.rsplit('.', 1)[0]}_{w}.JPEG", d) for w, n, d in _train(2)]
     raw = _tar(members)
@@ -273,8 +276,8 @@ def test_odd_names_are_listed_exactly_with_and_without_the_cache(tmp_path):
     assert set(names) <= set(got)
     for n in names:  # each name beside its own file: nothing shifted
         assert Path(got[n]).name == n and Path(got[n]).read_bytes() == (src / "train" / W1 / n).read_bytes()
-    blob = sources._join([*names, ""])
-    assert sources._split(blob, len(names) + 1) == [*names, ""]
+    blob = listing_cache.join_strings([*names, ""])
+    assert listing_cache.split_strings(blob, len(names) + 1) == [*names, ""]
 
 
 def test_odd_names_in_a_tar_survive_the_listing_cache(tmp_path):
@@ -377,7 +380,7 @@ def test_symlink_loops_and_junk_are_skipped_with_a_reason(tmp_path):
 
 
 def test_read_failure_while_listing_shards_names_the_shard(tmp_path, monkeypatch):
-    from imagenet_prep import wds
+    from imagenet_prep.sources import wds
 
     src = layouts.timm_wds(tmp_path / "src", _train(1), [], shards=(1, 0), info=False)
     monkeypatch.setattr(wds, "open", _faulty_open(wds, errno.EIO, "imagenet1k-train-0000.tar"), raising=False)
@@ -416,7 +419,7 @@ def _hf_rows():
 def test_hf_read_failure_stops_the_run_and_the_rerun_completes(tmp_path, monkeypatch, kind):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    from imagenet_prep import hf
+    from imagenet_prep.sources import hf_targz as hf
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -451,7 +454,7 @@ def test_a_read_failure_on_an_odd_name_is_still_one_line(tmp_path, monkeypatch):
     (src / "train" / W1).mkdir(parents=True)
     for name in ("a\nb.JPEG", UNDECODABLE):
         (src / "train" / W1 / name).write_bytes(_jpeg(1))
-    monkeypatch.setattr(sources, "open", _faulty_open(sources, errno.EIO, ".JPEG"), raising=False)
+    monkeypatch.setattr(base, "open", _faulty_open(base, errno.EIO, ".JPEG"), raising=False)
     with pytest.raises(ImgnetError) as e:
         run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))
     msg = str(e.value)
@@ -500,7 +503,7 @@ def test_a_source_file_over_the_largest_image_is_rejected_unread(tmp_path, monke
             reads.append(path)
             f.read = lambda *x: pytest.fail("the oversized file was read")
         return f
-    monkeypatch.setattr(sources, "open", watched, raising=False)
+    monkeypatch.setattr(base, "open", watched, raising=False)
     report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
     rejected = {r["name"]: r["reason"] for r in report["rejected"]}
     assert "over the" in rejected[f"train/{W1}/{W1}_huge.JPEG"] and report["written"] == 2 and reads
@@ -510,7 +513,7 @@ def test_a_source_file_over_the_largest_image_is_rejected_unread(tmp_path, monke
 def test_an_archive_member_over_the_bound_is_rejected_by_name(tmp_path, monkeypatch, layout):
     train = _train(2)
     big = max(len(d) for _, _, d in train)
-    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", big - 1)  # the largest member is now over the bound
+    monkeypatch.setattr(base, "MAX_IMAGE_BYTES", big - 1)  # the largest member is now over the bound
     victim = next(n for _, n, d in train if len(d) == big)
     if layout == "tars":
         src = layouts.official(tmp_path / "src", train, [])

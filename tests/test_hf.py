@@ -180,7 +180,7 @@ def test_val_only_and_listing_is_cached(tmp_path, images):
     out = tmp_path / "out"
     assert len(list(out.glob(".listing-*.npz"))) == 1  # only the val shard was listed
     # a second listing reads the cache, not the shards
-    import imagenet_prep.hf as hf
+    import imagenet_prep.sources.hf_parquet as hf
 
     calls = []
     real = hf._list_parquet
@@ -202,7 +202,7 @@ def _many(images, n):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "targz"])
 def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images, kind, monkeypatch):
-    import imagenet_prep.prep as prep
+    import imagenet_prep.pack.worker as prep
     from imagenet_prep.store import progress_of
 
     imgs = dict(images, train=_many(images, 160), val=images["val"][:2])
@@ -344,7 +344,7 @@ def test_disk_estimate_counts_the_listed_images_before_any_decoding(tmp_path, im
     import collections
     import shutil
 
-    import imagenet_prep.prep as prep
+    import imagenet_prep.pack.worker as prep
 
     src = make(tmp_path / "hf", images)
     usage = collections.namedtuple("usage", "total used free")

@@ -8,7 +8,8 @@ import zipfile
 import pytest
 
 import layouts
-from imagenet_prep import ImgnetError, kaggle_zip
+from imagenet_prep import ImgnetError
+from imagenet_prep.sources import kaggle_zip
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.sources import discover, read_item
 

@@ -254,7 +254,7 @@ def test_shipped_data_files_reach_the_wheel(tmp_path):
     data = sorted(p.name for p in (REPO / "imagenet_prep" / "data").iterdir() if p.is_file())
     assert "ILSVRC2012_validation_ground_truth.txt" in data
     assert {f"imagenet_prep/data/{n}" for n in data} <= names
-    assert {"imagenet_prep/kaggle_zip.py", "imagenet_prep/wds.py", "cli.py"} <= names
+    assert {"imagenet_prep/sources/kaggle_zip.py", "imagenet_prep/sources/wds.py", "imagenet_prep/pack/run.py", "cli.py"} <= names
 
 
 def _crash(task):

@@ -206,7 +206,8 @@ def test_too_little_disk_is_refused_before_starting(messy_src, tmp_path):
 
 
 def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch):
-    import imagenet_prep.prep as prep
+    import imagenet_prep.pack.commits as commits
+    import imagenet_prep.pack.run as prep
 
     src = _big_source(tmp_path / "src", 30)
     clean = tmp_path / "clean"
@@ -216,7 +217,7 @@ def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch)
     try:
         check_disk = prep._check_disk
         monkeypatch.setattr(prep, "_check_disk", lambda *a: None)  # the estimate would refuse: fill it for real
-        monkeypatch.setattr(prep, "COMMIT_EVERY", 4)
+        monkeypatch.setattr(commits, "COMMIT_EVERY", 4)
         with pytest.raises(ImgnetError, match="disk full"):
             run_prep(PrepConfig(src=str(src), out=str(small / "data"), workers=1))
         # room for the rest of the split but not for all of it: the check counts what remains

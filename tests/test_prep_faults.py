@@ -17,7 +17,10 @@ import pytest
 from PIL import Image
 
 import layouts
-from imagenet_prep import ImgnetError, prep, sources
+from imagenet_prep import ImgnetError, sources
+from imagenet_prep.pack import commits, run, worker
+from imagenet_prep.sources import base
+from imagenet_prep.sources import truth as val_truth
 from imagenet_prep.errors import WorkerDied
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.synthetic import class_image
@@ -41,7 +44,7 @@ def _src(root: Path, n=3) -> Path:
     return root
 
 
-_REAL = prep.process_item
+_REAL = worker.process_item
 
 
 def _killed_on_victim(item):
@@ -53,9 +56,9 @@ def _killed_on_victim(item):
 
 def test_a_dead_worker_stops_prep_naming_cause_and_image_and_the_rerun_completes(tmp_path, monkeypatch):
     src, out = _src(tmp_path / "src"), tmp_path / "out"
-    monkeypatch.setattr(prep, "COMMIT_EVERY", 2)
+    monkeypatch.setattr(commits, "COMMIT_EVERY", 2)
     with monkeypatch.context() as m:
-        m.setattr(prep, "process_item", _killed_on_victim)
+        m.setattr(worker, "process_item", _killed_on_victim)
         with pytest.raises(WorkerDied) as e:
             run_prep(PrepConfig(src=str(src), out=str(out), workers=2))
     assert "SIGKILL" in str(e.value) and VICTIM in str(e.value) and "rerun" in str(e.value)
@@ -66,7 +69,7 @@ def test_a_dead_worker_stops_prep_naming_cause_and_image_and_the_rerun_completes
 _SLOW_PREP = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from imagenet_prep import prep
+    from imagenet_prep.pack import worker as prep
     real, marker = prep.process_bytes, Path(sys.argv[1])
     def slow(data, name=None):
         marker.write_text("started")
@@ -145,17 +148,17 @@ def _stop_midway(src, out, monkeypatch):
             raise OSError(errno.EIO, "Input/output error", os.fsdecode(path))
         return real(path, *a, **kw)
     with monkeypatch.context() as m:
-        m.setattr(sources, "open", failing, raising=False)
+        m.setattr(base, "open", failing, raising=False)
         with pytest.raises(ImgnetError, match="EIO"):
             run_prep(PrepConfig(src=str(src), out=str(out), workers=1))
 
 
 def test_resuming_under_another_pillow_build_is_refused(tmp_path, monkeypatch):
     src, out = _src(tmp_path / "src"), tmp_path / "out"
-    monkeypatch.setattr(prep, "COMMIT_EVERY", 2)
-    monkeypatch.setattr(prep, "pillow_build", lambda: "pillow-simd")
+    monkeypatch.setattr(commits, "COMMIT_EVERY", 2)
+    monkeypatch.setattr(run, "pillow_build", lambda: "pillow-simd")
     _stop_midway(src, out, monkeypatch)
-    monkeypatch.setattr(prep, "pillow_build", lambda: "pillow")
+    monkeypatch.setattr(run, "pillow_build", lambda: "pillow")
     with pytest.raises(ImgnetError) as e:
         run_prep(PrepConfig(src=str(src), out=str(out), workers=1))
     msg = str(e.value)
@@ -166,12 +169,12 @@ def test_resuming_under_another_pillow_build_is_refused(tmp_path, monkeypatch):
 
 def test_report_of_a_resumed_split_covers_every_part(tmp_path, monkeypatch):
     src, out = _src(tmp_path / "src"), tmp_path / "out"
-    monkeypatch.setattr(prep, "COMMIT_EVERY", 2)
+    monkeypatch.setattr(commits, "COMMIT_EVERY", 2)
     ticks = itertools.count(0, 1000.0)  # the first part: 1000 s between readings of the clock
-    monkeypatch.setattr(prep.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(commits.time, "perf_counter", lambda: next(ticks))
     _stop_midway(src, out, monkeypatch)
     ticks = itertools.count(0, 1.0)  # the resumed part: 1 s between readings
-    monkeypatch.setattr(prep.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(commits.time, "perf_counter", lambda: next(ticks))
     report = run_prep(PrepConfig(src=str(src), out=str(out), workers=1))["splits"]["train"]
     assert report["seconds"] >= 2000  # both commits of the first part counted, not only the resumed part's
     assert report["images_per_s"] == pytest.approx(6 / report["seconds"])
@@ -198,16 +201,16 @@ _HEADER = "ImageId,PredictionString\n"
 
 def test_kaggle_csv_with_bom_crlf_and_trailing_blank_lines_reads():
     rows = "ILSVRC2012_val_00000001,n01751748 1 2 3 4\r\nILSVRC2012_val_00000002,n09193705 5 6 7 8\r\n"
-    truth = sources._csv_truth(("\ufeff" + _HEADER + rows + "\n\r\n  \n").encode("utf-8"), "LOC_val_solution.csv", None)
+    truth = val_truth.csv_truth(("\ufeff" + _HEADER + rows + "\n\r\n  \n").encode("utf-8"), "LOC_val_solution.csv", None)
     assert truth.by_name == {"ILSVRC2012_val_00000001": "n01751748", "ILSVRC2012_val_00000002": "n09193705"}
 
 
 def test_kaggle_csv_bad_row_names_its_line():
     data = _HEADER + "ILSVRC2012_val_00000001,n01751748 1 2 3 4\n\nILSVRC2012_val_00000002,dog 1 2 3 4\n"
     with pytest.raises(ImgnetError, match=r"LOC_val_solution.csv line 4: .*ILSVRC2012_val_00000002"):
-        sources._csv_truth(data.encode(), "LOC_val_solution.csv", None)
+        val_truth.csv_truth(data.encode(), "LOC_val_solution.csv", None)
     with pytest.raises(ImgnetError, match="line 1"):
-        sources._csv_truth(b"Id,Label\n", "LOC_val_solution.csv", None)
+        val_truth.csv_truth(b"Id,Label\n", "LOC_val_solution.csv", None)
 
 
 def test_kaggle_csv_with_bom_labels_the_val_end_to_end(shared_data, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import build_label_map, load_class_meta
-from imagenet_prep.prep import _init_worker, process_item
+from imagenet_prep.pack.worker import init_worker as _init_worker, process_item
 from imagenet_prep.store import decode_image, write_split
 from imagenet_prep.v2 import SPLITS, VARIANTS, discover_v2, find_variant
 from trainer.labelsets import real_lists

@@ -5,8 +5,8 @@ SRC holds imagenet1k-train-NNNN.tar (1024 shards), imagenet1k-validation-NN.tar 
 pre-shuffled tar of samples `<key>.jpg`, `<key>.cls` (ASCII sorted-wnid index) and `<key>.json`
 ({"filename": "<wnid>/<original name>", "label", "width", "height"}); the key is the original stem.
 
-Listing a split reads every shard's headers and its small .cls and .json members (sources.py caches the
-result in DATA as it caches the tar listings); the images are then read by byte range like the members
+Listing a split reads every shard's headers and its small .cls and .json members (cached in DATA as the
+tar listings are, cache.py); the images are then read by byte range like the members
 of the official tars, so records come out in the contract order whatever the shard order.
 """
 
@@ -16,8 +16,16 @@ import re
 import tarfile
 from pathlib import Path
 
+from collections import Counter
+
+from tqdm import tqdm
+
 from imagenet_prep.atomic import parse_json, read_json
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.labels import sorted_wnids
+from imagenet_prep.sources.base import Entry, Item, Layout, ListedSplit, Listing, shown
+from imagenet_prep.sources.cache import cached_parts
+from imagenet_prep.sources.tarscan import list_tar
 
 SPLIT_OF = {"train": "train", "validation": "val"}
 SHARD = re.compile(r"imagenet1k-(train|validation)-(\d+)\.tar")
@@ -117,8 +125,8 @@ def _label(shard: str, key: str, cls: bytes | None, meta: bytes | None, wnids: l
     return name, wnid
 
 
-def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], expected: int | None) -> list[tuple]:
-    """Entries (name, wnid, path, offset, size) of one shard's samples, from its members (headers already read)."""
+def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], expected: int | None) -> list[Entry]:
+    """Entries of one shard's samples, from its members (headers already read)."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     for m in members:
         base = m.name.rsplit("/", 1)[-1]
@@ -145,5 +153,60 @@ def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], exp
             if "cls" not in parts and "json" not in parts:
                 raise ImgnetError(f"{path}: sample {key} has no .cls nor .json; expected its label in them")
             name, wnid = _label(p, key, read(parts.get("cls")), read(parts.get("json")), wnids)
-            out.append((name, wnid, p, image.offset_data, image.size))
+            out.append(Entry(name, wnid, p, image.offset_data, image.size))
     return out
+
+
+def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: dict[str, int]) -> tuple:
+    """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json."""
+    entries, skipped = [], []
+    for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
+        members, sk = list_tar(p)
+        skipped += sk
+        entries += list_shard(p, members, wnids, expected.get(p.name))
+    names = Counter(e.name for e in entries)
+    if len(names) != len(entries):
+        dup = next(n for n, k in names.items() if k > 1)
+        raise ImgnetError(f"{src}: {shown(dup)} is a sample of two {split} shards (or twice in one); expected each image "
+                          "once (shards of two downloads mixed?)")
+    return wnids, entries, skipped
+
+
+def _in_shard(e: Entry) -> str:
+    """A webdataset sample: the shard and the sample key (the original stem)."""
+    return f"{e.path}:{e.name.rsplit('.', 1)[0]}"
+
+
+class TimmShards(Layout):
+    name = "timm-wds"
+    description = "timm's webdataset shards (imagenet1k-{train-NNNN,validation-NN}.tar with _info.json)"
+
+    def detect(self, src: Path) -> bool:
+        return bool(find_shards(src))
+
+    def list(self, src: Path, cache_dir=None) -> Listing:
+        """Each split's listing (all its shards) is cached as one."""
+        info = read_info(src)
+        wnids = sorted_wnids()  # .cls is a sorted-wnid index of the 1000
+        splits = {}
+        for split, paths in find_shards(src).items():
+            expected = expected_lengths(src, info, split, paths)
+
+            def entries(split=split, paths=paths, expected=expected):
+                part = f"wds-{split}"
+                listed = cached_parts(cache_dir, paths, [part],
+                                      lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
+                return listed[1], list(listed[2])
+            where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
+            splits[split] = ListedSplit(where, wnids, entries, "the shards' .cls", relabel=split == "val",
+                                        locate=_in_shard)
+        return Listing(splits)
+
+    def differs(self, item: Item) -> str | None:
+        if item.name.rsplit(".", 1)[0] in REENCODED:
+            return ("re-encoded in the shards (the official file is a CMYK JPEG or a PNG); its pixels match within "
+                    "the image policy's tolerance")
+        return None
+
+
+LAYOUT = TimmShards()

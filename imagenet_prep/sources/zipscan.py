@@ -1,27 +1,17 @@
-"""Kaggle's `imagenet-object-localization-challenge.zip`, read in place: never extracted.
-
-The zip holds ILSVRC/Data/CLS-LOC/{train/<wnid>/,val/,test/}, the localisation annotations and, at its
-top, LOC_synset_mapping.txt and LOC_val_solution.csv. Its central directory has about 2M entries
-(ZIP64: the file is about 155 GB). `list_zip` parses that directory once, straight from the bytes
-(zipfile.ZipFile would build 2M ZipInfo objects), and keeps the images of train and val and the two
-label files as entries (name, class, path, local header offset, compressed size, method, CRC-32);
-sources.py caches them in DATA as it caches the tar listings. A worker then reads one member with
-`read_member`: one read of the local header and the compressed bytes, inflate, check the CRC.
-"""
+"""Reading a zip in place: its central directory parsed straight from the bytes (zipfile.ZipFile would build
+one ZipInfo per member: 2M for Kaggle's zip), and one member read by its local header's offset with one
+read, inflated with a bound and checked against its CRC-32."""
 
 from __future__ import annotations
 
 import struct
 import zlib
 from pathlib import Path
+from typing import Callable
 
 from imagenet_prep.errors import ImgnetError
 
-ZIP_NAME = "imagenet-object-localization-challenge.zip"
-CLS_LOC = "ILSVRC/Data/CLS-LOC/"
-LABEL_FILES = ("LOC_synset_mapping.txt", "LOC_val_solution.csv")
 STORED, DEFLATED = 0, 8
-
 _EOCD, _Z64_LOCATOR, _Z64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 _CENTRAL, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
 _CENTRAL_FMT = struct.Struct("<4s6H3L5H2L")  # 46 bytes: sig, versions, flags, method, time, date, crc, sizes, ...
@@ -75,9 +65,9 @@ def _zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int]
     return csize, offset
 
 
-def central_directory(path: Path):
-    """Yield (name, local header offset, compressed size, method, crc, flags) for every member whose name
-    holds ILSVRC/Data/CLS-LOC/ or ends with a Kaggle label file; others are passed over unparsed."""
+def central_directory(path: Path, keep: Callable[[bytes], bool] = lambda raw: True):
+    """Yield (name, local header offset, compressed size, method, crc, flags) for every member whose raw name
+    `keep` accepts; others are passed over unparsed."""
     where = str(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -99,7 +89,7 @@ def central_directory(path: Path):
                 raise ImgnetError(f"{where}: entry {seen + 1} of the central directory is damaged; expected a "
                                   "complete zip (re-download it)")
             raw = buf[i + 46:i + 46 + nlen]
-            if b"Data/CLS-LOC/" in raw or raw.endswith(b".txt") or raw.endswith(b".csv"):
+            if keep(raw):
                 # bytes that are not UTF-8 under the UTF-8 flag keep themselves (surrogate escapes, as
                 # os.listdir and tarfile give them): the store writes such a name back as its bytes
                 name = raw.decode("utf-8", "surrogateescape") if flags & 0x800 else raw.decode("cp437")
@@ -108,51 +98,6 @@ def central_directory(path: Path):
                 yield name, offset, csize, method, crc, flags
             i += 46 + nlen + elen + clen
             seen += 1
-
-
-def list_zip(path: Path, junk) -> dict[str, tuple[list[str] | None, list[tuple], list[dict]]]:
-    """{"train": (classes, entries, skipped), "val": (None, entries, skipped), "labels": (None, entries, [])}:
-    entries (name, class or None, path, offset, size, method, crc) in central-directory order; `junk(name,
-    is_dir)` says why a file is not an image candidate (sources.py's rule)."""
-    parts = {"train": (set(), [], []), "val": (None, [], []), "labels": (None, [], [])}
-    p = str(path)
-    for name, offset, csize, method, crc, flags in central_directory(path):
-        base = name.rsplit("/", 1)[-1]
-        at = name.find(CLS_LOC)
-        if at < 0:
-            if base in LABEL_FILES and name.count("/") <= 1:  # the zip's top, or one folder down
-                parts["labels"][1].append((base, None, p, offset, csize, method, crc))
-            continue
-        split, _, rel = name[at + len(CLS_LOC):].partition("/")
-        if split not in ("train", "val") or not rel or name.endswith("/"):
-            continue  # test/, folder entries
-        cls, _, inner = rel.partition("/") if split == "train" else (None, "", rel)
-        if split == "train" and not inner:
-            reason = "not in a class folder (train/<wnid>/)"
-        elif split == "val" and "/" in rel:
-            reason = "in a subfolder of the flat val/"
-        else:
-            reason = next((r for part in rel.split("/") if (r := junk(part, False))), None)
-        if reason is None and flags & 1:
-            reason = "an encrypted zip member"
-        if reason is None and method not in (STORED, DEFLATED):
-            reason = f"compressed with zip method {method}; expected stored (0) or deflate (8)"
-        classes, entries, skipped = parts[split]
-        if reason:
-            skipped.append({"name": f"{p}:{name}", "reason": reason})
-            continue
-        if split == "train":
-            classes.add(cls)
-        entries.append((inner if split == "train" else rel, cls, p, offset, csize, method, crc))
-    classes, entries, skipped = parts["train"]
-    return {**parts, "train": (sorted(classes), entries, skipped)}
-
-
-def member_of(split: str):
-    """Entry -> `<zip>:<member>` for the images of `split` (sources.Source.locate)."""
-    def locate(e: tuple) -> str:
-        return f"{e[2]}:{CLS_LOC}{split}/{e[1] + '/' if split == 'train' else ''}{e[0]}"
-    return locate
 
 
 def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int) -> bytes:

@@ -1,0 +1,422 @@
+"""`imgnet prep`: find the source layout, resize every image to 256x256 in parallel, pack it.
+
+`run_prep` lists the source (sources.discover), plans the splits still to pack, and hands each to the packer
+its layout asks for (`Layout.streamed`: pack/streamed.py, else pack/inorder.py); workers decode, resize and
+encode (pack/worker.py). A run killed at any moment resumes from the last commit and ends with exactly the
+content of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from imagenet_prep import store, v2
+from imagenet_prep.atomic import read_json, write_json
+from imagenet_prep.errors import ImgnetError
+from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
+from imagenet_prep.pack import inorder, streamed
+from imagenet_prep.pack.commits import Clock, in_order
+from imagenet_prep.pool import sigterm_as_interrupt
+from imagenet_prep.sources import base, registry
+from imagenet_prep.sources.discover import discover
+
+REPORT = "prep-report.json"
+ALL_SPLITS = ("train", "val", *v2.SPLITS)  # every split a DATA folder can hold
+
+
+@dataclass
+class PrepConfig:
+    src: str                      # ILSVRC2012 download, any layout of docs/design.md
+    out: str                      # DATA folder
+    split: str = "all"            # train | val | all, or an ImageNetV2 split: v2 | v2-matched-frequency | ...
+    format: str = "lmdb"          # lmdb | hdf5
+    encoding: str = "raw"         # raw (196,608 bytes/image) | jpeg
+    quality: int = 90             # JPEG quality for encoding=jpeg
+    workers: int | None = None    # processes; None = all cores
+    classes: int | None = None    # keep the first N classes in label order
+    per_class: int | None = None  # keep the first N images (by name) of each class
+    label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1); v2: DATA's
+    force: bool = False           # redo complete splits
+    val_labels: str | None = None  # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
+
+
+# -------------------------------------------------------------------------------- main side
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ImgnetError(f"output folder {out} is not writable ({e.strerror or e}); expected a folder "
+                          "you can create files in") from e
+
+
+def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
+    """What the content of a split depends on: a resumed run must match it exactly."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode("utf-8", "surrogateescape"))  # undecodable bytes
+    return {"layout": layout, "items_sha256": h.hexdigest(), "count": len(items), "encoding": cfg.encoding,
+            "quality": cfg.quality if cfg.encoding == "jpeg" else None, "format": cfg.format,
+            "labels_sha256": labels_sha}
+
+
+@dataclass(frozen=True)
+class _StoreFormat:
+    """What prep needs of a store format: where a split goes, where the packers write it (an LMDB), and how the
+    one becomes the other. An entry of the store-format registry (store/) will take its place."""
+
+    name: str                                   # --format
+    label: str                                  # in messages
+    final: Callable[[Path, str], Path]          # (DATA, split) -> the packed split
+    staging: Callable[[Path, str], Path]        # (DATA, split) -> the LMDB the packers write
+    leftovers: Callable[[Path, str], list]      # (DATA, split) -> what a killed conversion leaves
+    convert: Callable | None = None             # (writer, final, meta): staged LMDB -> final; None: it is final
+
+
+def _store_formats() -> dict[str, _StoreFormat]:
+    """The one place prep names the store formats (the only branches on --format)."""
+    def to_hdf5(writer: store.LmdbWriter, final: Path, meta: dict) -> None:
+        bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
+        store.lmdb_to_hdf5(writer, final, meta, bar)
+        bar.close()
+    return {"lmdb": _StoreFormat("lmdb", "LMDB", lambda out, n: out / f"{n}.lmdb", lambda out, n: out / f"{n}.lmdb",
+                                 lambda out, n: []),
+            "hdf5": _StoreFormat("hdf5", "HDF5", lambda out, n: out / f"{n}.h5",
+                                 lambda out, n: out / f".{n}.h5.staging.lmdb", lambda out, n: [out / f"{n}.h5.tmp"],
+                                 to_hdf5)}
+
+
+def _every_path(out: Path, name: str) -> set[Path]:
+    """Everything any store format keeps of split `name` in DATA (what --force removes)."""
+    return {p for f in _store_formats().values() for p in (f.final(out, name), f.staging(out, name),
+                                                            *f.leftovers(out, name))}
+
+
+def _complete_meta(out: Path, name: str) -> dict | None:
+    """Metadata of a finished split in `out` (either format), else None."""
+    return store.split_meta(out, name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _check_disk(out: Path, remaining: dict, cfg: PrepConfig, freed: int = 0) -> None:
+    """Refuse before starting when the images still to write (name -> (to process, whole split)) cannot fit;
+    `freed`: bytes that --force is about to delete."""
+    per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality)
+    n = sum(todo for todo, _ in remaining.values())
+    need = n * per_image
+    fmt = _store_formats()[cfg.format]
+    if fmt.convert is not None:  # the staged LMDB, then the converted split beside it
+        need += sum(whole for _, whole in remaining.values()) * per_image
+    free = shutil.disk_usage(out).free + freed
+    if need > free:
+        raise ImgnetError(f"not enough free disk in {out}: {n} images as {cfg.encoding}"
+                          f"{f' (staged, then {fmt.label})' if fmt.convert is not None else ''} need about "
+                          f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def pillow_build() -> str:
+    """The resize build in use (resize.pillow_flavour), or "unknown" where it cannot be told."""
+    from imagenet_prep.resize import pillow_flavour
+
+    try:
+        return pillow_flavour()
+    except RuntimeError:
+        return "unknown"
+
+
+def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
+    """A split is resized by one Pillow build: resuming under another would mix the pixels of both."""
+    build = pillow_build()
+    old = writer.progress.get("pillow")
+    if old and old != build and writer.consumed:
+        fix = ("`pip install --force-reinstall --no-deps pillow-simd`" if old == "pillow-simd"
+               else f"reinstall {old}")
+        raise ImgnetError(f"{work} was started with {old} and this run has {build}; resuming would mix the pixels "
+                          f"of two resize builds: {fix} to continue, or pass --force to start the split over")
+    writer.progress["pillow"] = build
+
+
+def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
+                workers: int, differs=(), extra=None, locate=None, layout=None) -> dict:
+    fmt = _store_formats()[cfg.format]
+    final, work = fmt.final(out, name), fmt.staging(out, name)
+    writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
+    try:
+        assert not (writer.complete and fmt.convert is None), f"{work} is complete: the caller skips it"
+        if writer.complete:  # killed while converting: the staged split is done, convert again
+            meta = writer.meta
+        else:
+            meta = _pack_split(name, items, skipped, writer, cfg, labels, fingerprint, workers, differs, extra, locate,
+                               layout)
+        if fmt.convert is not None:
+            fmt.convert(writer, final, meta)
+    finally:
+        writer.close()
+    if final != work:
+        shutil.rmtree(work)
+    return meta["report"]
+
+
+def _pack_split(name: str, items, skipped, writer: store.LmdbWriter, cfg: PrepConfig, labels: dict,
+                fingerprint: dict, workers: int, differs, extra, locate, layout) -> dict:
+    """Pack the items not yet committed with the packer the layout asks for (None: read in order); returns
+    the split's metadata."""
+    _check_pillow(writer, writer.path)
+    clock = Clock(writer)
+    if layout is not None and layout.streamed:  # unit by unit, committed out of order
+        streamed.pack(items, writer, cfg, workers, name, layout, clock)
+    else:
+        inorder.pack(items, writer, cfg, workers, name, clock)
+    seconds = clock.seconds()
+    report = {"found": len(items) + len(skipped), "written": writer.written,
+              "rejected": list(skipped) + in_order(writer.progress["rejected"], items, locate),
+              "converted": in_order(writer.progress["converted"], items, locate),
+              "bytes_differ": list(differs),
+              "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
+              "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0, **(extra or {})}
+    if writer.written == 0:
+        print(f"warning: {name} ends with 0 images ({len(items)} listed, {len(skipped)} skipped, "
+              f"{len(report['rejected']) - len(skipped)} rejected: see {REPORT})", file=sys.stderr)
+    return writer.finish({
+        "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
+        "num_classes": len(labels["classes"]), "label_order": cfg.label_order,
+        "labels_sha256": fingerprint["labels_sha256"], "layout": fingerprint["layout"],
+        "fingerprint": fingerprint, "report": report})
+
+
+def run_prep(cfg: PrepConfig) -> dict:
+    """Pack the requested splits of `cfg.src` into `cfg.out`; returns the report also written to
+    prep-report.json ({"layout", "splits": {name: {found, written, rejected, converted, seconds, images_per_s}}}).
+    A V2 split (`split="v2"` or a variant's split name) is labelled through the labels.json already in `cfg.out`.
+
+    `rejected` (files skipped at listing and images whose content was refused), `converted` and `bytes_differ`
+    name each file in one form, where it is in the source (sources.Source.locate): its path relative to --src
+    (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
+    at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG); a V2 split's, relative to
+    the variant folder its entry names as `src` (2/0af3e1c8.jpeg)."""
+    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", tuple(_store_formats())),
+                           ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
+        if getattr(cfg, field) not in allowed:
+            raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
+    out = Path(cfg.out)
+    is_v2 = cfg.split == v2.ANY or cfg.split in v2.SPLITS
+    if is_v2:
+        _check_v2_config(cfg, out)  # before _check_writable creates an empty DATA
+    _check_writable(out)
+    with _exclusive(out), sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
+        return _run_v2_prep(cfg, out) if is_v2 else _run_prep(cfg, out)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """One prep at a time per DATA folder: two would race on labels.json, the report and --force. A POSIX
+    record lock: held by this process only (forked workers do not inherit it), released when it dies."""
+    import errno
+    import fcntl
+    import stat
+
+    path = out / ".prep.lock"
+    try:  # never through a link, and never blocking on a FIFO put in its place
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise ImgnetError(f"cannot open the lock file {path} ({e.strerror}); expected a plain file that "
+                          "`imgnet prep` writes: remove it and rerun") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImgnetError(f"{path} is not a regular file; expected the lock file `imgnet prep` writes: "
+                          "remove it and rerun")
+    with os.fdopen(fd, "r+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise ImgnetError(f"cannot lock {path} ({e.strerror}); expected a file system with POSIX "
+                                  "record locks") from None
+            f.seek(0)
+            holder = f.read(32).strip() or "?"
+            raise ImgnetError(f"another `imgnet prep` is writing {out} (pid {holder}); wait for it "
+                              "to finish, or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def _run_prep(cfg: PrepConfig, out: Path) -> dict:
+    wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
+    # list only the splits asked for (the label map depends on the whole source either way); the tars'
+    # listings are kept in DATA so that a resumed run or a rerun does not read their headers again
+    source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class,
+                      splits=None if cfg.split == "all" else wanted, cache_dir=out, val_labels=cfg.val_labels)
+    names = [s for s in wanted if s in source.splits]
+    if not names:
+        raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")
+    labels = source.label_map.to_json()
+    labels_sha = labels_sha256(labels)
+    _check_label_map(cfg, out, names, labels_sha)
+    fingerprints = {name: _fingerprint(cfg, source.splits[name], labels_sha, source.layout) for name in names}
+    todo = _plan(cfg, out, names, fingerprints)
+    write_labels_json(out, source.label_map)
+    layout = registry.by_name(source.layout)
+    work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {},
+                functools.partial(source.locate, n), layout) for n in names}
+    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
+                        top={"layout": source.layout, "config": asdict(cfg)})
+
+
+def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -> None:
+    """Refuse a label map other than the one DATA's splits were packed with, unless --force redoes them all."""
+    old_sha = _labels_sha_of(out)
+    if old_sha is None or old_sha == labels_sha:
+        return
+    held = [s for s in ALL_SPLITS if _complete_meta(out, s) is not None
+            or any(f.staging(out, s).exists() for f in _store_formats().values())]
+    if not cfg.force and held:
+        raise ImgnetError(f"{out / 'labels.json'} holds another label map (other --classes or --label-order?) than "
+                          "this run; use a new --out folder, or --force to redo the splits")
+    stale = [s for s in held if s not in names]
+    if stale:
+        tests = [s for s in stale if s in v2.SPLITS]  # labelled through labels.json: redone after the new map
+        fix = (["add --split all, or remove it first"] if len(tests) < len(stale) else []) + \
+            ([f"remove {' and '.join(tests)} first (and prep it again afterwards)"] if tests else [])
+        raise ImgnetError(f"--force with a new label map would leave {' and '.join(stale)} in {out} packed with "
+                          f"the old one; {'; '.join(fix)}")
+
+
+def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
+    """{split: (images to process, whole split)} of the splits still to pack. A complete split with the same
+    fingerprint is skipped (another fingerprint is refused without --force); the disk is checked before
+    --force deletes anything."""
+    formats = _store_formats()
+    others = [f for f in formats if f != cfg.format]
+    todo, freed = {}, 0
+    for name in names:
+        fp, meta = fingerprints[name], _complete_meta(out, name)
+        if meta is not None and not cfg.force:
+            old = meta.get("fingerprint") or {}
+            diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
+            if diff:
+                raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
+                                  f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
+            print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
+            done = formats.get(meta.get("format"))
+            if done is not None and done.convert is not None:  # a kill between the rename and the staging's removal
+                _remove(done.staging(out, name))
+            continue
+        other = next((f for f in others if formats[f].staging(out, name).exists()), None)
+        if meta is None and other is not None and not cfg.force:
+            raise ImgnetError(f"{out} holds an unfinished --format {other} run of {name}; rerun with "
+                              f"--format {other} to finish it, or --force to discard it")
+        freed += sum(_size(p) for p in _every_path(out, name)) if cfg.force else 0
+        consumed = 0 if cfg.force else store.progress_of(formats[cfg.format].staging(out, name))
+        todo[name] = (fp["count"] - consumed, fp["count"])
+    _check_disk(out, todo, cfg, freed)
+    if cfg.force:
+        for name in todo:
+            for p in _every_path(out, name):
+                _remove(p)
+    return todo
+
+
+def _pack_splits(cfg: PrepConfig, out: Path, names: list, todo: dict, labels: dict, fingerprints: dict,
+                 work: dict, top: dict) -> dict:
+    """Pack the splits in `todo` and merge every split of `names` into prep-report.json, keeping the entries
+    of DATA's other splits. work: {split: (items, skipped, bytes_differ, extra report fields, locate, layout)}
+    (layout: the sources.Layout that reads the items, None for one read in order as ImageNetV2 is)."""
+    report_path = out / REPORT
+    try:  # bounded: a link to /dev/zero, a huge or deeply nested file is only replaced
+        report = read_json(report_path, store.MAX_META_BYTES, f"the {REPORT} that `imgnet prep` writes")
+    except (OSError, ImgnetError):  # none yet, or torn by a crash: each split's meta keeps its own report
+        report = {}
+    if not isinstance(report, dict) or not isinstance(report.get("splits"), dict):  # edited: rebuilt from the metas
+        report = {"splits": {}}
+    report.update({k: v for k, v in top.items() if k != "config" or todo})
+    for name in names:
+        if name not in todo:
+            report["splits"][name] = _complete_meta(out, name).get("report", report["splits"].get(name, {}))
+    workers = cfg.workers or os.cpu_count() or 1
+    for name in todo:
+        items, skipped, differs, extra, locate, layout = work[name]
+        report["splits"][name] = _prep_split(name, items, skipped, cfg, out, labels, fingerprints[name], workers,
+                                             differs, extra, locate, layout)
+        write_json(report_path, report)
+    write_json(report_path, report)
+    return report
+
+
+# ------------------------------------------------------------------------------- ImageNetV2
+def _check_v2_config(cfg: PrepConfig, out: Path) -> None:
+    """A V2 split takes its classes and label order from DATA/labels.json: refuse what contradicts that."""
+    if not (out / "labels.json").is_file():
+        raise ImgnetError(f"{out / 'labels.json'} not found: --split {cfg.split} is labelled through the label map "
+                          f"of a DATA folder prepared from ILSVRC2012; run `imgnet prep --src ILSVRC2012 --out {out}` "
+                          "first (with the --classes / --label-order you train with)")
+    if cfg.val_labels is not None:
+        raise ImgnetError(f"--val-labels labels a flat ILSVRC2012 val; --split {cfg.split} is labelled by its "
+                          "class folder numbers: leave it out")
+
+
+def _run_v2_prep(cfg: PrepConfig, out: Path) -> dict:
+    """`imgnet prep --split v2...`: one ImageNetV2 variant packed beside train and val with the same image
+    policy, labelled through DATA's labels.json, which is read and never written."""
+    labels = read_labels_json(out)
+    n = len(labels["classes"])
+    if cfg.classes is not None and cfg.classes != n:
+        raise ImgnetError(f"--classes {cfg.classes} but {out / 'labels.json'} holds {n} classes; a V2 split uses "
+                          "DATA's classes: leave --classes out")
+    cfg = replace(cfg, label_order=labels["order"])  # recorded in the split's metadata, as train's and val's
+    found = v2.discover_v2(cfg.src, labels, split=cfg.split, per_class=cfg.per_class)
+    name = found.split
+    if found.outside:
+        print(f"{name}: skipped {found.outside} images of {found.outside_classes} classes outside DATA's {n} "
+              f"classes (counted in {REPORT})", file=sys.stderr)
+    if found.missing:
+        shown = ", ".join(map(str, found.missing[:5])) + (", ..." if len(found.missing) > 5 else "")
+        print(f"warning: {found.src} lacks {len(found.missing)} of the 1000 class folders ({shown}): an "
+              "incomplete extraction?", file=sys.stderr)
+    labels_sha = labels_sha256(labels)
+    fingerprints = {name: _fingerprint(cfg, found.items, labels_sha, v2.LAYOUT)}
+    todo = _plan(cfg, out, [name], fingerprints)
+    extra = {"src": str(found.src), "variant": found.variant, "missing_folders": found.missing,
+             "outside": {"images": found.outside, "classes": found.outside_classes}, "config": asdict(cfg)}
+    return _pack_splits(cfg, out, [name], todo, labels, fingerprints,
+                        {name: (found.items, found.skipped, [], extra,
+                                lambda item: base.relative(found.src, item.path), None)}, top={})
+
+
+def _labels_sha_of(out: Path) -> str | None:
+    """The label map DATA was packed with: labels.json's, or a packed split's where labels.json is unreadable."""
+    try:
+        return labels_sha256(read_labels_json(out))
+    except ImgnetError:
+        pass
+    for name in ALL_SPLITS:
+        meta = _complete_meta(out, name)
+        if meta is not None:
+            return meta.get("labels_sha256")
+    return None
