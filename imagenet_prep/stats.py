@@ -196,10 +196,10 @@ def _stats_problem(stats) -> str | None:
 
 
 def _mean_image(path: Path, rerun: str) -> np.ndarray:
-    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store_hdf5.dataset)."""
+    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store.hdf5.dataset)."""
     import h5py
 
-    from imagenet_prep.store_hdf5 import check_regular, dataset
+    from imagenet_prep.store.hdf5 import check_regular, dataset
 
     try:
         check_regular(path, "the stats.h5 that `imgnet pca-stats` writes")

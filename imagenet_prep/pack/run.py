@@ -17,11 +17,11 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from imagenet_prep import store, v2
+from imagenet_prep.store import formats
 from imagenet_prep.atomic import read_json, write_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import labels_sha256, read_labels_json, write_labels_json
@@ -72,38 +72,6 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
             "labels_sha256": labels_sha}
 
 
-@dataclass(frozen=True)
-class _StoreFormat:
-    """What prep needs of a store format: where a split goes, where the packers write it (an LMDB), and how the
-    one becomes the other. An entry of the store-format registry (store/) will take its place."""
-
-    name: str                                   # --format
-    label: str                                  # in messages
-    final: Callable[[Path, str], Path]          # (DATA, split) -> the packed split
-    staging: Callable[[Path, str], Path]        # (DATA, split) -> the LMDB the packers write
-    leftovers: Callable[[Path, str], list]      # (DATA, split) -> what a killed conversion leaves
-    convert: Callable | None = None             # (writer, final, meta): staged LMDB -> final; None: it is final
-
-
-def _store_formats() -> dict[str, _StoreFormat]:
-    """The one place prep names the store formats (the only branches on --format)."""
-    def to_hdf5(writer: store.LmdbWriter, final: Path, meta: dict) -> None:
-        bar = tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None)
-        store.lmdb_to_hdf5(writer, final, meta, bar)
-        bar.close()
-    return {"lmdb": _StoreFormat("lmdb", "LMDB", lambda out, n: out / f"{n}.lmdb", lambda out, n: out / f"{n}.lmdb",
-                                 lambda out, n: []),
-            "hdf5": _StoreFormat("hdf5", "HDF5", lambda out, n: out / f"{n}.h5",
-                                 lambda out, n: out / f".{n}.h5.staging.lmdb", lambda out, n: [out / f"{n}.h5.tmp"],
-                                 to_hdf5)}
-
-
-def _every_path(out: Path, name: str) -> set[Path]:
-    """Everything any store format keeps of split `name` in DATA (what --force removes)."""
-    return {p for f in _store_formats().values() for p in (f.final(out, name), f.staging(out, name),
-                                                            *f.leftovers(out, name))}
-
-
 def _complete_meta(out: Path, name: str) -> dict | None:
     """Metadata of a finished split in `out` (either format), else None."""
     return store.split_meta(out, name)
@@ -121,14 +89,11 @@ def _check_disk(out: Path, remaining: dict, cfg: PrepConfig, freed: int = 0) -> 
     `freed`: bytes that --force is about to delete."""
     per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality)
     n = sum(todo for todo, _ in remaining.values())
-    need = n * per_image
-    fmt = _store_formats()[cfg.format]
-    if fmt.convert is not None:  # the staged LMDB, then the converted split beside it
-        need += sum(whole for _, whole in remaining.values()) * per_image
+    fmt = formats.get(cfg.format)
+    need = sum(fmt.disk_bytes(todo, whole, per_image) for todo, whole in remaining.values())
     free = shutil.disk_usage(out).free + freed
     if need > free:
-        raise ImgnetError(f"not enough free disk in {out}: {n} images as {cfg.encoding}"
-                          f"{f' (staged, then {fmt.label})' if fmt.convert is not None else ''} need about "
+        raise ImgnetError(f"not enough free disk in {out}: {n} images as {cfg.encoding}{fmt.disk_note()} need about "
                           f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
@@ -162,18 +127,19 @@ def _check_pillow(writer: store.LmdbWriter, work: Path) -> None:
 
 def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: dict, fingerprint: dict,
                 workers: int, differs=(), extra=None, locate=None, layout=None) -> dict:
-    fmt = _store_formats()[cfg.format]
-    final, work = fmt.final(out, name), fmt.staging(out, name)
+    fmt = formats.get(cfg.format)
+    final, work = fmt.path(out, name), fmt.staging_path(out, name)
     writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
     try:
-        assert not (writer.complete and fmt.convert is None), f"{work} is complete: the caller skips it"
+        assert not (writer.complete and not fmt.staged), f"{work} is complete: the caller skips it"
         if writer.complete:  # killed while converting: the staged split is done, convert again
             meta = writer.meta
         else:
             meta = _pack_split(name, items, skipped, writer, cfg, labels, fingerprint, workers, differs, extra, locate,
                                layout)
-        if fmt.convert is not None:
-            fmt.convert(writer, final, meta)
+        if fmt.staged:
+            with tqdm(total=writer.written, unit="img", desc=f"write {final.name}", disable=None) as bar:
+                fmt.finalize(writer, final, meta, bar)
     finally:
         writer.close()
     if final != work:
@@ -218,7 +184,7 @@ def run_prep(cfg: PrepConfig) -> dict:
     (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
     at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG); a V2 split's, relative to
     the variant folder its entry names as `src` (2/0af3e1c8.jpeg)."""
-    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", tuple(_store_formats())),
+    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", formats.names()),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
@@ -295,7 +261,7 @@ def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -
     if old_sha is None or old_sha == labels_sha:
         return
     held = [s for s in ALL_SPLITS if _complete_meta(out, s) is not None
-            or any(f.staging(out, s).exists() for f in _store_formats().values())]
+            or any(f.staging_path(out, s).exists() for f in formats.registered())]
     if not cfg.force and held:
         raise ImgnetError(f"{out / 'labels.json'} holds another label map (other --classes or --label-order?) than "
                           "this run; use a new --out folder, or --force to redo the splits")
@@ -312,8 +278,7 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
     """{split: (images to process, whole split)} of the splits still to pack. A complete split with the same
     fingerprint is skipped (another fingerprint is refused without --force); the disk is checked before
     --force deletes anything."""
-    formats = _store_formats()
-    others = [f for f in formats if f != cfg.format]
+    others = [f for f in formats.registered() if f.name != cfg.format]
     todo, freed = {}, 0
     for name in names:
         fp, meta = fingerprints[name], _complete_meta(out, name)
@@ -324,21 +289,21 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
                 raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
                                   f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
             print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
-            done = formats.get(meta.get("format"))
-            if done is not None and done.convert is not None:  # a kill between the rename and the staging's removal
-                _remove(done.staging(out, name))
+            done = meta.get("format")
+            if done in formats.names() and formats.get(done).staged:  # a kill between rename and staging removal
+                _remove(formats.get(done).staging_path(out, name))
             continue
-        other = next((f for f in others if formats[f].staging(out, name).exists()), None)
+        other = next((f.name for f in others if f.staging_path(out, name).exists()), None)
         if meta is None and other is not None and not cfg.force:
             raise ImgnetError(f"{out} holds an unfinished --format {other} run of {name}; rerun with "
                               f"--format {other} to finish it, or --force to discard it")
-        freed += sum(_size(p) for p in _every_path(out, name)) if cfg.force else 0
-        consumed = 0 if cfg.force else store.progress_of(formats[cfg.format].staging(out, name))
+        freed += sum(_size(p) for p in formats.paths_of(out, name)) if cfg.force else 0
+        consumed = 0 if cfg.force else store.progress_of(formats.get(cfg.format).staging_path(out, name))
         todo[name] = (fp["count"] - consumed, fp["count"])
     _check_disk(out, todo, cfg, freed)
     if cfg.force:
         for name in todo:
-            for p in _every_path(out, name):
+            for p in formats.paths_of(out, name):
                 _remove(p)
     return todo
 
