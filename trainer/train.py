@@ -30,7 +30,7 @@ import functools
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,86 +38,15 @@ import torch
 import torch.distributed as dist
 
 from imagenet_prep.errors import ImgnetError
-from trainer import arch as arch_lib
 from trainer import checkpoint as ck
 from trainer import runfolder
+from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
 from trainer.loop import EpochTotals, HostSync, StopRequest, train_epoch
-from trainer.model import AlexNetSettings
+from trainer.models import registry
 from trainer.schedule import LrSchedule, parse_schedule  # noqa: F401 - part of this module's interface
 
 HOLDOUT_SEED = 0  # --val-from-train picks the same images whatever --seed, so runs compare on one set
-
-
-@dataclass
-class TrainConfig:
-    data: str = ""                   # DATA folder: `imgnet prep` splits + `imgnet pca-stats` statistics
-    out: str = ""                    # RUN folder: config.json, log.jsonl, checkpoints/, curves.png
-    # recipe, section 5
-    epochs: int = 90                 # "roughly 90 cycles through the training set"
-    batch_size: int = 128            # images per SGD step, all processes together
-    lr: float = 0.01                 # initial learning rate, equal for all layers
-    momentum: float = 0.9
-    weight_decay: float = 5e-4       # L2 on the weights, as the paper's update rule
-    bias_decay: bool = True          # decay the biases too (the paper's rule read literally); False: Caffe and
-                                     # cuda-convnet, which decay weights only
-    lr_schedule: str = "plateau"     # plateau | step:E1,E2,... (divide after epochs E1, E2, ...)
-    lr_factor: float = 0.1           # multiplier per drop: "divide the learning rate by 10"
-    patience: int = 3                # plateau: epochs without a new best val top-1 error before a drop
-    max_lr_drops: int = 3            # plateau: "reduced three times prior to termination"
-    val_from_train: int = 0          # images per class held out of train to steer the schedule and pick
-                                     # best.pt (0: use the val split)
-    # model, section 3, and the paper's ablations (trainer.model.AlexNetSettings, checked against it)
-    arch: str = "alexnet"            # alexnet (the paper's) | alexnet-owt (torchvision's) | module:callable
-    init: str = "paper"              # paper (section 5, every arch) | module (a module:callable's own init)
-    towers: int = 2                  # 2: the two-GPU net (groups=2); 1: the paper's one-GPU net
-    lrn: str = "paper"               # paper (alpha on the plain sum) | caffe (alpha / n) | none
-    pool: str = "overlap"            # overlap (3/2) | nonoverlap (2/2), section 3.4
-    activation: str = "relu"         # relu | tanh, section 3.1
-    dropout: float = 0.5             # fc6, fc7, section 4.2
-    bias_init: str = "paper"         # paper (1 in conv2, conv4, conv5, fc6, fc7) | caffe (0.1 there)
-    # input, section 4.1
-    mean: str = "image"              # subtract the mean image | the mean RGB
-    lighting_std: float = 0.1        # sigma of the PCA lighting alphas; 0 turns it off
-    # machinery
-    workers: int | None = None       # loader processes; None: the loader's default
-    device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "off"                 # off (float32) | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA)
-    channels_last: bool = False      # NHWC memory format for the convolutions
-    compile: bool = False            # torch.compile the model
-    model_parallel: bool = False     # one tower per GPU on cuda:0 and cuda:1, as in the paper
-    seed: int = 0                    # weights, loader order, augmentation, dropout
-    resume: bool = False             # continue RUN from RUN/checkpoints/last.pt
-    progress: bool = True            # progress bar and per-epoch lines on stderr
-
-
-# settings that may differ between a run and its --resume; the others define the run
-RUNTIME_FIELDS = {"data", "out", "epochs", "workers", "device", "amp", "channels_last", "compile", "resume", "progress"}
 SYNC_EVERY = 16  # CUDA: steps between host syncs (NaN check, stop request, progress bar)
-CHOICES = {"mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"), "init": ("paper", "module")}
-MODEL_FIELDS = tuple(f.name for f in fields(AlexNetSettings) if f.name != "num_classes")  # mirrored in TrainConfig
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """ImgnetError for a setting no run can use (device-dependent checks come later)."""
-    if not cfg.data or not cfg.out:
-        raise ImgnetError("TrainConfig needs data (the DATA folder) and out (the RUN folder)")
-    arch_lib.check_arch(cfg.arch)
-    arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": 1000})  # the model's own checks, once
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ImgnetError(f"{name}={getattr(cfg, name)!r}; expected one of {', '.join(map(str, allowed))}")
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "patience": cfg.patience}
-    for name, v in positive.items():
-        if not v > 0:
-            raise ImgnetError(f"{name}={v}; expected a positive number")
-    for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
-        if getattr(cfg, name) < 0:
-            raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
-    if not 0 < cfg.lr_factor < 1:
-        raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
-    if cfg.model_parallel and cfg.arch != "alexnet":
-        raise ImgnetError(f"--model-parallel splits AlexNet's two towers; --arch {cfg.arch} has none")
-    parse_schedule(cfg.lr_schedule)
 
 
 # ------------------------------------------------------------------------ processes, devices
@@ -247,9 +176,9 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None):
     """(the model of `cfg.arch` on `device`, or AlexNet split over cuda:0 and cuda:1 with model_parallel;
     the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them."""
-    settings = arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
+    settings = registry.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    model, kwargs = arch_lib.build(cfg.arch, settings, init=cfg.init, bias_init=cfg.bias_init)
+    model, kwargs = registry.build(cfg.arch, settings, init=cfg.init)
     if state is not None:
         model.load_state_dict(state)
     if cfg.model_parallel:
@@ -279,8 +208,7 @@ def check_device(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
         return
     if d.world > 1:
         raise ImgnetError("--model-parallel under torchrun is not supported; use one or the other")
-    if cfg.towers != 2:
-        raise ImgnetError(f"--model-parallel needs --towers 2 (one tower per GPU); got --towers {cfg.towers}")
+    registry.check_model_parallel(cfg.arch, registry.settings_of(cfg.arch, {**asdict(cfg), "num_classes": 1000}))
     if device.type != "cuda" or torch.cuda.device_count() < 2:
         raise ImgnetError(f"--model-parallel needs two CUDA devices; found {torch.cuda.device_count()} "
                           f"(device {device})")
@@ -507,10 +435,16 @@ def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: 
         good = f"last good checkpoint {last} (after epoch {e})"
     else:
         good = "no checkpoint yet (it diverged in the first epoch)"
-    hints = [f"a lower --lr (it was {lr:g})"] + ["--amp off"] * (cfg.amp != "off") \
-        + ["--bias-init caffe"] * (cfg.bias_init == "paper")
+    hints = [f"a lower --lr (it was {lr:g})"] + ["--amp off"] * (cfg.amp != "off") + model_hints(cfg)
     return (f"training loss became {value} at step {step} (epoch {epoch}, batch {batch}/{batches}) and training "
             f"stopped; {good}. Try {', or '.join(hints)}, in a new --out")
+
+
+def model_hints(cfg: TrainConfig) -> list[str]:
+    """The model switches worth trying after a divergence: those whose metadata names a `divergence_hint`
+    value that the run does not use (--bias-init caffe)."""
+    return [f"--{f.name.replace('_', '-')} {f.metadata['divergence_hint']}" for f in registry.switch_fields()
+            if f.metadata.get("divergence_hint") not in (None, getattr(cfg, f.name))]
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
