@@ -182,13 +182,22 @@ def train(ctx, **options):
 
 
 # ---------------------------------------------------------------------------------------- test
+def _exclusion_options(fn):
+    """--exclude-<name> for each exclusion of trainer/labelsets/registry.py (the blacklist)."""
+    from trainer.labelsets.registry import exclusions
+
+    for e in reversed(exclusions()):
+        fn = click.option(f"--exclude-{e.name}", f"exclude_{e.name}", is_flag=True, help=e.help)(fn)
+    return fn
+
+
 @main.command("test")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
 @click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center 224 crops and their mirror images (section 4.1).")
 @click.option("--split", default="val", help="Packed split to evaluate (val, v2-matched-frequency, ...); it must be labelled.")
-@click.option("--exclude-blacklist", is_flag=True, help="Leave the 1,762 val images of the ILSVRC2015 blacklist out of every figure [default: all 50,000 count, as classification scoring does].")
+@_exclusion_options
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
@@ -196,15 +205,15 @@ def train(ctx, **options):
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, views, ten_crop, split, exclude_blacklist, batch_size, workers, device, submission, amp, arch):
+def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, submission, amp, arch, **excluding):
     """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
     writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
-    from trainer.evaluate import METRICS, REAL_FIGURES, run_test
+    from trainer.evaluate import run_test, summary_line
     from trainer.labelsets import figure_table
 
+    exclude = tuple(k[len("exclude_"):] for k, on in excluding.items() if on)
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp, arch=arch, views=views,
-                 exclude_blacklist=exclude_blacklist)
+                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude)
     by_view = r["by_view"]
     how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
     click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")
@@ -221,12 +230,7 @@ def test_cmd(data, ckpt, views, ten_crop, split, exclude_blacklist, batch_size, 
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
         click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines, {r['submission_view']}{note})")
-    keys = ("split", "view", "n", *METRICS, *REAL_FIGURES, "real_reason", "excluded", "mistake_severity")
-    keys = [k for k in keys if k in r and (k, r[k]) != ("real_reason", None) and (k != "excluded" or r["exclude_blacklist"])]
-    line = {k: r[k] for k in keys}
-    if len(by_view) > 1:
-        line["by_view"] = {view: {k: v[k] for k in keys} for view, v in by_view.items()}
-    click.echo(json.dumps(line))
+    click.echo(json.dumps(summary_line(r)))
 
 
 # ------------------------------------------------------------------------------------- predict

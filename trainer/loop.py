@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from imagenet_prep.errors import ImgnetError
-from trainer.evaluate import autocast
+from trainer.amp import autocast
 
 
 class StopRequest:

@@ -238,11 +238,12 @@ def _seed_process(seed: int, rank: int) -> None:
 
 
 def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None) -> dict:
-    """{metric name: mean over the val images of all processes} for every metric of trainer.evaluate.METRICS,
-    and "n"; with `sets` (`_val_label_sets`) the ReaL figures too (trainer.evaluate.REAL_FIGURES)."""
-    from trainer.evaluate import METRICS, REAL_FIGURES, evaluate, figures
+    """{metric name: mean over the val images of all processes} for every metric of trainer.eval.metrics.METRICS,
+    and "n"; with `sets` (`_val_label_sets`) the figures of its label lists too (ReaL's)."""
+    from trainer.eval.metrics import METRICS, figures, label_set_figures
+    from trainer.eval.scoring import evaluate
 
-    keys = list(METRICS) + (list(REAL_FIGURES) if sets is not None else [])
+    keys = list(METRICS) + (list(label_set_figures(sets.lists)) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
     m = evaluate(model, loader, amp=amp, label_sets=sets) if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
     *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
@@ -252,13 +253,14 @@ def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", se
 
 
 def _val_label_sets(data: dict):
-    """The val split's label sets where it is the ILSVRC2012 val (ReaL in log.jsonl as val_real_*), else None."""
-    from trainer.labelsets import label_sets
+    """The val split's label sets where a label list applies to it (ReaL on the ILSVRC2012 val: log.jsonl's
+    val_real_*), else None."""
+    from trainer.labelsets.sets import label_sets
 
     if data["val_source"] != "val":
         return None
     sets = label_sets(data["val"].names, data["labels"])
-    return sets if sets.real is not None else None
+    return sets if sets.lists else None
 
 
 def train(cfg: TrainConfig) -> dict:
