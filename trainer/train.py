@@ -277,19 +277,51 @@ def train(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
-    t_start = time.perf_counter()
+@dataclass
+class Session:
+    """One training process's run: its settings, loaders, model, optimizer and state (`open_session`)."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    run: Path
+    data: dict
+    train_loader: object
+    val_loader: object
+    model: torch.nn.Module  # the plain model (checkpoints)
+    net: torch.nn.Module  # what the loop trains: DDP and/or compiled around `model`
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: ck.RunState
+    fixed: dict  # what every checkpoint of the run holds unchanged
+    val_sets: object  # trainer.labelsets.sets.LabelSets of the val split, or None
+    say: object
+
+    @property
+    def ckdir(self) -> Path:
+        return self.run / "checkpoints"
+
+    def save(self, path: Path) -> Path | None:
+        """Every process takes part (RNG gather); rank 0 writes the checkpoint."""
+        rng = _gather_rng(self.d)
+        ckpt = ck.to_checkpoint(self.state, run=self.fixed, model=self.model, optimizer=self.optimizer,
+                                scaler=self.scaler, rng=rng)
+        return ck.save_checkpoint(path, ckpt) if self.d.main else None
+
+
+def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack):
+    """(Session, a note for the first log line or None): the run folder checked (and, on resume, the checkpoint
+    loaded into the state), the data opened, the loaders and the model built."""
     check_device(cfg, device, d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: time the convolution algorithms once
     run = Path(cfg.out)
-    ckdir = run / "checkpoints"
     resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
     data = open_data(cfg)
     for split in (data["train"], data["val"]):
         opened.callback(split.close)
     if resume_from is not None:
-        ck.check_labels(resume_from, ckdir / "last.pt", data["labels"], cfg.data)
+        ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
     train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
     model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None)
     optimizer = make_optimizer(model, cfg)
@@ -298,54 +330,62 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     _seed_process(cfg.seed, d.rank)
     note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
-    net, eval_net = _wrap(model, cfg, device, d)
-    val_sets = _val_label_sets(data)
+    net, _ = _wrap(model, cfg, device, d)
     fixed = {"arch": cfg.arch, "model_kwargs": model_kwargs, "config": asdict(cfg), "labels": data["labels"],
              "stats": _checkpoint_stats(data["stats"])}
+    s = Session(cfg, d, device, run, data, train_loader, val_loader, model, net, optimizer, scaler, state, fixed,
+                _val_label_sets(data), _printer(cfg.progress and d.main))
+    _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, s.say)
+    s.say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
+          f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
+    return s, note
 
-    def save(path: Path) -> Path | None:  # every process takes part (RNG gather); rank 0 writes
-        rng = _gather_rng(d)
-        return ck.save_checkpoint(path, ck.to_checkpoint(state, run=fixed, model=model, optimizer=optimizer,
-                                                         scaler=scaler, rng=rng)) if d.main else None
 
-    say = _printer(cfg.progress and d.main)
-    _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, say)
-    say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
-        f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
+def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
+    t_start = time.perf_counter()
+    s, note = open_session(cfg, d, device, opened)
+    state, ckdir = s.state, s.ckdir
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
         sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
                         functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg))
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            lr = state.schedule.lr
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            start = _epoch_start(state, epoch)
-            train_loader.set_epoch(epoch, start.batch)
-            t0 = time.perf_counter()
-            with _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start.batch) as bar:
-                sync.begin(epoch, len(train_loader), lr, bar)
-                totals = train_epoch(net, train_loader, optimizer, scaler, sync, state, cfg.amp, start)
-            if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
-                state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
-                                "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
-                _stopped(save(ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(train_loader)}")
-            t_train = time.perf_counter() - t0
-            val = _validate(eval_net, val_loader, d, device, cfg.amp, val_sets)
-            metrics = _end_epoch(state, epoch, lr, totals, val, d, device, t0, t_train, train_loader, data)
+            metrics = run_epoch(s, epoch, sync)
             if note:
                 metrics["note"], note = note, None
-            if save(ckdir / "last.pt") is not None:
+            if s.save(ckdir / "last.pt") is not None:
                 if metrics["is_best"]:
                     ck.link_checkpoint(ckdir / "last.pt", ckdir / "best.pt")
-                runfolder.append_line(run / "log.jsonl", metrics)
-                _plot(run)
-            say(_epoch_line(metrics, cfg.epochs))
+                runfolder.append_line(s.run / "log.jsonl", metrics)
+                _plot(s.run)
+            s.say(_epoch_line(metrics, cfg.epochs))
             if epoch < cfg.epochs and sync.stop_requested():
                 _stopped(ckdir / "last.pt" if d.main else None, f"after epoch {epoch}")
-    return {"run": str(run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
+    return {"run": str(s.run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
             "best_epoch": state.best_epoch, "last": state.metrics, "checkpoint": str(ckdir / "best.pt"),
             "seconds": time.perf_counter() - t_start, "main": d.main}
+
+
+def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict:
+    """Train one epoch (from where an interrupt stopped it, on resume) and validate; returns its log line. A
+    stop request inside the epoch saves the position in it and ends the run (KeyboardInterrupt)."""
+    cfg, state, loader = s.cfg, s.state, s.train_loader
+    lr = state.schedule.lr
+    for g in s.optimizer.param_groups:
+        g["lr"] = lr
+    start = _epoch_start(state, epoch)
+    loader.set_epoch(epoch, start.batch)
+    t0 = time.perf_counter()
+    with _bar(len(loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and s.d.main, start.batch) as bar:
+        sync.begin(epoch, len(loader), lr, bar)
+        totals = train_epoch(s.net, loader, s.optimizer, s.scaler, sync, state, cfg.amp, start)
+    if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
+        state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
+                        "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
+        _stopped(s.save(s.ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
+    t_train = time.perf_counter() - t0
+    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+    return _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
 
 
 def _stopped(path: Path | None, where: str):
