@@ -13,10 +13,12 @@ from trainer.eval.submission import submission_ids, write_submission
 from trainer.eval.topk import topk_wrong
 from trainer.eval.views import VIEW_NAMES, VIEWS, average_views, center_view, eval_views, parse_views
 
+from trainer.checkpoint import check_labels as check_checkpoint_labels  # noqa: E402 - the checks live with the schema
+
 REAL_FIGURES = label_set_figures()  # the registered label lists' figures (ReaL's); for scripts that import it
 
 __all__ = ["METRICS", "REAL_FIGURES", "TEN_CROP_FLIPS", "TEN_CROP_OFFSETS", "TOP_CONFUSIONS", "VIEWS", "VIEW_NAMES",
-           "Scored", "autocast", "average_views", "center_crop", "center_view", "class_names", "default_device",
+           "Scored", "autocast", "check_checkpoint_labels", "average_views", "center_crop", "center_view", "class_names", "default_device",
            "delivery_order", "eval_views", "evaluate", "figures", "label_set_figures", "label_set_sums",
            "loader_workers", "metric_means", "mistake_severity", "parse_views", "predict", "report_name", "run_test",
            "score_split", "submission_ids", "summarize", "summary_line", "ten_crop", "topk_wrong",

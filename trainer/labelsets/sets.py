@@ -79,6 +79,9 @@ def label_sets(names, labels_json: dict, exclude=(), exclude_blacklist: bool = F
     `exclude`, names of registered exclusions whose records are left out of every figure (ImgnetError where
     one does not apply to the split); `exclude_blacklist` adds "blacklist"."""
     exclude = tuple(exclude) + (("blacklist",) if exclude_blacklist else ())
+    unknown = sorted(set(exclude) - {e.name for e in registry.exclusions()})
+    if unknown:
+        raise ImgnetError(f"exclude={unknown}; expected names of {', '.join(e.name for e in registry.exclusions())}")
     lists, reasons = {}, {}
     for s in registry.label_lists():
         rows, reason = s.lists(names, labels_json)

@@ -27,7 +27,7 @@ from torch import nn
 from imagenet_prep.errors import ImgnetError
 from trainer import settings
 from trainer.lrn import LocalResponseNorm
-from trainer.models.init import BIAS_INITS, WEIGHT_STD, bias_init_setting, init_by_position  # noqa: F401 - re-exported
+from trainer.models.init import BIAS_INITS, WEIGHT_STD, bias_init_setting
 from trainer.models.base import ModelSpec
 from trainer.settings import setting
 

@@ -102,10 +102,10 @@ def _factory(arch: str):
     return obj
 
 
-def build(arch: str, kwargs: dict, init: str = "paper") -> tuple[nn.Module, dict]:
+def build(arch: str, kwargs: dict, init: str = "paper", bias_init: str | None = None) -> tuple[nn.Module, dict]:
     """(freshly initialised model, the kwargs that rebuild it). Registered models take the paper's init
-    themselves; a user factory's model gets it too (`init_by_position`, with kwargs' bias_init) unless
-    init="module" keeps its own."""
+    themselves; a user factory's model gets it too (`init_by_position`, with kwargs' bias_init, or
+    `bias_init` where given) unless init="module" keeps its own."""
     spec = spec_of(arch)
     if spec is not USER:
         try:
@@ -117,7 +117,7 @@ def build(arch: str, kwargs: dict, init: str = "paper") -> tuple[nn.Module, dict
     if not isinstance(model, nn.Module):
         raise ImgnetError(f"--arch {arch} returned {type(model).__name__}; expected an nn.Module")
     if init == "paper":
-        init_by_position(model, kwargs.get("bias_init", "paper"))
+        init_by_position(model, bias_init or kwargs.get("bias_init", "paper"))
     return model, {"num_classes": kwargs["num_classes"]}
 
 
