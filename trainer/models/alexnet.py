@@ -28,7 +28,7 @@ from imagenet_prep.errors import ImgnetError
 from trainer import settings
 from trainer.lrn import LocalResponseNorm
 from trainer.models.init import BIAS_INITS, WEIGHT_STD, bias_init_setting
-from trainer.models.base import ModelSpec
+from trainer.models.base import ModelSpec, check_num_classes
 from trainer.settings import setting
 
 INPUT_SIDE = 224
@@ -97,11 +97,6 @@ class AlexNetSettings:
     def __post_init__(self):
         check_num_classes(self.num_classes)
         settings.check(self)
-
-
-def check_num_classes(n) -> None:
-    if not (isinstance(n, int) and n >= 1):
-        raise ImgnetError(f"num_classes={n!r}; expected a positive integer")
 
 
 def model_settings(**model_kwargs) -> dict:

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from trainer import settings
-from trainer.models.alexnet import FC_WIDTH, check_num_classes
+from trainer.models.alexnet import FC_WIDTH
+from trainer.models.base import ModelSpec, check_num_classes
 from trainer.models.init import bias_init_setting, init_by_position
-from trainer.models.base import ModelSpec
 from trainer.settings import setting
 
 

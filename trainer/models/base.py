@@ -37,6 +37,11 @@ class UserModelSettings:
     bias_init: str = bias_init_setting()
 
     def __post_init__(self):
-        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
-            raise ImgnetError(f"num_classes={self.num_classes!r}; expected a positive integer")
+        check_num_classes(self.num_classes)
         settings.check(self)
+
+
+def check_num_classes(n) -> None:
+    """ImgnetError unless `n` (a model's output count, taken from the data) is a positive integer."""
+    if not (isinstance(n, int) and n >= 1):
+        raise ImgnetError(f"num_classes={n!r}; expected a positive integer")
