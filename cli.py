@@ -120,72 +120,85 @@ def verify(data, split):
 
 
 # --------------------------------------------------------------------------------------- train
-def _model_options(fn):
-    """The AlexNet switches as options, made from trainer.model.AlexNetSettings (the one definition)."""
+def _click_type(f):
+    """The click type of a settings field (trainer/settings.py metadata): a choice, a number range, a folder."""
+    m = f.metadata
+    kind = str(f.type)
+    if m.get("folder"):
+        return click.Path(exists=m["folder"] == "existing", file_okay=False)
+    if m["choices"] is not None:
+        if kind == "int":
+            return click.IntRange(min(m["choices"]), max(m["choices"]))
+        return click.Choice(list(m["choices"]))
+    if m["low"] is not None or m["high"] is not None:
+        rng = click.IntRange if kind.startswith("int") else click.FloatRange
+        return rng(m["low"], m["high"], min_open=m["low_open"], max_open=m["high_open"])
+    return {"int": click.INT, "float": click.FLOAT}.get(kind, click.STRING)
+
+
+def options_from(settings_fields):
+    """Decorator: one click option per field with option metadata (trainer/settings.py), in field order, each
+    with the field's name, default, type and help: the settings dataclass is the one definition."""
+
+    def decorate(fn):
+        for f in reversed([f for f in settings_fields if f.metadata.get("option")]):
+            m, name = f.metadata, "--" + f.name.replace("_", "-")
+            if str(f.type) == "bool":
+                flag = {"is_flag": True} if m["flag"] is None else {}  # "--x/--no-x" makes its own pair
+                fn = click.option(m["flag"] or name, f.name, **flag, default=f.default, help=m["help"])(fn)
+            else:
+                fn = click.option(name, f.name, type=_click_type(f), required=m.get("required", False),
+                                  default=None if m.get("required") else f.default, help=m["help"])(fn)
+        return fn
+    return decorate
+
+
+def _train_fields():
     from dataclasses import fields
 
-    from trainer.model import AlexNetSettings
+    from trainer.config import TrainConfig
 
-    for f in reversed([f for f in fields(AlexNetSettings) if f.metadata]):
-        m = f.metadata
-        if m["choices"] is not None:
-            kind = (click.IntRange(min(m["choices"]), max(m["choices"])) if f.type == "int"
-                    else click.Choice(list(m["choices"])))
-        else:
-            kind = click.FloatRange(m["low"], m["high_open"], max_open=True)
-        fn = click.option("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=m["help"])(fn)
-    return fn
+    return fields(TrainConfig)
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep` and `imgnet pca-stats`.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: config.json, log.jsonl, checkpoints/, curves.png.")
-@click.option("--epochs", type=click.IntRange(1), default=90, help="Passes over the train split (section 5: about 90).")
-@click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per SGD step, all processes together (section 5).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, help="Initial learning rate (section 5).")
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, help="SGD momentum (section 5).")
-@click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, help="L2 weight decay (section 5).")
-@click.option("--bias-decay/--no-bias-decay", default=True, help="Decay the biases too (the paper's rule as written); --no-bias-decay: weights only, as Caffe and cuda-convnet.")
-@click.option("--lr-schedule", default="plateau", help="plateau: divide by 10 when val top-1 error stops improving; step:30,60,80: after those epochs.")
-@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, help="Multiply the lr by this at each drop (section 5: divide by 10).")
-@click.option("--patience", type=click.IntRange(1), default=3, help="plateau: epochs without a new best val top-1 error before dividing the lr.")
-@click.option("--max-lr-drops", type=click.IntRange(0), default=3, help="plateau: divide at most this often (section 5: three times).")
-@click.option("--val-from-train", type=click.IntRange(0), default=0, help="Hold out N train images per class to steer the schedule and pick best.pt, leaving the val split for the final number [default: use val].")
-@click.option("--arch", default="alexnet", help="alexnet (the paper's), alexnet-owt (torchvision's variant) or module:callable, your factory called with num_classes.")
-@click.option("--init", type=click.Choice(["paper", "module"]), default="paper", help="paper: section 5's init for every arch; module: a module:callable keeps its own.")
-@_model_options
-@click.option("--lighting-std", type=click.FloatRange(0), default=0.1, help="Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.")
-@click.option("--mean", type=click.Choice(["image", "rgb"]), default="image", help="Subtract the mean image or the mean RGB.")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: the loader's choice].")
-@click.option("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", help="Mixed precision: bf16 autocast, or fp16 autocast with loss scaling (CUDA only).")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on recent GPUs).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--model-parallel", is_flag=True, help="One tower per GPU on cuda:0 and cuda:1, as in the paper.")
-@click.option("--seed", type=int, default=0, help="Weights, loader order, augmentation, dropout.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt (same options; --epochs may grow).")
+@options_from(_train_fields())
+@click.pass_context
 @_friendly
-def train(data, out, compile_, **options):
+def train(ctx, **options):
     """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ..."""
-    from trainer.train import TrainConfig, train as run_train
+    from click.core import ParameterSource
 
-    s = run_train(TrainConfig(data=data, out=out, compile=compile_, **options))
+    from trainer.train import config_for, train as run_train
+
+    # the options the user gave; the model's recipe (trainer/models) and the defaults fill in the rest
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    s = run_train(config_for(**given))
     if not s["main"]:  # under torchrun rank 0 alone reports
         return
     if s["best_epoch"] is not None:
         click.echo(f"best val top-1 error {s['best_val_top1_err']:.4f} at epoch {s['best_epoch']} of {s['epochs']}: "
                    f"{s['checkpoint']}")
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {options['out']}")
 
 
 # ---------------------------------------------------------------------------------------- test
+def _exclusion_options(fn):
+    """--exclude-<name> for each exclusion of trainer/labelsets/registry.py (the blacklist)."""
+    from trainer.labelsets.registry import exclusions
+
+    for e in reversed(exclusions()):
+        fn = click.option(f"--exclude-{e.name}", f"exclude_{e.name}", is_flag=True, help=e.help)(fn)
+    return fn
+
+
 @main.command("test")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
 @click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center 224 crops and their mirror images (section 4.1).")
 @click.option("--split", default="val", help="Packed split to evaluate (val, v2-matched-frequency, ...); it must be labelled.")
-@click.option("--exclude-blacklist", is_flag=True, help="Leave the 1,762 val images of the ILSVRC2015 blacklist out of every figure [default: all 50,000 count, as classification scoring does].")
+@_exclusion_options
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
@@ -193,15 +206,15 @@ def train(data, out, compile_, **options):
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, views, ten_crop, split, exclude_blacklist, batch_size, workers, device, submission, amp, arch):
+def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, submission, amp, arch, **excluding):
     """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
     writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
-    from trainer.evaluate import METRICS, REAL_FIGURES, run_test
+    from trainer.evaluate import run_test, summary_line
     from trainer.labelsets import figure_table
 
+    exclude = tuple(k[len("exclude_"):] for k, on in excluding.items() if on)
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp, arch=arch, views=views,
-                 exclude_blacklist=exclude_blacklist)
+                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude)
     by_view = r["by_view"]
     how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
     click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")
@@ -218,12 +231,7 @@ def test_cmd(data, ckpt, views, ten_crop, split, exclude_blacklist, batch_size, 
     if submission:
         note = "" if r["submission_lines"] == 50_000 else "; the devkit scores all 50,000 val images"
         click.echo(f"wrote {r['submission_path']} ({r['submission_lines']:,} lines, {r['submission_view']}{note})")
-    keys = ("split", "view", "n", *METRICS, *REAL_FIGURES, "real_reason", "excluded", "mistake_severity")
-    keys = [k for k in keys if k in r and (k, r[k]) != ("real_reason", None) and (k != "excluded" or r["exclude_blacklist"])]
-    line = {k: r[k] for k in keys}
-    if len(by_view) > 1:
-        line["by_view"] = {view: {k: v[k] for k in keys} for view, v in by_view.items()}
-    click.echo(json.dumps(line))
+    click.echo(json.dumps(summary_line(r)))
 
 
 # ------------------------------------------------------------------------------------- predict

@@ -124,3 +124,41 @@ def test_train_test_predict_a_user_model_and_a_new_metric_reaches_log_and_report
     assert len(p["top"]) == 3
     s2 = train(tiny(data, run, arch="tiny_arch:make", epochs=3, bias_init="caffe", resume=True))
     assert s2["epochs"] == 3
+
+
+# ------------------------------------------------------------------------------------ the registry
+def test_registered_switches_are_the_model_settings_fields():
+    from trainer.config import TrainConfig
+
+    assert [f.name for f in arch.switch_fields()] == ["towers", "lrn", "pool", "activation", "dropout", "bias_init"]
+    cfg = TrainConfig(lrn="none")
+    assert cfg.lrn == "none" and cfg.towers == 2 and cfg.bias_init == "paper"
+
+
+def test_a_model_registered_with_one_line_gets_its_switches_and_recipe(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import trainer.train
+    from cli import main
+    from trainer.config import config_for
+    from trainer.models import registry
+
+    monkeypatch.setitem(registry.MODELS, "tiny", "tiny_arch")  # the one registry line
+    assert arch.check_arch("tiny") == "tiny" and "width" in [f.name for f in arch.switch_fields()]
+    assert arch.settings_of("tiny", {"num_classes": 3, "width": 8, "dropout": 0.1}) == {
+        "num_classes": 3, "dropout": 0.1, "width": 8}
+    with pytest.raises(ImgnetError, match="--lrn: --arch tiny does not take"):
+        arch.settings_of("tiny", {"num_classes": 3, "lrn": "none"})
+    net, kw = arch.build("tiny", {"num_classes": 3, "dropout": 0.1, "width": 8})
+    assert kw == {"num_classes": 3, "dropout": 0.1, "width": 8} and net[-1].out_features == 3
+    cfg = config_for(data="D", out="R", arch="tiny")
+    assert (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.momentum) == (64, 0.02, "step:5", 0.9)  # the recipe
+    assert config_for(data="D", out="R", arch="tiny", lr=0.01).lr == 0.01  # what the user gives wins
+    assert config_for(data="D", out="R").batch_size == 128  # alexnet: the paper's recipe
+
+    seen = []
+    monkeypatch.setattr(trainer.train, "train", lambda cfg: seen.append(cfg) or {"main": False})
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", "tiny"]
+    for extra, batch in (([], 64), (["--batch-size", "128"], 128)):  # an option given at its default still wins
+        assert CliRunner().invoke(main, base + extra).exit_code == 0
+        assert seen[-1].batch_size == batch and seen[-1].arch == "tiny"

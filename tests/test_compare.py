@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from cli import main
 from imagenet_prep.errors import ImgnetError
-from trainer.compare import compare_runs, format_table, launch_record, plot_compare, read_run, run_settings
+from trainer.compare import compare_runs, format_table, plot_compare, read_run, run_settings
 from trainer.train import TrainConfig
 
 
@@ -35,7 +35,8 @@ def epoch(e, top1, top5, ips=1000.0):
 @pytest.fixture
 def runs(tmp_path):
     """base: flat config.json (today's format), three epochs, val and V2 tests with ReaL;
-    nolrn: launch record + a resume record, another device, workers, paths and amp off; no ten-crop test;
+    nolrn: launch record + a resume record (as `imgnet train --resume` writes them), another device, workers and
+    paths; no ten-crop test;
     pool: not started yet (no epochs, no tests)."""
     base = write_run(tmp_path / "base", {**settings(), "model_kwargs": {"num_classes": 1000, "lrn": "paper"},
                                          "parameters": 60965224, "val_source": "val", "environment": env()},
@@ -50,7 +51,7 @@ def runs(tmp_path):
     launch = {**settings(lrn="none", workers=12, device="cuda"), "data": "/other/data", "out": "runs/nolrn",
               "model_kwargs": {"num_classes": 1000, "lrn": "none"}, "environment": env("cuda:1")}
     resume = {**launch, "epochs": 120, "resume": True, "environment": env("cuda:3")}
-    nolrn = write_run(tmp_path / "nolrn", {"launch": launch, "resumes": [resume]},
+    nolrn = write_run(tmp_path / "nolrn", {**launch, "resumes": [resume]},
                       [epoch(1, 0.62, 0.37, 1200), epoch(2, 0.464, 0.232, 1300)],
                       {"test-center.json": {"split": "val", "view": "center", "n": 50000, "top1_err": 0.454,
                                             "top5_err": 0.222, "real_n": 46837, "real_top1_err": 0.39,
@@ -69,11 +70,8 @@ def test_settings_ignore_paths_versions_device_and_workers(runs):
     assert s["num_classes"] == 1000 and "data" not in s and "device" not in s and "environment" not in s
 
 
-def test_launch_record_shapes():
+def test_launch_record_with_resumes():
     flat = settings(lrn="caffe")
-    assert launch_record(flat) is flat
-    assert run_settings({"launch": {"settings": flat, "environment": env()}})["lrn"] == "caffe"
-    assert run_settings({"records": [flat, {**flat, "lrn": "none"}]})["lrn"] == "caffe"
     with_resumes = run_settings({**flat, "resumes": [{**flat, "epochs": 120, "device": "cuda:1"}], "log": [{}]})
     assert with_resumes == run_settings(flat) and "lr_schedule" in with_resumes
 

@@ -23,6 +23,9 @@ from trainer import data as D
 from trainer import loader as L
 from trainer.data import (CROP, ImageNetDataset, InputTransform, center_crop, check_split, draw_augment, hflip,
                           lighting_offset, pca_lighting, random_crop, ten_crop, view_geometry)
+from trainer.decoders import registry as decoders
+from trainer.decoders.base import Decoder
+from trainer.decoders.cpu import CpuCropDecoder
 from trainer.loader import Loader, LoaderTuning, WorkerError
 
 N = 40  # images in the test split
@@ -377,7 +380,7 @@ def test_a_worker_exception_carries_its_traceback(packed, monkeypatch):
     def broken(self, dst, idx, *a):
         raise ValueError(f"cannot read record {int(idx[0])}")
 
-    monkeypatch.setattr(L._CropReader, "copy", broken)  # the forked workers inherit it
+    monkeypatch.setattr(CpuCropDecoder, "fill", broken)  # the forked workers inherit it
     with Loader(split, InputTransform(stats), batch_size=4, workers=2) as ld:
         with pytest.raises(WorkerError, match=r"(?s)Traceback.*ValueError: cannot read record"):
             _epoch(ld)
@@ -396,7 +399,7 @@ def test_stuck_workers_end_the_epoch_after_the_tuning_timeout(packed, monkeypatc
         same = [x for x, _ in ld]
     with Loader(split, InputTransform(stats), batch_size=4, workers=0, seed=1) as ref:
         assert all(torch.equal(a, b) for a, (b, _) in zip(same, ref, strict=True))
-    monkeypatch.setattr(L._CropReader, "copy", hung)  # the forked workers inherit it
+    monkeypatch.setattr(CpuCropDecoder, "fill", hung)  # the forked workers inherit it
     with Loader(split, InputTransform(stats), batch_size=4, workers=2, tuning=LoaderTuning(timeout=1.0)) as ld:
         t0 = time.monotonic()
         with pytest.raises(WorkerError, match="no loader worker finished any work in 1 s"):
@@ -450,3 +453,32 @@ def _state(pid):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return "Z"
+
+
+class WholeImageDecoder(Decoder):
+    """A decoder of the shape a GPU decoder takes: the slot rows hold whole stored images (filled in the
+    workers), cropped and mirrored only in `finish`, on the loader's device."""
+
+    @staticmethod
+    def row_shape(crop):
+        return (256, 256, 3)
+
+    def fill(self, dst, idx, tops, lefts, flips):
+        for j, i in enumerate(idx.tolist()):
+            self.split.read_image(i, out=dst[j])
+
+    def finish(self, rows, tops, lefts, flips):
+        c = self.crop
+        out = [r[t:t + c, l_:l_ + c] for r, t, l_ in zip(rows, tops.tolist(), lefts.tolist())]
+        return torch.stack([o.flip(1) if f else o for o, f in zip(out, flips.tolist())])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_decoder_registered_from_outside_gives_the_same_batches(packed, monkeypatch, workers):
+    _, split, stats, _ = packed
+    monkeypatch.setitem(decoders.DECODERS, "whole", f"{__name__}:WholeImageDecoder")
+    with Loader(split, InputTransform(stats), batch_size=4, workers=workers, seed=3) as ref, \
+            Loader(split, InputTransform(stats), batch_size=4, workers=workers, seed=3, decoder="whole") as ld:
+        assert all(torch.equal(a, b) and torch.equal(ya, yb) for (a, ya), (b, yb) in zip(ref, ld, strict=True))
+    with pytest.raises(ImgnetError, match="decoder='nope'; expected one of cpu"):
+        Loader(split, InputTransform(stats), decoder="nope")

@@ -10,7 +10,7 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from trainer.evaluate import (TEN_CROP_FLIPS, TEN_CROP_OFFSETS, average_views, evaluate, mistake_severity,
-                              ten_crop, topk_errors, upward_distances, wordnet_distance)
+                              ten_crop, topk_wrong, upward_distances, wordnet_distance)
 
 SEA_SNAKE, WATER_SNAKE, SPORTS_CAR = "n01751748", "n01737021", "n04285008"
 
@@ -94,6 +94,11 @@ def test_evaluate_rejects_loader_views_that_contradict_ten_crop():
 
 
 # ------------------------------------------------------------------------------------- top-k
+def topk_errors(logits, y, ks=(1, 5)):
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    return tuple(topk_wrong(top, y, k).float().mean().item() for k in ks)
+
+
 def test_topk_errors_on_hand_made_logits():
     # 6 classes; the true class ranks 1st, 3rd, 5th and 6th in the four rows
     logits = torch.tensor([
@@ -108,6 +113,11 @@ def test_topk_errors_on_hand_made_logits():
     assert topk_errors(logits, y, ks=(3,)) == pytest.approx((2 / 4,))
     # fewer classes than k: top-5 over 3 classes can never miss
     assert topk_errors(torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]), ks=(5,)) == (0.0,)
+    # multi-label rows (ReaL's form, padded with -1), numpy alike
+    top = np.array([[3, 1], [2, 0], [4, 0]])
+    lists = np.array([[1, -1], [5, 6], [4, 2]])
+    assert topk_wrong(top, lists, 1).tolist() == [True, True, False]
+    assert topk_wrong(top, lists).tolist() == [False, True, False]
 
 
 def test_evaluate_top_k_matches_topk_errors_over_batches():

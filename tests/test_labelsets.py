@@ -45,7 +45,7 @@ def test_real_scoring_hand_made_case():
                      [-1, -1],          # empty: left out of ReaL
                      [0, 1],            # neither prediction in the list
                      [2, -1]])          # second guess in the list: top-5 right, top-1 wrong
-    v = image_values(top, y, real)
+    v = image_values(top, y, {"real": real})
     assert v["n"].tolist() == [1, 1, 1, 1, 1]
     assert v["top1_err"].tolist() == [0, 1, 1, 1, 1]
     assert v["top5_err"].tolist() == [0, 0, 1, 1, 1]
@@ -62,7 +62,7 @@ def test_keep_leaves_images_out_of_every_figure():
     y = np.array([0, 3, 2])
     real = np.array([[0], [2], [1]])
     keep = np.array([True, False, True])
-    r = rates(sums_of(image_values(top, y, real, keep)))
+    r = rates(sums_of(image_values(top, y, {"real": real}, keep)))
     assert r == {"n": 2, "top1_err": 1 / 2, "top5_err": 1 / 2, "real_n": 2, "real_top1_err": 0.0,
                  "real_top5_err": 0.0}
 
@@ -73,8 +73,9 @@ def test_torch_and_numpy_agree_and_sums_stay_tensors():
     y = rng.integers(0, 10, 64)
     real = np.where(rng.random((64, 3)) < 0.5, rng.integers(0, 10, (64, 3)), -1)
     keep = rng.random(64) < 0.8
-    a = image_values(top, y, real, keep)
-    b = image_values(torch.from_numpy(top), torch.from_numpy(y), torch.from_numpy(real), torch.from_numpy(keep))
+    a = image_values(top, y, {"real": real}, keep)
+    b = image_values(torch.from_numpy(top), torch.from_numpy(y), {"real": torch.from_numpy(real)},
+                     torch.from_numpy(keep))
     assert a.keys() == b.keys()
     for k in a:
         assert isinstance(b[k], torch.Tensor) and b[k].dtype == torch.int64
@@ -184,7 +185,7 @@ def test_label_sets_in_batches_equal_the_whole_split(sorted_labels):
     sets = label_sets(names, sorted_labels, exclude_blacklist=True)
     assert sets.excluded == 3 and sets.info() == {"real": True, "real_reason": None, "exclude_blacklist": True,
                                                   "excluded": 3}
-    whole = rates(sums_of(image_values(top, y, real.rows, ~blacklisted(names))))
+    whole = rates(sums_of(image_values(top, y, {"real": real.rows}, ~blacklisted(names))))
     assert whole["n"] == 37 and whole["real_n"] == real.n - (real.rows[[6, 20, 26]] >= 0).any(1).sum()
     assert whole["real_top1_err"] < 1
     for conv in (np.asarray, torch.from_numpy):
@@ -197,7 +198,7 @@ def test_label_sets_in_batches_equal_the_whole_split(sorted_labels):
 
 def test_label_sets_without_real_or_blacklist(sorted_labels):
     sets = label_sets([val(1), val(2)], build_label_map(sorted_wnids(), classes=10).to_json())
-    assert sets.real is None and "10 classes" in sets.real_reason and sets.keep is None
+    assert sets.lists == {} and "10 classes" in sets.reasons["real"] and sets.keep is None
     v = sets.batch(np.array([[1, 2]]), np.array([1]), 1)
     assert set(v) == {"n", "top1_err", "top5_err"}
     with pytest.raises(ImgnetError, match="leave out --exclude-blacklist"):
@@ -237,4 +238,4 @@ def test_shipped_data_reaches_the_wheel(tmp_path):
     for f in ("real.json", "real_labels_LICENSE.txt", "ILSVRC2015_clsloc_validation_blacklist.txt",
               "ilsvrc2012_classes.json", "SOURCES.md"):
         assert f"imagenet_prep/data/{f}" in names, f
-    assert "trainer/labelsets.py" in names
+    assert "trainer/labelsets/real.py" in names

@@ -127,7 +127,6 @@ def test_cli_options_default_to_the_config(tmp_path):
     from cli import train as cmd
 
     parsed = cmd.make_context("train", ["--data", str(tmp_path), "--out", str(tmp_path / "run")]).params
-    parsed["compile"] = parsed.pop("compile_")
     defaults = asdict(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run")))
     assert set(parsed) == set(defaults) - {"progress"}  # every setting is an option
     assert parsed == {k: v for k, v in defaults.items() if k != "progress"}

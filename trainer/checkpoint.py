@@ -166,7 +166,7 @@ def model_state(model: torch.nn.Module) -> dict:
 def model_from_checkpoint(ckpt: dict, device="cpu", arch: str | None = None) -> torch.nn.Module:
     """Rebuild the model of a checkpoint dict (from `load_checkpoint`) in eval mode on `device`. `arch`: the
     user's --arch, needed (and only then imported) when the checkpoint's model is user code."""
-    from trainer.arch import build, checkpoint_arch
+    from trainer.models.registry import build, checkpoint_arch
 
     name = checkpoint_arch(ckpt, arch)
     with torch.device("meta"):  # no time spent drawing the initial weights that are replaced at once

@@ -1,13 +1,13 @@
 """`imgnet compare RUN...`: the ablation table of several runs, the way the paper reports them (section 3.3:
 LRN "reduces our top-1 and top-5 error rates by 1.4% and 1.2%"), and one plot of their val curves.
 
-Each run is read from its folder: the launch record in config.json (its settings; paths, versions, the
-device, loader workers and other settings that leave the result unchanged are ignored), log.jsonl (best val
+Each run is read from its folder: the launch record in config.json (its settings; the settings that leave
+the result unchanged, trainer.config.NOT_DEFINING, are ignored), log.jsonl (best val
 top-1 error and the top-5 error of that epoch, the one best.pt holds; epochs; images/s) and the test JSONs
 beside checkpoints/best.pt (`test-center.json`, `test-ten-crop.json` for val, `test-<split>-<view>.json`
-for other splits, `test-<split>-no-blacklist-<view>.json`; a report made with --exclude-blacklist counts as
-split `<split>-no-blacklist`, so that
-its figures never sit in one column with full-split ones), with their ReaL figures where present: the keys `top1_err`, `top5_err`, `n` and
+for other splits, `test-<split>-no-blacklist-<view>.json`; a report made with --exclude-<name> counts as
+split `<split>-no-<name>`, so that its figures never sit in one column with full-split ones), with the
+figures of the label lists of trainer/labelsets where present: the keys `top1_err`, `top5_err`, `n` and
 `<set>_top1_err`, `<set>_top5_err`, `<set>_n` (`real_...`), flat or one level down (`{"real": {"top1_err"}}`).
 Every figure is also given as its difference to the first run.
 
@@ -25,13 +25,13 @@ import statistics
 from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
+from trainer.config import NOT_DEFINING
+from trainer.labelsets import registry as labelsets
+from trainer.runfolder import read_log, read_record
 
-# settings that change where or how fast a run goes, not what it learns (cf. train.RUNTIME_FIELDS; epochs,
-# seed and amp stay: they change the weights)
-IGNORED = frozenset({"data", "out", "workers", "device", "resume", "progress", "compile", "channels_last",
-                     "model_parallel",  # the same function as groups=2 on one device (DESIGN.md)
-                     "environment", "versions", "argv", "hostname", "started", "parameters", "val_source",
-                     "model_kwargs", "world_size", "resumes"})
+# the settings that do not define a run (trainer/config.py), and what the launch record adds beside the
+# settings (the parameter count, where validation came from; nested records are skipped as records)
+IGNORED = NOT_DEFINING | {"parameters", "val_source"}
 _TEST_FILE = re.compile(r"test-(?:(?P<split>.+)-)?(?P<view>center|ten-crop)\.json")
 _FIGURE = re.compile(r"(?:(?P<set>\w+)_)?top(?P<k>\d+)_err")  # top1_err, real_top5_err, ...
 VIEW_ORDER = ("center", "ten-crop")
@@ -39,44 +39,17 @@ _UNPREFIXED = ("original", "ilsvrc2012", "figures", "metrics")  # nested groups 
 
 
 # ------------------------------------------------------------------------------------- reading
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImgnetError(f"{path} not found; expected {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ImgnetError(f"{path} is not readable JSON ({e}); expected {what}") from e
-    if not isinstance(d, dict):
-        raise ImgnetError(f"{path} holds a JSON {type(d).__name__}; expected {what} (an object)")
-    return d
-
-
-def launch_record(config: dict) -> dict:
-    """The record of the run's launch: a flat config.json is one; a config.json that keeps the launch and
-    one record per resume holds it under "launch" (or first in a list under "records"/"history")."""
-    for key in ("launch", "original"):
-        if isinstance(config.get(key), dict):
-            return config[key]
-    for key in ("records", "history", "launches"):
-        recs = config.get(key)
-        if isinstance(recs, list) and recs and isinstance(recs[0], dict):
-            return recs[0]
-    return config
-
-
 def _record(v) -> bool:
     """A nested record (environment, model_kwargs, a list of resume records), not a setting."""
     return isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict) for x in v))
 
 
 def run_settings(config: dict) -> dict:
-    """The settings of a run that change its result, in config.json's order; `num_classes` from the model."""
-    rec = launch_record(config)
-    inner = rec.get("settings", rec.get("config"))
-    s = inner if isinstance(inner, dict) else rec
-    out = {k: v for k, v in s.items() if k not in IGNORED and not _record(v)}
-    kwargs = next((d.get("model_kwargs") for d in (s, rec, config) if isinstance(d.get("model_kwargs"), dict)), None)
-    if kwargs and "num_classes" in kwargs:
+    """The settings of a run that change its result, in the order of config.json (the launch record, which
+    `imgnet train` writes flat; resumes add theirs under "resumes"); `num_classes` from the model."""
+    out = {k: v for k, v in config.items() if k not in IGNORED and not _record(v)}
+    kwargs = config.get("model_kwargs")
+    if isinstance(kwargs, dict) and "num_classes" in kwargs:
         out["num_classes"] = kwargs["num_classes"]  # DATA's classes: --classes changes the task
     return out
 
@@ -102,10 +75,11 @@ def read_tests(ckdir: Path) -> dict[str, dict]:
         m = _TEST_FILE.fullmatch(f.name)
         if not m:
             continue
-        report = _read_json(f, "a test report written by `imgnet test`")
+        report = read_record(f, "a test report written by `imgnet test`")
         split, view = report.get("split") or m["split"] or "val", report.get("view") or m["view"]
-        if report.get("exclude_blacklist"):  # other images than a full-split report: its own columns
-            split = f"{split}-no-blacklist"
+        for e in labelsets.exclusions():  # other images than a full-split report: its own columns
+            if report.get(f"exclude_{e.name}"):
+                split = f"{split}-no-{e.name}"
         figures = _figures(report)
         if figures:
             tests[f"{split}/{view}"] = figures
@@ -115,13 +89,11 @@ def read_tests(ckdir: Path) -> dict[str, dict]:
 def read_run(path) -> dict:
     """One run folder -> {"run", "path", "settings", "epochs", "best_epoch", "images_per_s", "figures",
     "curve"}; figures are fractions: best_val_top1_err, best_val_top5_err, "<split>/<view>/<figure>"."""
-    from trainer.plot import read_log
-
     run = Path(path)
     if not run.is_dir():
         raise ImgnetError(f"run {run} is not a folder; expected a RUN folder written by `imgnet train`")
-    config = _read_json(run / "config.json", "the config.json that `imgnet train` writes in its RUN folder")
-    rows = read_log(run / "log.jsonl") if (run / "log.jsonl").is_file() else []
+    config = read_record(run / "config.json", "the config.json that `imgnet train` writes in its RUN folder")
+    rows = read_log(run / "log.jsonl")
     scored = [r for r in rows if isinstance(r.get("val_top1_err"), (int, float))]
     best = min(scored, key=lambda r: (r["val_top1_err"], r["epoch"]), default=None)  # best.pt's epoch
     speeds = [r["images_per_s"] for r in rows if isinstance(r.get("images_per_s"), (int, float))]
@@ -182,7 +154,7 @@ def _header(key: str) -> str:
         return f"val top-{_FIGURE.fullmatch(key[len('best_val_'):])['k']}"
     split, view, fig = key.split("/")
     m = _FIGURE.fullmatch(fig)
-    label = {"real": "ReaL"}.get(m["set"], m["set"]) if m["set"] else ""
+    label = labelsets.titles().get(f"{m['set']}_", m["set"]) if m["set"] else ""
     return " ".join(x for x in (split if split != "val" else "test", view, label, f"top-{m['k']}") if x)
 
 

@@ -44,8 +44,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns {"source", "data", "run", "prep", "stats", "train", "test", "seconds"}."""
     from imagenet_prep.prep import PrepConfig, run_prep
     from imagenet_prep.stats import compute_stats
-    from imagenet_prep.synthetic import make_sample
-    from trainer.evaluate import run_test
+    from trainer.eval.report import run_test
     from trainer.train import TrainConfig, train
 
     out = Path(cfg.out)
@@ -54,11 +53,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     times = {}
     t0 = time.perf_counter()
 
-    say(f"making an ILSVRC2012-shaped source in {src} ({cfg.classes} classes, "
-        f"{cfg.train_per_class} train + {cfg.val_per_class} val images each)")
-    if not (src / "ILSVRC2012_devkit_t12.tar.gz").is_file():
-        make_sample(src, classes=cfg.classes, train_per_class=cfg.train_per_class,
-                    val_per_class=cfg.val_per_class, seed=cfg.seed)
+    make_source(cfg, src, say)
     times["source"] = time.perf_counter() - t0
 
     say(f"imgnet prep --src {src} --out {data} --classes {cfg.classes}")
@@ -100,3 +95,14 @@ def run_demo(cfg: DemoConfig) -> dict:
               "stage_seconds": times, "seconds": seconds}
     (out / "demo.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def make_source(cfg: DemoConfig, src: Path, say) -> None:
+    """The ILSVRC2012-shaped source in the official archive layout (kept when a previous demo made it)."""
+    from imagenet_prep.synthetic import make_sample
+
+    say(f"making an ILSVRC2012-shaped source in {src} ({cfg.classes} classes, "
+        f"{cfg.train_per_class} train + {cfg.val_per_class} val images each)")
+    if not (src / "ILSVRC2012_devkit_t12.tar.gz").is_file():
+        make_sample(src, classes=cfg.classes, train_per_class=cfg.train_per_class,
+                    val_per_class=cfg.val_per_class, seed=cfg.seed)

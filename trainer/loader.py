@@ -3,11 +3,13 @@
 Data path of `Loader`:
   main process  a generator seeded by (seed, epoch) draws the permutation and every image's offsets,
                 flip and alphas (`EpochPlan`), so the batches do not depend on the number of workers;
-  workers       copy the 224x224 windows (flipped where drawn) of the stored uint8 images straight from
-                the LMDB buffer into a shared-memory batch slot, uint8 (B, 224, 224, 3): no per-sample
-                pickling, no intermediate full image for raw records;
-  main process  slot -> pinned memory -> asynchronous copy to the GPU -> `InputTransform` on the device:
-                float, minus the mean crop, plus the lighting offset (the same arithmetic on the CPU).
+  workers       the decoder (trainer/decoders/; the CPU one by default) fills a shared-memory batch slot:
+                the CPU decoder copies the 224x224 windows (flipped where drawn) of the stored uint8 images
+                straight from the LMDB buffer, uint8 (B, 224, 224, 3): no per-sample pickling, no
+                intermediate full image for raw records;
+  main process  slot -> pinned memory -> asynchronous copy to the GPU -> the decoder's finish (nothing for
+                the CPU decoder) -> `InputTransform` on the device: float, minus the mean crop, plus the
+                lighting offset (the same arithmetic on the CPU).
 
     split, transform = open_split(DATA, "train"), InputTransform(load_stats(DATA))
     loader = Loader(split, transform, batch_size=128, workers=15, device="cuda", seed=0)
@@ -37,38 +39,10 @@ import numpy as np
 import torch
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import IMAGE_SHAPE, Split
+from imagenet_prep.store import Split
 from trainer.data import (CROP, VIEWS, InputTransform, check_split, default_workers, epoch_draws, log, to_device,
                           view_geometry)
-
-
-# ----------------------------------------------------------------------------------- crop reader
-class _CropReader:
-    """Copies 224x224 windows of stored images into a slot; lives in one process (a worker or the main)."""
-
-    def __init__(self, split: Split):
-        self.split = split
-        self.raw_lmdb = split.format == "lmdb" and split.encoding == "raw"
-        self.img = np.empty(IMAGE_SHAPE, np.uint8)  # decoded image of the non-raw paths
-        self.last = -1
-
-    def copy(self, dst: np.ndarray, idx, tops, lefts, flips) -> None:
-        """dst uint8 (k, 224, 224, 3) <- image idx[j] cut at (tops[j], lefts[j]), mirrored where flips[j]."""
-        # a pixel as one 3-byte item: the mirrored copy then moves whole pixels (about 3x faster than bytes)
-        d3 = dst.view("V3")[..., 0]  # (k, 224, 224)
-        if self.raw_lmdb:
-            with self.split.raw_views() as view:  # zero-copy views of the memory map
-                for j, (i, t, l_, f) in enumerate(zip(idx.tolist(), tops.tolist(), lefts.tolist(), flips.tolist())):
-                    win = view(i).view("V3")[..., 0][t:t + CROP, l_:l_ + CROP]
-                    np.copyto(d3[j], win[:, ::-1] if f else win)
-            return
-        src = self.img.view("V3")[..., 0]
-        for j, (i, t, l_, f) in enumerate(zip(idx.tolist(), tops.tolist(), lefts.tolist(), flips.tolist())):
-            if i != self.last:  # ten-crop views of one image decode it once
-                self.split.read_image(i, out=self.img)
-                self.last = i
-            win = src[t:t + CROP, l_:l_ + CROP]
-            np.copyto(d3[j], win[:, ::-1] if f else win)
+from trainer.decoders.registry import decoder_class
 
 
 # ----------------------------------------------------------------------------------- workers
@@ -88,12 +62,12 @@ def _attach(spec, shape):
     return spec, np.frombuffer(spec, np.uint8).reshape(shape)  # fork: the inherited anonymous mapping
 
 
-def _worker_loop(wid: int, split: Split, spec, shape, tasks, results, parent: int) -> None:
+def _worker_loop(wid: int, split: Split, decoder: type, crop: int, spec, shape, tasks, results, parent: int) -> None:
     """Serve (generation, slot, row, idx, tops, lefts, flips) tasks until a None or the parent's exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main stops us
     results.cancel_join_thread()  # we only exit when told to or orphaned: never wait on an unread pipe
     keep, slots = _attach(spec, shape)
-    reader = _CropReader(split)
+    reader = decoder(split, crop)
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -105,7 +79,7 @@ def _worker_loop(wid: int, split: Split, spec, shape, tasks, results, parent: in
             return
         gen, slot, row, idx, tops, lefts, flips = task
         try:
-            reader.copy(slots[slot, row:row + len(idx)], idx, tops, lefts, flips)
+            reader.fill(slots[slot, row:row + len(idx)], idx, tops, lefts, flips)
             results.put((gen, slot, len(idx), None))
         except BaseException:
             results.put((gen, slot, len(idx), f"loader worker {wid} (pid {os.getpid()}) failed on records "
@@ -125,13 +99,13 @@ def _exit_status(code: int) -> str:
 class _Pool:
     """The worker processes, their two queues and the shared batch slots of one Loader.
 
-    Slots: uint8 (n_slots, rows, 224, 224, 3). With fork they are an anonymous shared mapping made before
+    Slots: uint8 (n_slots, rows, *decoder.row_shape(crop)): (crop, crop, 3) rows for the CPU decoder. With fork they are an anonymous shared mapping made before
     the workers start: nothing in /dev/shm, and the kernel frees it with the last process whatever way
     it ends. With spawn/forkserver a named block that close() (or the resource tracker) unlinks."""
 
-    def __init__(self, split: Split, workers: int, n_slots: int, rows: int, start_method: str,
-                 pin_device: torch.device | None):
-        self.shape = (n_slots, rows, CROP, CROP, 3)
+    def __init__(self, split: Split, decoder: type, crop: int, workers: int, n_slots: int, rows: int,
+                 start_method: str, pin_device: torch.device | None):
+        self.shape = (n_slots, rows, *decoder.row_shape(crop))
         nbytes = int(np.prod(self.shape))
         self.shm = spec = None
         self.pinned = False
@@ -166,10 +140,11 @@ class _Pool:
             self.tasks, self.results = ctx.Queue(), ctx.Queue()
             for w in range(workers):
                 p = ctx.Process(target=_worker_loop, name=f"imgnet-loader-{w}", daemon=True,
-                                args=(w, split, spec, self.shape, self.tasks, self.results, os.getpid()))
+                                args=(w, split, decoder, crop, spec, self.shape, self.tasks, self.results,
+                                      os.getpid()))
                 p.start()
                 self.procs.append(p)
-        self.reader = None if workers else _CropReader(split)
+        self.decoder = decoder(split, crop)  # fills the slot here with workers=0; finishes every batch
 
     def alive(self) -> bool:
         return all(p.exitcode is None for p in self.procs)
@@ -282,12 +257,15 @@ class Loader:
     next epoch as RawBatch (the device-ready uint8 crops and their parameters) for callers that apply the
     transform themselves; on the CPU its images are a view of a batch slot, valid until the next batch.
 
+    `decoder`: the name of a registered decoder (trainer/decoders/registry.py; None: the CPU crop copier), what
+    fills the batch slots from the records; it never changes what is drawn.
+
     Workers are started on the first iteration and kept until close() (or garbage collection, or exit).
     A worker that raises or dies ends the iteration with WorkerError; Ctrl-C stops them all."""
 
     def __init__(self, split: Split, transform: InputTransform, batch_size: int = 128, *, train: bool = True,
                  views: str | None = None, indices=None, seed: int = 0, workers: int | None = None, device="cpu",
-                 shard: tuple[int, int] = (0, 1), tuning: LoaderTuning = LoaderTuning()):
+                 shard: tuple[int, int] = (0, 1), tuning: LoaderTuning = LoaderTuning(), decoder: str | None = None):
         if not isinstance(split, Split):
             raise ImgnetError(f"split is {type(split).__name__}; expected a Split (imagenet_prep.open_split)")
         if not isinstance(transform, InputTransform):
@@ -323,6 +301,8 @@ class Loader:
         self.prefetch = max(2, int(tuning.prefetch or (4 if VIEWS[views] == 1 else 2)))
         self.start_method = tuning.start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         self.timeout = float(tuning.timeout)
+        self.decoder = decoder_class(decoder)  # trainer/decoders/registry.py; None: the default
+        self.crop = CROP  # side of the crops the transform takes
         self._epoch, self._start_batch = 0, 0
         self._pool: _Pool | None = None
         self._finalizer = None
@@ -378,7 +358,7 @@ class Loader:
             rows = self.batch_size * VIEWS[self.views]
             pin = self.device if self.device.type == "cuda" else None
             n_slots = self.prefetch if self.workers else 1
-            self._pool = _Pool(self.split, self.workers, n_slots, rows, self.start_method, pin)
+            self._pool = _Pool(self.split, self.decoder, self.crop, self.workers, n_slots, rows, self.start_method, pin)
             self._finalizer = weakref.finalize(self, self._pool.close)
         return self._pool
 
@@ -454,7 +434,7 @@ class _EpochRun:
             self.submitted += 1
             if not self.pool.procs:  # workers=0: read here, now
                 vs = slice(lo * self.v, hi * self.v)
-                self.pool.reader.copy(self.pool.array[slot, :vs.stop - vs.start], np.repeat(
+                self.pool.decoder.fill(self.pool.array[slot, :vs.stop - vs.start], np.repeat(
                     self.plan.indices[lo:hi], self.v), self.plan.tops[vs], self.plan.lefts[vs], self.plan.flips[vs])
                 self._complete(k, slot)
                 continue
@@ -543,6 +523,7 @@ class _EpochRun:
             y = to_device(y, ld.device, torch.int64)
         else:
             u8 = self.pool.tensor[staged, :vs.stop - vs.start]
+        u8 = self.pool.decoder.finish(u8, tops, lefts, flips)
         if self.raw:
             if not self.cuda:
                 self.held = staged  # the caller looks at the slot itself until the next batch

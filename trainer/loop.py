@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from imagenet_prep.errors import ImgnetError
-from trainer.evaluate import autocast
+from trainer.amp import autocast
+from trainer.eval.topk import topk_wrong
 
 
 class StopRequest:
@@ -131,7 +132,7 @@ def train_epoch(net, loader, optimizer, scaler, sync: HostSync, state, amp: str,
         scaler.step(optimizer)
         scaler.update()
         loss_sum += lv * y.shape[0]
-        wrong += (logits.detach().argmax(1) != y).sum().to(dev)
+        wrong += topk_wrong(logits.detach().argmax(1, keepdim=True), y, 1).sum().to(dev)
         seen += y.shape[0]
         if sync(i, state.step, seen - start.seen):
             return EpochTotals(loss_sum.item(), int(wrong.item()), seen, start.seen, i, stopped=True)

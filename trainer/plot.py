@@ -6,21 +6,11 @@ Uses matplotlib's object API on the Agg canvas (no pyplot, no display, no global
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-
-def read_log(path) -> list[dict]:
-    """The epoch lines of a log.jsonl (a torn last line from a crash is ignored)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if "epoch" in r]
+from trainer.runfolder import read_log
 
 
 def plot_curves(rows: list[dict], out) -> Path:

@@ -14,15 +14,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagenet_prep.atomic import write_json, write_text
+from imagenet_prep.atomic import read_json, write_json, write_text
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 
+MAX_RECORD_BYTES = 64 << 20  # config.json, a test report (1000 classes of per_class rows): far below this
 
-def read_log(path: Path) -> list[dict]:
-    from trainer.plot import read_log as read
 
-    return read(path) if path.is_file() else []
+def read_log(path) -> list[dict]:
+    """The epoch lines of a log.jsonl, [] where there is none (a torn last line from a crash is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if isinstance(r, dict) and "epoch" in r]
+
+
+def read_record(path, what: str) -> dict:
+    """A JSON object the run folder holds (config.json, a test report), read with bounds; ImgnetError naming
+    the file and `what` was expected when it is missing, unreadable or not an object."""
+    try:
+        d = read_json(path, MAX_RECORD_BYTES, what)
+    except FileNotFoundError:
+        raise ImgnetError(f"{path} not found; expected {what}") from None
+    if not isinstance(d, dict):
+        raise ImgnetError(f"{path} holds a JSON {type(d).__name__}; expected {what} (an object)")
+    return d
+
+
+def _config(run: Path) -> dict | None:
+    """RUN/config.json, or None where it is missing or unreadable (a run whose record was lost)."""
+    try:
+        return read_record(run / "config.json", "the config.json that `imgnet train` writes")
+    except ImgnetError:
+        return None
 
 
 def append_line(path: Path, obj: dict) -> None:
@@ -66,10 +96,7 @@ def write_record(run: Path, record: dict, resume: bool) -> None:
     """config.json: the launch record; a resume keeps it and appends its own record under "resumes"
     (so that the command that started the run, and every later one, stay readable)."""
     path = run / "config.json"
-    try:
-        launch = json.loads(path.read_text()) if resume else None
-    except (OSError, ValueError):
-        launch = None  # a run whose record was lost: this resume's record stands in for it
+    launch = _config(run) if resume else None  # None: the record was lost; this resume's stands in for it
     if launch is None:
         write_json(path, record)
     else:
@@ -78,9 +105,8 @@ def write_record(run: Path, record: dict, resume: bool) -> None:
 
 def target_epochs(run: Path) -> int | None:
     """The most epochs any launch or resume of the run asked for."""
-    try:
-        rec = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
+    rec = _config(run)
+    if rec is None:
         return None
     asked = [r.get("epochs") for r in [rec, *rec.get("resumes", [])] if r.get("epochs")]
     return max(asked) if asked else None

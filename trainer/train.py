@@ -30,7 +30,7 @@ import functools
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,86 +38,15 @@ import torch
 import torch.distributed as dist
 
 from imagenet_prep.errors import ImgnetError
-from trainer import arch as arch_lib
 from trainer import checkpoint as ck
 from trainer import runfolder
+from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
 from trainer.loop import EpochTotals, HostSync, StopRequest, train_epoch
-from trainer.model import AlexNetSettings
+from trainer.models import registry
 from trainer.schedule import LrSchedule, parse_schedule  # noqa: F401 - part of this module's interface
 
 HOLDOUT_SEED = 0  # --val-from-train picks the same images whatever --seed, so runs compare on one set
-
-
-@dataclass
-class TrainConfig:
-    data: str = ""                   # DATA folder: `imgnet prep` splits + `imgnet pca-stats` statistics
-    out: str = ""                    # RUN folder: config.json, log.jsonl, checkpoints/, curves.png
-    # recipe, section 5
-    epochs: int = 90                 # "roughly 90 cycles through the training set"
-    batch_size: int = 128            # images per SGD step, all processes together
-    lr: float = 0.01                 # initial learning rate, equal for all layers
-    momentum: float = 0.9
-    weight_decay: float = 5e-4       # L2 on the weights, as the paper's update rule
-    bias_decay: bool = True          # decay the biases too (the paper's rule read literally); False: Caffe and
-                                     # cuda-convnet, which decay weights only
-    lr_schedule: str = "plateau"     # plateau | step:E1,E2,... (divide after epochs E1, E2, ...)
-    lr_factor: float = 0.1           # multiplier per drop: "divide the learning rate by 10"
-    patience: int = 3                # plateau: epochs without a new best val top-1 error before a drop
-    max_lr_drops: int = 3            # plateau: "reduced three times prior to termination"
-    val_from_train: int = 0          # images per class held out of train to steer the schedule and pick
-                                     # best.pt (0: use the val split)
-    # model, section 3, and the paper's ablations (trainer.model.AlexNetSettings, checked against it)
-    arch: str = "alexnet"            # alexnet (the paper's) | alexnet-owt (torchvision's) | module:callable
-    init: str = "paper"              # paper (section 5, every arch) | module (a module:callable's own init)
-    towers: int = 2                  # 2: the two-GPU net (groups=2); 1: the paper's one-GPU net
-    lrn: str = "paper"               # paper (alpha on the plain sum) | caffe (alpha / n) | none
-    pool: str = "overlap"            # overlap (3/2) | nonoverlap (2/2), section 3.4
-    activation: str = "relu"         # relu | tanh, section 3.1
-    dropout: float = 0.5             # fc6, fc7, section 4.2
-    bias_init: str = "paper"         # paper (1 in conv2, conv4, conv5, fc6, fc7) | caffe (0.1 there)
-    # input, section 4.1
-    mean: str = "image"              # subtract the mean image | the mean RGB
-    lighting_std: float = 0.1        # sigma of the PCA lighting alphas; 0 turns it off
-    # machinery
-    workers: int | None = None       # loader processes; None: the loader's default
-    device: str = "auto"             # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: str = "off"                 # off (float32) | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA)
-    channels_last: bool = False      # NHWC memory format for the convolutions
-    compile: bool = False            # torch.compile the model
-    model_parallel: bool = False     # one tower per GPU on cuda:0 and cuda:1, as in the paper
-    seed: int = 0                    # weights, loader order, augmentation, dropout
-    resume: bool = False             # continue RUN from RUN/checkpoints/last.pt
-    progress: bool = True            # progress bar and per-epoch lines on stderr
-
-
-# settings that may differ between a run and its --resume; the others define the run
-RUNTIME_FIELDS = {"data", "out", "epochs", "workers", "device", "amp", "channels_last", "compile", "resume", "progress"}
 SYNC_EVERY = 16  # CUDA: steps between host syncs (NaN check, stop request, progress bar)
-CHOICES = {"mean": ("image", "rgb"), "amp": ("off", "bf16", "fp16"), "init": ("paper", "module")}
-MODEL_FIELDS = tuple(f.name for f in fields(AlexNetSettings) if f.name != "num_classes")  # mirrored in TrainConfig
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """ImgnetError for a setting no run can use (device-dependent checks come later)."""
-    if not cfg.data or not cfg.out:
-        raise ImgnetError("TrainConfig needs data (the DATA folder) and out (the RUN folder)")
-    arch_lib.check_arch(cfg.arch)
-    arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": 1000})  # the model's own checks, once
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ImgnetError(f"{name}={getattr(cfg, name)!r}; expected one of {', '.join(map(str, allowed))}")
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "patience": cfg.patience}
-    for name, v in positive.items():
-        if not v > 0:
-            raise ImgnetError(f"{name}={v}; expected a positive number")
-    for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
-        if getattr(cfg, name) < 0:
-            raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
-    if not 0 < cfg.lr_factor < 1:
-        raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
-    if cfg.model_parallel and cfg.arch != "alexnet":
-        raise ImgnetError(f"--model-parallel splits AlexNet's two towers; --arch {cfg.arch} has none")
-    parse_schedule(cfg.lr_schedule)
 
 
 # ------------------------------------------------------------------------ processes, devices
@@ -247,9 +176,9 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None):
     """(the model of `cfg.arch` on `device`, or AlexNet split over cuda:0 and cuda:1 with model_parallel;
     the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them."""
-    settings = arch_lib.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
+    settings = registry.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
-    model, kwargs = arch_lib.build(cfg.arch, settings, init=cfg.init, bias_init=cfg.bias_init)
+    model, kwargs = registry.build(cfg.arch, settings, init=cfg.init)
     if state is not None:
         model.load_state_dict(state)
     if cfg.model_parallel:
@@ -279,8 +208,7 @@ def check_device(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
         return
     if d.world > 1:
         raise ImgnetError("--model-parallel under torchrun is not supported; use one or the other")
-    if cfg.towers != 2:
-        raise ImgnetError(f"--model-parallel needs --towers 2 (one tower per GPU); got --towers {cfg.towers}")
+    registry.check_model_parallel(cfg.arch, registry.settings_of(cfg.arch, {**asdict(cfg), "num_classes": 1000}))
     if device.type != "cuda" or torch.cuda.device_count() < 2:
         raise ImgnetError(f"--model-parallel needs two CUDA devices; found {torch.cuda.device_count()} "
                           f"(device {device})")
@@ -310,11 +238,12 @@ def _seed_process(seed: int, rank: int) -> None:
 
 
 def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None) -> dict:
-    """{metric name: mean over the val images of all processes} for every metric of trainer.evaluate.METRICS,
-    and "n"; with `sets` (`_val_label_sets`) the ReaL figures too (trainer.evaluate.REAL_FIGURES)."""
-    from trainer.evaluate import METRICS, REAL_FIGURES, evaluate, figures
+    """{metric name: mean over the val images of all processes} for every metric of trainer.eval.metrics.METRICS,
+    and "n"; with `sets` (`_val_label_sets`) the figures of its label lists too (ReaL's)."""
+    from trainer.eval.metrics import METRICS, figures, label_set_figures
+    from trainer.eval.scoring import evaluate
 
-    keys = list(METRICS) + (list(REAL_FIGURES) if sets is not None else [])
+    keys = list(METRICS) + (list(label_set_figures(sets.lists)) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
     m = evaluate(model, loader, amp=amp, label_sets=sets) if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
     *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
@@ -324,13 +253,14 @@ def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", se
 
 
 def _val_label_sets(data: dict):
-    """The val split's label sets where it is the ILSVRC2012 val (ReaL in log.jsonl as val_real_*), else None."""
-    from trainer.labelsets import label_sets
+    """The val split's label sets where a label list applies to it (ReaL on the ILSVRC2012 val: log.jsonl's
+    val_real_*), else None."""
+    from trainer.labelsets.sets import label_sets
 
     if data["val_source"] != "val":
         return None
     sets = label_sets(data["val"].names, data["labels"])
-    return sets if sets.real is not None else None
+    return sets if sets.lists else None
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -347,19 +277,51 @@ def train(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
-    t_start = time.perf_counter()
+@dataclass
+class Session:
+    """One training process's run: its settings, loaders, model, optimizer and state (`open_session`)."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    run: Path
+    data: dict
+    train_loader: object
+    val_loader: object
+    model: torch.nn.Module  # the plain model (checkpoints)
+    net: torch.nn.Module  # what the loop trains: DDP and/or compiled around `model`
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: ck.RunState
+    fixed: dict  # what every checkpoint of the run holds unchanged
+    val_sets: object  # trainer.labelsets.sets.LabelSets of the val split, or None
+    say: object
+
+    @property
+    def ckdir(self) -> Path:
+        return self.run / "checkpoints"
+
+    def save(self, path: Path) -> Path | None:
+        """Every process takes part (RNG gather); rank 0 writes the checkpoint."""
+        rng = _gather_rng(self.d)
+        ckpt = ck.to_checkpoint(self.state, run=self.fixed, model=self.model, optimizer=self.optimizer,
+                                scaler=self.scaler, rng=rng)
+        return ck.save_checkpoint(path, ckpt) if self.d.main else None
+
+
+def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack):
+    """(Session, a note for the first log line or None): the run folder checked (and, on resume, the checkpoint
+    loaded into the state), the data opened, the loaders and the model built."""
     check_device(cfg, device, d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: time the convolution algorithms once
     run = Path(cfg.out)
-    ckdir = run / "checkpoints"
     resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
     data = open_data(cfg)
     for split in (data["train"], data["val"]):
         opened.callback(split.close)
     if resume_from is not None:
-        ck.check_labels(resume_from, ckdir / "last.pt", data["labels"], cfg.data)
+        ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
     train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
     model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None)
     optimizer = make_optimizer(model, cfg)
@@ -368,54 +330,62 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     _seed_process(cfg.seed, d.rank)
     note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
-    net, eval_net = _wrap(model, cfg, device, d)
-    val_sets = _val_label_sets(data)
+    net, _ = _wrap(model, cfg, device, d)
     fixed = {"arch": cfg.arch, "model_kwargs": model_kwargs, "config": asdict(cfg), "labels": data["labels"],
              "stats": _checkpoint_stats(data["stats"])}
+    s = Session(cfg, d, device, run, data, train_loader, val_loader, model, net, optimizer, scaler, state, fixed,
+                _val_label_sets(data), _printer(cfg.progress and d.main))
+    _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, s.say)
+    s.say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
+          f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
+    return s, note
 
-    def save(path: Path) -> Path | None:  # every process takes part (RNG gather); rank 0 writes
-        rng = _gather_rng(d)
-        return ck.save_checkpoint(path, ck.to_checkpoint(state, run=fixed, model=model, optimizer=optimizer,
-                                                         scaler=scaler, rng=rng)) if d.main else None
 
-    say = _printer(cfg.progress and d.main)
-    _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, say)
-    say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
-        f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
+def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
+    t_start = time.perf_counter()
+    s, note = open_session(cfg, d, device, opened)
+    state, ckdir = s.state, s.ckdir
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
         sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
                         functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg))
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            lr = state.schedule.lr
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            start = _epoch_start(state, epoch)
-            train_loader.set_epoch(epoch, start.batch)
-            t0 = time.perf_counter()
-            with _bar(len(train_loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and d.main, start.batch) as bar:
-                sync.begin(epoch, len(train_loader), lr, bar)
-                totals = train_epoch(net, train_loader, optimizer, scaler, sync, state, cfg.amp, start)
-            if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
-                state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
-                                "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
-                _stopped(save(ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(train_loader)}")
-            t_train = time.perf_counter() - t0
-            val = _validate(eval_net, val_loader, d, device, cfg.amp, val_sets)
-            metrics = _end_epoch(state, epoch, lr, totals, val, d, device, t0, t_train, train_loader, data)
+            metrics = run_epoch(s, epoch, sync)
             if note:
                 metrics["note"], note = note, None
-            if save(ckdir / "last.pt") is not None:
+            if s.save(ckdir / "last.pt") is not None:
                 if metrics["is_best"]:
                     ck.link_checkpoint(ckdir / "last.pt", ckdir / "best.pt")
-                runfolder.append_line(run / "log.jsonl", metrics)
-                _plot(run)
-            say(_epoch_line(metrics, cfg.epochs))
+                runfolder.append_line(s.run / "log.jsonl", metrics)
+                _plot(s.run)
+            s.say(_epoch_line(metrics, cfg.epochs))
             if epoch < cfg.epochs and sync.stop_requested():
                 _stopped(ckdir / "last.pt" if d.main else None, f"after epoch {epoch}")
-    return {"run": str(run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
+    return {"run": str(s.run), "epochs": state.epoch, "best_val_top1_err": state.best_err if state.best_epoch else None,
             "best_epoch": state.best_epoch, "last": state.metrics, "checkpoint": str(ckdir / "best.pt"),
             "seconds": time.perf_counter() - t_start, "main": d.main}
+
+
+def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict:
+    """Train one epoch (from where an interrupt stopped it, on resume) and validate; returns its log line. A
+    stop request inside the epoch saves the position in it and ends the run (KeyboardInterrupt)."""
+    cfg, state, loader = s.cfg, s.state, s.train_loader
+    lr = state.schedule.lr
+    for g in s.optimizer.param_groups:
+        g["lr"] = lr
+    start = _epoch_start(state, epoch)
+    loader.set_epoch(epoch, start.batch)
+    t0 = time.perf_counter()
+    with _bar(len(loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and s.d.main, start.batch) as bar:
+        sync.begin(epoch, len(loader), lr, bar)
+        totals = train_epoch(s.net, loader, s.optimizer, s.scaler, sync, state, cfg.amp, start)
+    if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
+        state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
+                        "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
+        _stopped(s.save(s.ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
+    t_train = time.perf_counter() - t0
+    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+    return _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
 
 
 def _stopped(path: Path | None, where: str):
@@ -507,10 +477,16 @@ def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: 
         good = f"last good checkpoint {last} (after epoch {e})"
     else:
         good = "no checkpoint yet (it diverged in the first epoch)"
-    hints = [f"a lower --lr (it was {lr:g})"] + ["--amp off"] * (cfg.amp != "off") \
-        + ["--bias-init caffe"] * (cfg.bias_init == "paper")
+    hints = [f"a lower --lr (it was {lr:g})"] + ["--amp off"] * (cfg.amp != "off") + model_hints(cfg)
     return (f"training loss became {value} at step {step} (epoch {epoch}, batch {batch}/{batches}) and training "
             f"stopped; {good}. Try {', or '.join(hints)}, in a new --out")
+
+
+def model_hints(cfg: TrainConfig) -> list[str]:
+    """The model switches worth trying after a divergence: those whose metadata names a `divergence_hint`
+    value that the run does not use (--bias-init caffe)."""
+    return [f"--{f.name.replace('_', '-')} {f.metadata['divergence_hint']}" for f in registry.switch_fields()
+            if f.metadata.get("divergence_hint") not in (None, getattr(cfg, f.name))]
 
 
 def _epoch_line(m: dict, epochs: int) -> str:

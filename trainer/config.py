@@ -1,0 +1,117 @@
+"""The settings of a training run: `TrainConfig`, one dataclass whose fields are the `imgnet train` options.
+
+Each field's metadata (trainer/settings.py) holds its option's help, allowed values and flag form, and two
+facts about the run: `defines_run=False` for a setting that changes where or how fast a run goes, not
+what it learns (`imgnet compare` leaves those out), and `resume_may_change=True` for one that a --resume may
+set differently. The model switches (--towers, --lrn, ...) are not declared here: they are the fields of
+the registered models' settings dataclasses (trainer/models/registry.py), added to TrainConfig below, so
+`TrainConfig(lrn="none")` and `cfg.lrn` work and config.json keeps one flat record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, make_dataclass
+
+from imagenet_prep.errors import ImgnetError
+from trainer import settings
+from trainer.models import registry
+from trainer.schedule import parse_schedule
+from trainer.settings import setting
+
+RUNTIME = {"defines_run": False, "resume_may_change": True}  # where and how fast, never what is learned
+
+
+@dataclass
+class RunSettings:
+    """TrainConfig's own fields (the model switches come from the registry). Units and paper sections in the
+    help texts; every default is the paper's recipe (section 5)."""
+
+    data: str = setting("", "Folder written by `imgnet prep` and `imgnet pca-stats`.", required=True, folder="existing",
+                        **RUNTIME)
+    out: str = setting("", "Run folder: config.json, log.jsonl, checkpoints/, curves.png.", required=True,
+                       folder="any", **RUNTIME)
+    # recipe, section 5
+    epochs: int = setting(90, "Passes over the train split (section 5: about 90).", low=1, resume_may_change=True)
+    batch_size: int = setting(128, "Images per SGD step, all processes together (section 5).", low=1)
+    lr: float = setting(0.01, "Initial learning rate (section 5).", low=0, low_open=True)
+    momentum: float = setting(0.9, "SGD momentum (section 5).", low=0, high=1)
+    weight_decay: float = setting(5e-4, "L2 weight decay (section 5).", low=0)
+    bias_decay: bool = setting(True, "Decay the biases too (the paper's rule as written); --no-bias-decay: weights "
+                               "only, as Caffe and cuda-convnet.", flag="--bias-decay/--no-bias-decay")
+    lr_schedule: str = setting("plateau", "plateau: divide by 10 when val top-1 error stops improving; "
+                               "step:30,60,80: after those epochs.")
+    lr_factor: float = setting(0.1, "Multiply the lr by this at each drop (section 5: divide by 10).", low=0, high=1,
+                               low_open=True, high_open=True)
+    patience: int = setting(3, "plateau: epochs without a new best val top-1 error before dividing the lr.", low=1)
+    max_lr_drops: int = setting(3, "plateau: divide at most this often (section 5: three times).", low=0)
+    val_from_train: int = setting(0, "Hold out N train images per class to steer the schedule and pick best.pt, "
+                                  "leaving the val split for the final number [default: use val].", low=0)
+    # model, section 3 (the model's own switches follow `init`, from the registry)
+    arch: str = setting(registry.DEFAULT, "alexnet (the paper's), alexnet-owt (torchvision's variant) or "
+                        "module:callable, your factory called with num_classes.")
+    init: str = setting("paper", "paper: section 5's init for every arch; module: a module:callable keeps its own.",
+                        choices=("paper", "module"))
+    # input, section 4.1
+    mean: str = setting("image", "Subtract the mean image or the mean RGB.", choices=("image", "rgb"))
+    lighting_std: float = setting(0.1, "Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.", low=0)
+    # machinery
+    workers: int | None = setting(None, "Loader processes [default: the loader's choice].", low=0, **RUNTIME)
+    device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", **RUNTIME)
+    amp: str = setting("off", "Mixed precision: bf16 autocast, or fp16 autocast with loss scaling (CUDA only).",
+                       choices=("off", "bf16", "fp16"), resume_may_change=True)
+    channels_last: bool = setting(False, "NHWC memory format (faster convolutions on recent GPUs).",
+                                  **RUNTIME)
+    compile: bool = setting(False, "torch.compile the model.", **RUNTIME)
+    model_parallel: bool = setting(False, "One tower per GPU on cuda:0 and cuda:1, as in the paper.",
+                                   defines_run=False)  # the same function as groups=2 (DESIGN.md); kept on resume
+    seed: int = setting(0, "Weights, loader order, augmentation, dropout.")
+    resume: bool = setting(False, "Continue the run in --out from checkpoints/last.pt (same options; --epochs may "
+                           "grow).", **RUNTIME)
+    progress: bool = setting(True, "Progress bar and per-epoch lines on stderr.", option=False, **RUNTIME)
+
+
+def _with_model_switches(base: type) -> type:
+    """`base`'s fields with every registered model's switches inserted after `init`, as one dataclass."""
+    own = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in fields(base)]
+    at = [name for name, *_ in own].index("init") + 1
+    models = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in registry.switch_fields()]
+    return make_dataclass("TrainConfig", own[:at] + models + own[at:], namespace={"__module__": __name__, "__doc__": (
+        "The settings of a run: RunSettings' fields plus the model switches of trainer/models/registry.py.")})
+
+
+TrainConfig = _with_model_switches(RunSettings)
+# settings that may differ between a run and its --resume; the others must be the ones it was started with
+RUNTIME_FIELDS = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("resume_may_change"))
+# settings that change where or how fast a run goes, not what it learns (`imgnet compare` leaves them out)
+NOT_DEFINING = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("defines_run") is False)
+
+
+def config_for(**given) -> TrainConfig:
+    """A TrainConfig of the settings `given`, the others from the model's recipe (ModelSpec.recipe) and then
+    the paper's defaults: what `imgnet train` runs for the options the user passed."""
+    arch = given.get("arch", registry.DEFAULT)
+    names = {f.name for f in fields(TrainConfig)}
+    recipe = registry.recipe(arch)
+    unknown = sorted(set(recipe) - names)
+    assert not unknown, f"the recipe of {arch} sets {unknown}, which are no TrainConfig fields"
+    return TrainConfig(**{**recipe, **given})
+
+
+def check_config(cfg) -> None:
+    """ImgnetError for a setting no run can use (device-dependent checks come later)."""
+    if not cfg.data or not cfg.out:
+        raise ImgnetError("TrainConfig needs data (the DATA folder) and out (the RUN folder)")
+    registry.settings_of(cfg.arch, {**vars(cfg), "num_classes": 1000})  # the arch and the model's own checks
+    settings.check(cfg, {f.name for f in fields(RunSettings) if f.metadata["choices"]})
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "patience": cfg.patience}
+    for name, v in positive.items():
+        if not v > 0:
+            raise ImgnetError(f"{name}={v}; expected a positive number")
+    for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
+        if getattr(cfg, name) < 0:
+            raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
+    if not 0 < cfg.lr_factor < 1:
+        raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
+    if cfg.model_parallel:
+        registry.check_model_parallel(cfg.arch)
+    parse_schedule(cfg.lr_schedule)
