@@ -9,16 +9,13 @@ Two kinds, each one module under trainer/labelsets/ and one line in registry.ENT
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 
 import numpy as np
 
-from imagenet_prep.errors import ImgnetError
-from imagenet_prep.labels import NUM_CLASSES, load_class_meta
+from imagenet_prep.labels import NUM_CLASSES, VAL_NAME, sorted_wnids
 
 VAL_IMAGES = 50_000  # ILSVRC2012 val
-VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
 
 
 class LabelList:
@@ -53,11 +50,6 @@ class Exclusion:
 def shipped_text(name: str) -> str:
     """A file of imagenet_prep/data/ (sources and licences: imagenet_prep/data/SOURCES.md)."""
     return resources.files("imagenet_prep").joinpath("data", name).read_text(encoding="utf-8")
-
-
-def sorted_wnids() -> list[str]:
-    """The 1000 ILSVRC2012 wnids in sorted order: ReaL's (and ImageNetV2's) class index i is entry i."""
-    return sorted(c["wnid"] for c in load_class_meta().classes)
 
 
 def val_numbers(names) -> tuple[np.ndarray | None, str | None]:
