@@ -82,13 +82,16 @@ def real_images():
 
 # ----------------------------------------------------------------------------------------- layouts
 def tar_bytes(members, mode="w") -> bytes:
+    """A tar (mode "w:gz": gzipped) of (name, bytes) members, all dated 0 so that the bytes are reproducible."""
+    def info(name: str, size: int) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime = size, 0
+        return ti
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tar:
         for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
+            tar.addfile(info(name, len(data)), io.BytesIO(data))
     return buf.getvalue()
 
 
