@@ -1,10 +1,16 @@
 """imagenet_prep.safe_pickle: the CIFAR batch format reads as pickle does; anything else is refused, unrun."""
 
+import copyreg
 import pickle
 import pickletools
 
 import numpy as np
 import pytest
+
+try:
+    import numpy._core as np_core
+except ImportError:  # numpy 1
+    import numpy.core as np_core
 
 from cifar_downloads import py2_pickle
 from imagenet_prep.errors import ImgnetError
@@ -80,31 +86,84 @@ def test_a_reduce_hidden_inside_a_real_batch_is_refused_before_it_runs(tmp_path)
 
 @pytest.mark.parametrize("payload,what", [
     # numpy's _reconstruct with other arguments than numpy writes
-    (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(K\x05tU\x01btR.", "_reconstruct with arguments"),
+    (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(K\x05tU\x01btR.",
+     "a call of numpy.core.multiarray._reconstruct("),
     # an object dtype (would let the array hold arbitrary objects)
-    (b"cnumpy\ndtype\n(U\x02O8K\x00K\x01tR.", "numpy.dtype"),
-    # numpy.ndarray called directly
-    (b"cnumpy\nndarray\n(K\x03tR.", "a call of numpy.ndarray"),
-    # object construction opcodes
-    (b"cnumpy\nndarray\n)\x81.", "opcode b'\\x81'"),
+    (b"cnumpy\ndtype\n(U\x02O8K\x00K\x01tR.", "a call of numpy.dtype(b'O8', 0, 1)"),
+    (b"cnumpy\ndtype\n(U\x02V8K\x00K\x01tR.", "a call of numpy.dtype("),
+    # numpy.ndarray called directly, or a numpy global as a value
+    (b"cnumpy\nndarray\n(K\x03tR.", "a call of numpy.ndarray(3,)"),
+    (b"cnumpy\ndtype\n.", "numpy.dtype as a value"),
+    (b"cnumpy._core.multiarray\n_reconstruct\n(cnumpy\nndarray\nK\x00\x85U\x01btR.", "a numpy array without its state"),
+    # object construction through OBJ and INST still asks for the global
     (b"(cos\nsystem\nS'x'\no.", "the global os.system"),
-    (b"(U\x01aios\nsystem\n.", "opcode b'i'"),
-    (b"(S'a'\ntR.", "opcode b'S'"),  # protocol 0 text opcodes: not what Python 2's cPickle wrote at protocol 2
-    (b"\x80\x02\x82\x01.", "opcode b'\\x82'"),  # EXT1: the copyreg extension registry
-    (b"P0\n.", "opcode b'P'"),  # persistent id
-    # BUILD on a plain dict (would set attributes / call __setstate__)
-    (b"}(U\x01aK\x01u}b.", "BUILD on a dict"),
-    (b"c__builtin__\nbytes\n(U\x01atR.", "__builtin__.bytes with arguments"),
+    (b"(U\x01aios\nsystem\n.", "the global os.system"),
+    (b"\x80\x02\x82\x01.", "the opcode EXT1"),  # the copyreg extension registry
+    (b"P0\n.", "the opcode PERSID"),
+    (b"\x80\x02K\x00Q.", "the opcode BINPERSID"),
+    (b"\x80\x05\x97.", "the opcode NEXT_BUFFER"),  # a protocol 5 out-of-band buffer
+    (b"\x80\x04\x8f.", "a set as a value"),
+    (b"c__builtin__\nbytes\n}b.", "a state for __builtin__.bytes"),  # BUILD on an admitted global
+    (b"c__builtin__\nbytes\n(U\x01atR.", "a call of __builtin__.bytes(b'a',)"),
+    (b"}(K\x01\x85K\x02u.", "a dict key of type tuple"),
 ])
 def test_other_constructs_are_refused(payload, what):
     with pytest.raises(ImgnetError) as e:
         loads(payload, "f")
-    assert what in str(e.value) and "\n" not in str(e.value)
+    assert what in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("f is refused")
+
+
+def test_an_extension_code_is_refused_by_the_name_it_stands_for_even_once_cached(tmp_path):
+    marker = tmp_path / "ran"
+    code = 241  # private-use range of the copyreg extension codes
+    evil = b"\x80\x02\x82" + bytes([code]) + f"(S'touch {marker}'\ntR.".encode()  # EXT1 os.system, then call it
+    copyreg.add_extension("os", "system", code)
+    try:
+        for _ in range(2):
+            with pytest.raises(ImgnetError, match=r"asks for the global os\.system \(extension code 241\)"):
+                loads(evil, "f")
+            assert not marker.exists()
+            pickle.loads(b"\x80\x02\x82" + bytes([code]) + b".")  # an ordinary load puts os.system in its cache
+    finally:
+        copyreg.remove_extension("os", "system", code)
+
+
+class _Reduced:
+    """Pickles as `func(*args)` followed by BUILD with `state`: a hand-made numpy construct."""
+
+    def __init__(self, func, args, state):
+        self.r = (func, args, state)
+
+    def __reduce__(self):
+        return self.r
+
+
+def _array_pickle(dtype_state, raw=b"abc"):
+    dtype = _Reduced(np.dtype, ("u1", False, True), dtype_state)
+    return pickle.dumps(_Reduced(np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                                 (1, (len(raw),), dtype, False, raw)), protocol=2)
+
+
+def test_a_dtype_state_cannot_give_an_array_objects_fields_or_sub_arrays():
+    plain = (3, "|", None, None, None, -1, -1, 0)
+    got = loads(_array_pickle(plain), "f")
+    assert got.dtype == np.uint8 and got.tobytes() == b"abc" and _same(got, pickle.loads(_array_pickle(plain)))
+    # flags claiming object references (0x01 NPY_ITEM_REFCOUNT): numpy's own load would then free b"abc" as pointers
+    got = loads(_array_pickle((3, "|", None, None, None, -1, -1, 0x01)), "f")
+    assert got.dtype == np.uint8 and not got.dtype.hasobject and got.tobytes() == b"abc"
+    for state in [(3, "|", None, ("a",), {"a": (np.dtype("u1"), 100)}, 1, 1, 0),
+                  (3, "|", (np.dtype("u1"), (1000,)), None, None, 1, 1, 0)]:
+        with pytest.raises(ImgnetError, match="other than \\(1, shape, plain numeric dtype"):
+            loads(_array_pickle(state), "f")
 
 
 def test_damaged_pickles_are_one_line():
     good = py2_pickle(_batch(2))
-    for bad in (good[:-1], good[: len(good) // 2], b"", b"\x80\x02}(U\x01a]u", b"\x80\x02](K\x01]t}(h\x00K\x01u."):
+    for bad in (good[:-1], good[: len(good) // 2], b"", b"\x80\x02}(U\x01a]u", b"\x80\x02](K\x01]t}(h\x00K\x01u.",
+                b"cnumpy\nndarray\n)\x81.",  # NEWOBJ: the admitted globals are not classes
+                b"}(U\x01aK\x01u}b.",  # BUILD on a dict
+                b"}q\x00U\x01ah\x00s.",  # a dict that holds itself
+                b"(S'a'\ntR.", b"\xff" * 10, b"\x80\x02X\x02\x00\x00\x00\xff\xfe."):  # bad UTF-8
         with pytest.raises(ImgnetError) as e:
             loads(bad, "f")
         assert str(e.value).startswith("f ") and "\n" not in str(e.value)
@@ -117,11 +176,17 @@ def test_array_data_must_match_its_shape():
         loads(data, "f")
 
 
-def test_opcode_budget_and_file_size_are_bounded(tmp_path):
+def test_memo_file_size_and_shared_references_are_bounded(tmp_path):
+    with pytest.raises(ImgnetError, match="memo index 2,147,483,647 when 0 objects were memoized"):
+        loads(b"\x80\x02Nr\xff\xff\xff\x7f.", "f")  # the C unpickler would allocate a 32 GiB memo table
+    nested = []
+    for _ in range(80):
+        nested = [nested, (nested, np.zeros(2, np.uint8))]  # 2**80 paths, 160 containers: each is checked once
+    got = loads(pickle.dumps(nested, protocol=2), "f")
+    for _ in range(80):
+        assert got[1][0] is got[0] and got[1][1].dtype == np.uint8
+        got = got[0]
     many = b"\x80\x02]" + b"K\x01a" * 1000 + b"."
-    assert loads(many, "f") == [1] * 1000
-    with pytest.raises(ImgnetError, match="more than 500 opcodes"):
-        loads(many, "f", max_ops=500)
     path = tmp_path / "batch"
     path.write_bytes(many)
     assert load_file(path, limit=len(many)) == [1] * 1000
