@@ -204,3 +204,5 @@ def test_checkpoints_before_sizes_load_as_256_and_224(tmp_path):
         torch.save({"format": ck.FORMAT, "version": version, "model": {}, "model_kwargs": {}, "labels": {},
                     "stats": {}}, path)
         assert ck.input_geometry(ck.load_checkpoint(path)) == (256, 224)
+        saved = ck.saved_config(ck.load_checkpoint(path))  # what --resume compares: the settings added since
+        assert (saved["crop"], saved["flip"], saved["norm"], saved["fc_act"]) == (None, True, "on", "off")

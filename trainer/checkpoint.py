@@ -38,6 +38,8 @@ FORMAT = "imgnet-checkpoint"
 VERSION = 3
 READS = (1, 2, 3)
 BEFORE_SIZES = {"size": 256, "crop": 224}  # what a version 1 or 2 checkpoint was trained on (no such keys)
+# settings added with version 3, as every run before had them: a --resume of such a run compares equal
+V2_CONFIG = {"crop": None, "flip": True, "fc_act": "off", "norm": "on"}
 V1_CONFIG = {"arch": "alexnet", "bias_decay": True, "init": "paper"}  # what a version-1 run did (no such keys)
 
 
@@ -185,8 +187,8 @@ def model_from_checkpoint(ckpt: dict, device="cpu", arch: str | None = None) -> 
 
 # ------------------------------------------------------------------------------------- checks
 def saved_config(ckpt: dict) -> dict:
-    """The run's settings, with what a version-1 run did for the keys it did not have yet."""
-    return {**V1_CONFIG, **(ckpt.get("config") or {})}
+    """The run's settings, with what a version-1 or -2 run did for the keys it did not have yet."""
+    return {**V1_CONFIG, **V2_CONFIG, **(ckpt.get("config") or {})}
 
 
 def input_geometry(ckpt: dict) -> tuple[int, int]:

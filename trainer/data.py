@@ -1,15 +1,15 @@
-"""Augmentations and the input transform that turn a packed split into AlexNet's network input.
+"""Augmentations and the input transform that turn a packed split into the network input (AlexNet's, any size).
 
 The network input (docs/design.md; paper section 4.1), on the 0-255 scale with no division by a std:
 
     x = crop(P - M) + 255 * eigvec @ (alpha * eigval)
 
-P is the stored uint8 (N, N, 3) image (N = 256 for the paper; prep --size), M the mean image (or mean RGB) of stats.h5 cropped at the
-same offset and flipped with the image, alpha_i ~ N(0, 0.1) drawn for each image each time it is used,
-eigval/eigvec from stats.json ([0, 1] scale, hence the 255). Training crops (224 of 256, or the run's
---crop) are uniform over all (N - crop + 1)^2 positions (33 x 33: offsets 0..32) and flipped with probability
-0.5 (--no-flip: never); evaluation uses alpha = 0 and the
-center crop or the ten crops.
+P is the stored uint8 (N, N, 3) image (N = 256 for the paper; prep --size), M the mean image (or mean
+RGB) of stats.h5 cropped at the same offset and flipped with the image, alpha_i ~ N(0, 0.1) drawn for each
+image each time it is used, eigval/eigvec from stats.json ([0, 1] scale, hence the 255). Training crops
+(224 of 256, or the run's --crop) are uniform over all (N - crop + 1)^2 positions (33 x 33: offsets 0..32)
+and flipped with probability 0.5 (--no-flip: never); evaluation uses alpha = 0 and the center crop or the
+ten crops.
 
 `ImageNetDataset` gives the inputs one sample at a time for a plain torch.utils.data loop; the
 multiprocess `Loader` (trainer/loader.py) gives the same inputs as whole batches, fast.
