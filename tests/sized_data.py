@@ -1,8 +1,9 @@
 """A tiny packed DATA folder at any image size (32, 64, ...) for the trainer's tests, made on the fly.
 
-Until the store reads the image size from a split's meta (issue 19's data side: prep --size), its record
+Until the store records the image size in a split's meta (issue 19's data side: prep --size), its record
 shape is one constant; `store_size(monkeypatch, n)` sets that constant for one test, in this process, so
-write_split, the readers and pca-stats work at n x n. Runs using it load with workers=0 (in process)."""
+write_split, the readers and pca-stats work at n x n, and has the trainer read a split's size from its
+image_shape where the meta has no "size". Runs using it load with workers=0 (in process)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def store_size(monkeypatch, size: int) -> None:
             monkeypatch.setattr(mod, "IMAGE_SHAPE", shape)
         if hasattr(mod, "RAW_BYTES"):
             monkeypatch.setattr(mod, "RAW_BYTES", size * size * 3)
+    import trainer.data
+
+    monkeypatch.setattr(trainer.data, "split_size",
+                        lambda split: int(split.meta.get("size") or split.meta["image_shape"][0]))
 
 
 def class_images(rng: np.random.Generator, label: int, classes: int, size: int, n: int) -> list[np.ndarray]:

@@ -49,9 +49,9 @@ TEN_CROP_FLIPS = (False,) * 5 + (True,) * 5
 
 
 def split_size(split) -> int:
-    """The side N of a split's (N, N, 3) images: its meta's "size" (prep --size), else the side of its
-    image_shape (a split written before sizes existed: 256)."""
-    return int(split.meta.get("size") or (split.meta.get("image_shape") or (SIZE,))[0])
+    """The side N of a split's (N, N, 3) images: its meta's "size" (prep --size; a split written before sizes
+    existed has none: 256)."""
+    return int(split.meta.get("size", SIZE))
 
 
 def held_out_split(data_dir) -> str:
