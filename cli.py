@@ -196,8 +196,8 @@ def _exclusion_options(fn):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
-@click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center 224 crops and their mirror images (section 4.1).")
-@click.option("--split", default="val", help="Packed split to evaluate (val, v2-matched-frequency, ...); it must be labelled.")
+@click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center crops (224 of 256, or the run's --crop) and their mirror images (section 4.1).")
+@click.option("--split", default=None, help="Packed split to evaluate (val, test, v2-matched-frequency, ...); it must be labelled [default: val, or test where DATA has no val (CIFAR)].")
 @_exclusion_options
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
