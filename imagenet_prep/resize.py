@@ -141,7 +141,10 @@ def _prepare(data: bytes, size: int, name: str | None) -> Prepared:
         box = _draft_jpeg(im, size, box)
     _load(im, width, height)
     im = _to_resizable(im)
-    out = im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    if (width, height) == (size, size):  # already size x size: its pixels as they are, no resample
+        out = im
+    else:
+        out = im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
     if out.mode != "RGB":
         out = out.convert("RGB")  # L -> RGB replicates the channel, exactly as converting first would
     arr = np.asarray(out)
