@@ -423,7 +423,8 @@ class CifarDownload:
         """The batch files of `split` in the download's order (data_batch_1..5 / train; test_batch / test)."""
         return self._batch_files(split)
 
-    def batch(self, split: str, file: str, coarse: bool = False, start: int = 0) -> Iterator[tuple[str, int, np.ndarray]]:
+    def batch(self, split: str, file: str, coarse: bool = False,
+              start: int = 0) -> Iterator[tuple[str, int, np.ndarray]]:
         """(name, label, uint8 (32, 32, 3) RGB image) of one batch file of `split` (`batch_files`) in its order,
         from its record `start`: a python batch is read whole (a pickle), a binary one from `start` on."""
         if file not in self._batch_files(split):

@@ -12,6 +12,11 @@ temporary files:
   side keeps at least `DRAFT_GAP` x 256 pixels for LANCZOS to finish the job;
 - greyscale is resized as one channel and replicated afterwards (identical to converting first).
 
+At `imgnet prep --size N` the same policy runs with N for 256 (every function takes `size`); a source
+image already N x N is kept as it is (no resample: its decoded pixels). The filter is LANCZOS; the
+downsampled ImageNet of Chrabaszcz et al. 2017 (32x32, 64x64) used a box filter, so `--size 32/64` of
+ImageNet is their dataset up to the filter.
+
 Decoding is by content (a PNG named .JPEG is a PNG), in the raster formats of RASTER_FORMATS only; any
 other format is refused before Pillow's plugin for it parses anything. EXIF orientation and ICC profiles are ignored,
 as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`.

@@ -22,6 +22,7 @@ import layouts
 from cli import main
 from imagenet_prep import ImgnetError, open_split, store
 from imagenet_prep.prep import PrepConfig, run_prep
+from imagenet_prep.stats import compute_stats
 from imagenet_prep.verify import verify_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,10 @@ def test_each_download_is_prepped_to_its_pixels_labels_and_names(tmp_path, key, 
     assert {s: (r["found"], r["written"], r["rejected"], r["converted"]) for s, r in report["splits"].items()} == \
         {"train": (15, 15, [], []), "test": (3, 3, [], [])}
     assert verify_data(out, progress=False)["ok"]
+    if key == "cifar-10-python" and archive:  # the statistics stage reads the size too
+        stats = compute_stats(out, workers=1, progress=False)
+        train = np.stack([r[3] for r in want["train"]]).astype(np.float64)
+        assert stats["size"] == 32 and np.allclose(stats["mean_image"], train.mean(axis=0), atol=1e-4)
 
 
 @pytest.mark.parametrize("key", ["cifar-100-python", "cifar-100-binary"])

@@ -20,7 +20,8 @@ from typing import Callable
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import LabelMap, build_label_map, load_class_meta
 from imagenet_prep.sources import registry, truth
-from imagenet_prep.sources.base import LAYOUT_SPLITS, Entry, Item, Layout, ListedSplit, locate_entry, os_failure, relative, skip
+from imagenet_prep.sources.base import (LAYOUT_SPLITS, Entry, Item, Layout, ListedSplit, locate_entry, os_failure,
+                                        relative, skip)
 from imagenet_prep.sources.folders import check_class_names, folder_classes
 
 

@@ -4,7 +4,8 @@ and by stats.py for stats.h5).
 HDF5 file `DATA/<split>.h5` (HDF5 has no crash consistency of its own, so a split is first staged in a
 crash-safe LMDB `DATA/.<split>.h5.staging.lmdb`, then converted in one pass to `<split>.h5.tmp` and renamed
 into place once synced: store.formats.StoreFormat.finalize; a kill during conversion just redoes it):
-    images  (N, S, S, 3) uint8 (S: meta["size"], 256 by default), chunked one image per chunk (raw), or vlen uint8 JPEG bytes (jpeg)
+    images  (N, S, S, 3) uint8 (S: meta["size"], 256 by default), chunked one image per chunk (raw), or vlen
+            uint8 JPEG bytes (jpeg)
     labels  (N,) int64; name_bytes: uint8, the names joined by NUL as in LMDB; crc32 (N,) uint32;
     attribute `meta`: the JSON metadata (version 1: `names` (N,) utf-8 strings, no crc32)
 
