@@ -78,8 +78,10 @@ def _pack_units(layout: Layout, units, writer: store.LmdbWriter, cfg, workers: i
     with contextlib.ExitStack() as stack:
         if workers > 1:
             pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality, cfg.size))
-            # a result is a whole unit's records: a window just over one per worker bounds the memory
-            results = pool.imap(_whole_unit, tasks, window=workers + 2, describe=lambda t: f"unit {t[0]}")
+            # a result is a whole unit's records: one task per worker bounds the memory. No more: a task carries
+            # its unit's rows (a CIFAR batch: 10,000 names, more than a pipe holds), and one sent ahead to a busy
+            # worker would block the pool's io thread while that worker waits to send it its result
+            results = pool.imap(_whole_unit, tasks, window=workers, describe=lambda t: f"unit {t[0]}")
         else:
             results = map(_whole_unit, tasks)
         for key, out in results:
