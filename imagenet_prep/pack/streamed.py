@@ -77,9 +77,11 @@ def _pack_units(layout: Layout, units, writer: store.LmdbWriter, cfg, workers: i
              if f"{Path(p).name}:{u}" not in done]
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality))
-            # a result is a whole unit's records: a window just over one per worker bounds the memory
-            results = pool.imap(_whole_unit, tasks, window=workers + 2, describe=lambda t: f"unit {t[0]}")
+            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality, cfg.size))
+            # a result is a whole unit's records: one task per worker bounds the memory. No more: a task carries
+            # its unit's rows (a CIFAR batch: 10,000 names, more than a pipe holds), and one sent ahead to a busy
+            # worker would block the pool's io thread while that worker waits to send it its result
+            results = pool.imap(_whole_unit, tasks, window=workers, describe=lambda t: f"unit {t[0]}")
         else:
             results = map(_whole_unit, tasks)
         for key, out in results:
@@ -120,7 +122,7 @@ def _pack_stream(layout: Layout, path: str, rows, writer: store.LmdbWriter, cfg,
     with contextlib.ExitStack() as stack:
         members = _members(layout, path, wanted)
         if workers > 0:
-            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality))
+            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality, cfg.size))
             decoded = pool.imap(_decode, members, window=window, describe=lambda t: f"{key}: {t[2]!r}")
         else:
             decoded = map(_decode, members)
@@ -167,7 +169,7 @@ def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: 
     bar = tqdm(total=len(items), initial=start, unit="img", desc=f"prep {name}", dynamic_ncols=True,
                smoothing=0.05, disable=None)
     if workers <= 1:
-        worker.init_worker(cfg.encoding, cfg.quality)
+        worker.init_worker(cfg.encoding, cfg.quality, cfg.size)
     try:
         if layout.unit_in_worker:
             _pack_units(layout, _units(items), writer, cfg, workers, bar, clock)
