@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from imagenet_prep.errors import ImgnetError
-from sized_data import make_sized_data, store_size
+from sized_data import make_sized_data
 from trainer import checkpoint as ck
 from trainer.config import config_for
 from trainer.data import (InputTransform, center_crop, draw_augment, resolve_crop, ten_crop, ten_crop_offsets,
@@ -128,7 +128,6 @@ def test_the_optimizer_takes_the_per_layer_multipliers():
 # ------------------------------------------------------------------------------ runs on data
 @pytest.fixture
 def data32(tmp_path, monkeypatch) -> Path:
-    store_size(monkeypatch, 32)
     return make_sized_data(tmp_path / "data", 32)
 
 
@@ -181,7 +180,6 @@ def test_alexnet_refuses_a_crop_it_cannot_take_in_one_line(data32, tmp_path):
 
 
 def test_cifar_18pct_at_size_64_takes_its_recipes_crop_and_a_crop_given(tmp_path, monkeypatch):
-    store_size(monkeypatch, 64)
     data = make_sized_data(tmp_path / "data", 64, classes=3, train_per_class=4, held_per_class=2, held_out="val")
     run = tmp_path / "run"
     r = _run(["train", "--data", str(data), "--out", str(run), "--arch", "cifar-18pct", "--epochs", "1",

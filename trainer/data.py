@@ -49,9 +49,8 @@ TEN_CROP_FLIPS = (False,) * 5 + (True,) * 5
 
 
 def split_size(split) -> int:
-    """The side N of a split's (N, N, 3) images: its meta's "size" (prep --size; a split written before sizes
-    existed has none: 256)."""
-    return int(split.meta.get("size", SIZE))
+    """The side N of a split's (N, N, 3) images (prep --size; 256 for a split packed before sizes existed)."""
+    return split.size
 
 
 def held_out_split(data_dir) -> str:
