@@ -1,8 +1,17 @@
+"""Shared fixtures.
+
+`shared_data` is the folder of real ILSVRC2012 fixtures, `../shared/data` beside the repository; tests that
+need it skip where it is absent. The environment variable IMGNET_SHARED_DATA points it elsewhere:
+`IMGNET_SHARED_DATA=/nonexistent pytest tests` runs the suite as a fresh clone of the public repository
+does, with every real-image test skipped and the layout tests on generated images only.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("IMGNET_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +20,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "devkit_t12" / "data" / "meta.mat").is_file():
         pytest.skip(f"real ILSVRC2012 fixtures not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", params=["generated", "real"])
+def ilsvrc(request, tmp_path_factory) -> Path:
+    """A folder shaped as ../shared/data, once per kind: "generated" (tests/fixtures.py: the same paths, file
+    names and labels, synthetic pictures; runs everywhere) and "real" (the `shared_data` fixture: skips where
+    the folder is absent). A layout test that takes it runs on both."""
+    if request.param == "real":
+        return request.getfixturevalue("shared_data")
+    from fixtures import fixture_tree
+
+    return fixture_tree(tmp_path_factory.getbasetemp())
