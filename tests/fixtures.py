@@ -3,8 +3,8 @@
 `make_fixtures(dest)` writes the files the layout tests read from the real folder, with the same paths,
 file names and labels, and synthetic pictures (imagenet_prep.synthetic's class pictures):
 
-    devkit_t12/data/meta.mat, ILSVRC2012_validation_ground_truth.txt   the 1000 classes (no inner WordNet
-                                                                        nodes); the shipped ground truth
+    devkit_t12/data/meta.mat, ILSVRC2012_validation_ground_truth.txt   the 1860 synsets with their children;
+                                                                        the shipped ground truth
     kaggle_loc/LOC_synset_mapping.txt, LOC_val_solution.csv            all 50,000 val rows (shuffled, 1-2 boxes)
     caffe_ilsvrc12/synsets.txt, synset_words.txt, val.txt              sorted-wnid indices
     images/val_original/ILSVRC2012_val_00000001-00000100.JPEG          sizes from 120x90 to 250x188 (small: fast);
@@ -24,9 +24,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
 from imagenet_prep.labels import load_class_meta, load_val_ground_truth
-from imagenet_prep.synthetic import _jpeg, _meta_mat, class_image
+from imagenet_prep.synthetic import _jpeg, class_image
 
 IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
               "n03394916", "n03417042", "n03425413", "n03445777", "n03888257"]
@@ -51,7 +52,7 @@ def make_fixtures(dest: Path, seed: int = 0) -> Path:
     # label files, from the shipped metadata
     kit = dest / "devkit_t12" / "data"
     kit.mkdir(parents=True)
-    _meta_mat(kit / "meta.mat")
+    devkit_meta_mat(kit / "meta.mat")
     (kit / "ILSVRC2012_validation_ground_truth.txt").write_bytes(
         resources.files("imagenet_prep").joinpath("data", "ILSVRC2012_validation_ground_truth.txt").read_bytes())
     words = "".join(f"{w} {c['words']}\n" for w, c in sorted((c["wnid"], c) for c in classes))
@@ -89,6 +90,26 @@ def make_fixtures(dest: Path, seed: int = 0) -> Path:
             for j, name in enumerate(files):
                 (folder / name).write_bytes(picture(wnid, (224, 224), grey=(j + k) % 13 == 0))
     return dest
+
+
+def devkit_meta_mat(path: Path) -> None:
+    """The devkit's data/meta.mat from the shipped metadata: all 1860 synsets in ILSVRC2012_ID order (the 1000
+    classes, then the inner WordNet nodes, each with its children's IDs), in the devkit's MATLAB struct layout."""
+    meta = load_class_meta()
+    ids = {s["wnid"]: s["ilsvrc2012_id"] for s in meta.synsets}
+    children: dict[str, list[int]] = {w: [] for w in ids}
+    for child, parents in meta.hierarchy.items():
+        for parent in parents:
+            children[parent].append(ids[child])
+    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images")
+    table = np.zeros((len(meta.synsets), 1), dtype=[(f, "O") for f in fields])
+    for i, s in enumerate(meta.synsets):
+        kids = np.array(sorted(children[s["wnid"]]), np.uint16).reshape(1, -1)
+        table[i, 0] = (np.array([[s["ilsvrc2012_id"]]], np.uint16), np.array([s["wnid"]]), np.array([s["words"]]),
+                       np.array([s["gloss"]]), np.array([[kids.size]], np.uint16), kids, np.array([[0]], np.uint8),
+                       np.array([[1300 if i < 1000 else 0]], np.uint16))
+    scipy.io.savemat(path, {"synsets": table}, do_compression=True)
 
 
 def generated(folder: Path) -> bool:

@@ -26,7 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def images(ilsvrc):
     """{"train": [(name, wnid, bytes)], "val": [...]}: 3 Imagenette classes (plus one truncated JPEG, which
-    every source rejects) and 36 original val images labelled by Caffe's val.txt; of `ilsvrc`, generated or real."""
+    every source rejects) and 36 original val images labelled by Caffe's val.txt; of `ilsvrc`, generated and real."""
+    return _images(ilsvrc)
+
+
+@pytest.fixture(scope="module")
+def images_once(ilsvrc_once):
+    """`images` of one folder, the real one where present (for the slow tests)."""
+    return _images(ilsvrc_once)
+
+
+def _images(ilsvrc: Path) -> dict:
     root = ilsvrc / "images" / "imagenette2_224_subset" / "train"
     train = [(f.name, d.name, f.read_bytes()) for d in sorted(root.iterdir())[:3] for f in sorted(d.glob(f"{d.name}_*.JPEG"))]
     train.append(("n01440764_99999.JPEG", "n01440764", train[0][2][:700]))  # truncated
@@ -197,11 +207,11 @@ def _many(images, n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "targz"])
-def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images, kind, monkeypatch):
+def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images_once, kind, monkeypatch):
     import imagenet_prep.prep as prep
     from imagenet_prep.store import progress_of
 
-    imgs = dict(images, train=_many(images, 160), val=images["val"][:2])
+    imgs = dict(images_once, train=_many(images_once, 160), val=images_once["val"][:2])
     src = (make_parquet(tmp_path / "hf", imgs, row_group_size=4) if kind == "parquet"
            else make_targz(tmp_path / "hf", imgs))
     clean = tmp_path / "clean"

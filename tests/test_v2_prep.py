@@ -204,9 +204,9 @@ def tiny_checkpoint(path: Path, labels: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_kill_9_midway_then_rerun_gives_identical_content(tmp_path, ilsvrc, synsets):
-    data = make_data(tmp_path, ilsvrc)
-    src = make_v2(tmp_path / "v2", ilsvrc, range(0, 900, 30), per_folder=3)  # 90 val images
+def test_kill_9_midway_then_rerun_gives_identical_content(tmp_path, ilsvrc_once):
+    data = make_data(tmp_path, ilsvrc_once)
+    src = make_v2(tmp_path / "v2", ilsvrc_once, range(0, 900, 30), per_folder=3)  # 90 val images
     clean = tmp_path / "clean"
     shutil.copytree(data, clean)
     run_prep(PrepConfig(src=str(src), out=str(clean), split="v2", workers=1))
