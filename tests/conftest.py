@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("IMGNET_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("IMGNET_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def _have_shared_data() -> bool:

@@ -61,7 +61,7 @@ def make_fixtures(dest: Path, seed: int = 0) -> Path:
     rows = [f"ILSVRC2012_val_{n:08d},{w} 10 20 {110 + n % 90} {120 + n % 70} " + (f"{w} 5 6 70 80 " if n % 3 else "")
             for n, w in enumerate(truth, start=1)]  # one or two boxes, each line ending in a space as Kaggle's
     rows = [rows[k] for k in rng.permutation(len(rows))]  # in no particular order, as Kaggle's
-    (dest / "kaggle_loc" / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(f"{r}\n" for r in rows))
+    (dest / "kaggle_loc" / "LOC_val_solution.csv").write_text("".join(f"{r}\n" for r in ["ImageId,PredictionString", *rows]))
     caffe = dest / "caffe_ilsvrc12"
     caffe.mkdir()
     (caffe / "synsets.txt").write_text("".join(f"{w}\n" for w in wnids))

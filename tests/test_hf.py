@@ -1,4 +1,4 @@
-"""Hugging Face sources (parquet, script-era tar.gz) built from the fixtures (generated and real), compared record by record
+"""Hugging Face sources (parquet, script-era tar.gz) built from the generated and real fixtures, compared record by record
 with the official-tar prep of the same images; resume after kill -9; bad input."""
 
 import io
