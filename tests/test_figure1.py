@@ -145,3 +145,26 @@ def test_figure1_refuses_then_force_continues(figure):
     assert r.exit_code == 0, r.output
     again = json.loads((out / "figure1.json").read_text())
     assert again["nets"]["relu"]["curve"] == json.loads(before)["nets"]["relu"]["curve"]
+
+
+# ------------------------------------------------------------------------ bench/cifar.py's plain loop
+def test_bench_plain_loop_smoke(cifar_data):
+    """The plain PyTorch loop bench/cifar.py measures the trainer against: reads the packed split, one epoch."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "cifar.py"
+    spec = importlib.util.spec_from_file_location("bench_cifar", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    images, labels = bench.load_split(cifar_data)
+    assert images.shape == (200, 32, 32, 3) and images.dtype == torch.uint8 and labels.shape == (200,)
+    threads = torch.get_num_threads()
+    try:
+        r = bench.plain_run(cifar_data, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["images"] == 200 and r["images_per_s"] > 0 and 0 <= r["train_top1_err"] <= 1
+    assert bench.main(["--cifar", str(cifar_data.parent / "nowhere")])["skipped"]
