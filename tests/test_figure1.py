@@ -129,6 +129,7 @@ def test_figure1_runs_compare(figure):
     differs = {r["run"].rsplit("/", 1)[-1]: r["differs"] for r in result["runs"]}
     assert differs["tanh-lr0.01"] == {"lr": 0.01, "activation": "tanh"}
     cfg = json.loads((runs[0] / "config.json").read_text())
+    assert cfg["channels_last"] is True  # faster CPU steps, the same function
     assert (cfg["arch"], cfg["norm"], cfg["weight_decay"], cfg["flip"], cfg["lighting_std"], cfg["crop"],
             cfg["batch_size"], cfg["momentum"], cfg["max_lr_drops"]) == ("cifar-18pct", "off", 0.0, False, 0.0, 32,
                                                                         100, 0.9, 0)
@@ -168,3 +169,16 @@ def test_bench_plain_loop_smoke(cifar_data):
         torch.set_num_threads(threads)
     assert r["images"] == 200 and r["images_per_s"] > 0 and 0 <= r["train_top1_err"] <= 1
     assert bench.main(["--cifar", str(cifar_data.parent / "nowhere")])["skipped"]
+
+
+def test_figure1_side_by_side(cifar_data, tmp_path):
+    """--jobs 2: the two nets in two processes of one thread each; the same outputs."""
+    from cli import main
+
+    out = tmp_path / "FIG2"
+    r = CliRunner().invoke(main, ["figure1", "--data", str(cifar_data), "--out", str(out), "--max-epochs", "1",
+                                  "--sweep-epochs", "1", "--lrs", "0.01", "--jobs", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "figure1.json").read_text())
+    assert rec["jobs"] == 2 and {n["lr"] for n in rec["nets"].values()} == {0.01}
+    assert all((out / f"{a}-lr0.01" / "log.jsonl").is_file() for a in ("relu", "tanh"))
