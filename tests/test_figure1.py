@@ -171,6 +171,7 @@ def test_bench_plain_loop_smoke(cifar_data):
     assert bench.main(["--cifar", str(cifar_data.parent / "nowhere")])["skipped"]
 
 
+@pytest.mark.slow  # two spawned processes: about 13 s here
 def test_figure1_side_by_side(cifar_data, tmp_path):
     """--jobs 2: the two nets in two processes of one thread each; the same outputs."""
     from cli import main
