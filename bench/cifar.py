@@ -190,7 +190,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cifar", type=Path, default=CIFAR, help="folder of cifar10_jpg.tar.gz and make_official.py")
     p.add_argument("--official", type=Path, default=None, help="folder holding cifar-10-python.tar.gz already")
-    p.add_argument("--work", type=Path, default=None, help="keep the outputs in a new folder under DIR [default: a temporary folder, removed]")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep the outputs in a new folder under DIR [default: a temporary folder, removed]")
     p.add_argument("--threads", type=int, default=1, help="torch threads of both loops (the reference: 1)")
     p.add_argument("--trainer-workers", type=int, default=None, help="imgnet train --workers [default: its own]")
     p.add_argument("--full", action="store_true", help="also the quick recipe's 10 epochs and its test error")

@@ -149,10 +149,12 @@ def run_config(fc: Figure1Config, activation: str, lr: float, epochs: int, crop:
     from trainer.config import config_for
 
     run = Path(fc.out) / run_name(activation, lr)
+    # plateau with no drops: a constant lr
     settings = dict(data=fc.data, out=str(run), arch=ARCH, activation=activation, norm="off", lr=lr, epochs=epochs,
                     batch_size=100, momentum=0.9, weight_decay=0.0, lr_schedule="plateau", max_lr_drops=0,
                     crop=crop, flip=False, lighting_std=0.0, mean="image", seed=fc.seed, workers=fc.workers,
-                    device=fc.device, channels_last=fc.channels_last, progress=fc.progress, resume=(run / "checkpoints" / "last.pt").is_file())
+                    device=fc.device, channels_last=fc.channels_last, progress=fc.progress,
+                    resume=(run / "checkpoints" / "last.pt").is_file())
     return config_for(**settings)
 
 
@@ -184,45 +186,45 @@ def run_chain(fc: Figure1Config, activation: str, crop: int) -> dict:
     from trainer.runfolder import read_log
 
     t0 = time.perf_counter()  # this invocation's; logged_seconds: every epoch of the net's runs, any invocation
-    sweep, diverged = {}, []
+    sweep = {}
     for i, lr in enumerate(fc.lrs, 1):
         _say(f"{activation} lr {lr:g}: sweep run {i}/{len(fc.lrs)}, epochs 1-{fc.sweep_epochs} in "
              f"{Path(fc.out) / run_name(activation, lr)}")
-        rows = advance(fc, activation, lr, fc.sweep_epochs, crop)
+        rows = train_until(fc, activation, lr, crop, fc.sweep_epochs, target=None)
         at = [r for r in rows if r["epoch"] == fc.sweep_epochs]
-        sweep[lr] = at[0]["train_top1_err"] if at else None
-        if not at:
-            diverged.append(lr)
+        sweep[lr] = at[0]["train_top1_err"] if at else None  # None: diverged
     lr = pick_lr(sweep)
     _say(f"{activation}: lr {lr:g} wins the sweep (" + ", ".join(
-        f"{x:g}: {'diverged' if e is None else f'{e:.4f}'}" for x, e in sweep.items()) + ")")
-    rows = _train_on(fc, activation, lr, crop)
+        f"{x:g}: {'diverged' if e is None else f'{e:.4f}'}" for x, e in sweep.items()) + f"); on until the "
+        f"training error is at most {fc.target:g} or epoch {fc.max_epochs}")
+    rows = train_until(fc, activation, lr, crop, fc.max_epochs, target=fc.target)
     logged = sum(r.get("seconds") or 0.0 for x in fc.lrs
                  for r in read_log(Path(fc.out) / run_name(activation, x) / "log.jsonl"))
-    return {"lr": lr, "sweep": {f"{x:g}": e for x, e in sweep.items()}, "diverged": [f"{x:g}" for x in diverged],
+    return {"lr": lr, "sweep": {f"{x:g}": e for x, e in sweep.items()},
+            "diverged": [f"{x:g}" for x, e in sweep.items() if e is None],
             "run": str(Path(fc.out) / run_name(activation, lr)), **outcome(rows, fc.target, fc.max_epochs),
             "curve": [{"epoch": r["epoch"], "train_top1_err": r["train_top1_err"]} for r in rows
                       if r["epoch"] <= fc.max_epochs],
             "wall_seconds": time.perf_counter() - t0, "logged_seconds": logged}
 
 
-def _train_on(fc: Figure1Config, activation: str, lr: float, crop: int) -> list[dict]:
-    """The sweep's winner, one epoch at a time, until an epoch's training error is at most the target, the cap,
-    or a divergence; returns its log lines."""
+def train_until(fc: Figure1Config, activation: str, lr: float, crop: int, epochs: int,
+                target: float | None) -> list[dict]:
+    """Run (activation, lr) on, one epoch at a time, to `epochs` epochs, or (with `target`) until an epoch's
+    training error is at most `target`, or a divergence; returns its log lines. Each epoch is one
+    train(resume=True) call with one more epoch, so the run stops right after the epoch that reaches the target."""
     from trainer.runfolder import read_log
 
     name = run_name(activation, lr)
     rows = read_log(Path(fc.out) / name / "log.jsonl")
     done = rows[-1]["epoch"] if rows else 0
-    if done < fc.max_epochs and not outcome(rows, fc.target, fc.max_epochs)["reached"]:
-        _say(f"{name}: on from epoch {done + 1} until the training error is at most {fc.target:g} "
-             f"(cap {fc.max_epochs} epochs)")
-    while done < fc.max_epochs and not outcome(rows, fc.target, fc.max_epochs)["reached"]:
+    while done < epochs and not (target is not None and outcome(rows, target, epochs)["reached"]):
         rows = advance(fc, activation, lr, done + 1, crop)
         if not rows or rows[-1]["epoch"] <= done:  # diverged (diverged.json says where)
             break
         done = rows[-1]["epoch"]
-        _say(f"{name}: epoch {done}: training error {rows[-1]['train_top1_err']:.4f}")
+        _say(f"{name}: epoch {done}: training error {rows[-1]['train_top1_err']:.4f}" +
+             (f" (target {target:g}, cap {epochs})" if target is not None else f" (sweep, {epochs} epochs)"))
     return rows
 
 
