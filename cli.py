@@ -288,6 +288,46 @@ def demo(out, classes, epochs, workers):
                f"(ten-crop, {r['test']['n']} val images, {classes} classes) in {r['seconds']:.0f} s")
 
 
+# ------------------------------------------------------------------------------------- figure1
+def _lrs(ctx, param, value):
+    try:
+        return tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected comma-separated learning rates, e.g. 0.001,0.003,0.01")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="CIFAR-10 as `imgnet prep` (--size 32) and `imgnet pca-stats` wrote it.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the run folders (<act>-lr<lr>/), figure1.json and figure1.png.")
+@click.option("--lrs", default="0.001,0.003,0.01", callback=_lrs, help="Constant learning rates each net tries; each picks its own. A x3 grid from Caffe's 0.001 for this net upwards (the reference runs found 0.003 best for both).")
+@click.option("--sweep-epochs", type=click.IntRange(1), default=2, help="Epochs each rate trains; the lowest training error after them wins and its run goes on.")
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25, help="Training error rate over an epoch to reach (the paper's 25%).")
+@click.option("--max-epochs", type=click.IntRange(1), default=40, help="Cap per net. tanh needs about 45 epochs on ../shared/data/cifar10 by the reference runs: a lower cap gives a lower bound on the ratio.")
+@click.option("--jobs", type=click.IntRange(1, 2), default=1, help="2: the relu and tanh nets side by side in two processes (one torch thread each by default).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads per net [default: torch's own with --jobs 1, 1 with --jobs 2].")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Loader processes per run (0: in this process).")
+@click.option("--channels-last/--no-channels-last", default=True, help="NHWC tensors: the same function, faster steps on CPUs (about 0.7x the time here).")
+@click.option("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+@click.option("--seed", type=int, default=0, help="Weights and batch order, the same for every run.")
+@click.option("--force", is_flag=True, help="Write figure1.json/png again over a finished one; the run folders continue where they stand.")
+@_friendly
+def figure1(data, out, lrs, sweep_epochs, target, max_epochs, jobs, threads, workers, channels_last, device, seed, force):
+    """The paper's Figure 1: epochs to 25% training error on CIFAR-10, ReLU against tanh, in cuda-convnet's
+    18pct net without response normalisation, weight decay, dropout or augmentation ("no regularization of
+    any kind"), momentum 0.9, batch 100, each net at its own constant learning rate picked by a short sweep.
+    A rerun continues the run folders."""
+    from trainer.figure1 import Figure1Config, ratio_text, run_figure1
+
+    r = run_figure1(Figure1Config(data=data, out=out, lrs=lrs, sweep_epochs=sweep_epochs, target=target,
+                                  max_epochs=max_epochs, jobs=jobs, threads=threads, workers=workers,
+                                  channels_last=channels_last, device=device, seed=seed, force=force))
+    for act, n in r["nets"].items():
+        click.echo(f"{act}: lr {n['lr']:g}, " + (f"training error {n['train_top1_err']:.4f} in epoch {n['epochs']}"
+                   if n["reached"] else f"{n['train_top1_err']:.4f} after {n['epochs']} epochs (target not reached)"))
+    click.echo(f"tanh/ReLU epochs to {target:g}: {ratio_text(r)} (paper: 6x); {r['wall_seconds']:.0f} s")
+    click.echo(f"wrote {os.path.join(out, 'figure1.json')} and figure1.png; compare the runs: imgnet compare {out}/*/")
+
+
 # ------------------------------------------------------------------------------------- compare
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
