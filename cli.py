@@ -11,7 +11,7 @@ import sys
 import click
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import formats as store_formats
+from imagenet_prep.store import MAX_SIZE, MIN_SIZE, formats as store_formats
 from imagenet_prep.v2 import ANY as V2_ANY, SPLITS as V2_SPLITS
 
 
@@ -51,7 +51,7 @@ def main():
 @main.command()
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="ILSVRC2012 download (any supported layout).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the packed splits and label maps.")
-@click.option("--split", type=click.Choice(["train", "val", "all", V2_ANY, *V2_SPLITS]), default="all", help="v2, v2-*: an ImageNetV2 variant in --src, packed as a test split beside train and val and labelled through --out's labels.json (prep ILSVRC2012 into --out first).")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all", V2_ANY, *V2_SPLITS]), default="all", help="test: a CIFAR download's test batch. v2, v2-*: an ImageNetV2 variant in --src, packed as a test split beside train and val and labelled through --out's labels.json (prep ILSVRC2012 into --out first).")
 @click.option("--format", "fmt", type=click.Choice(store_formats.names()), default=store_formats.default())
 @click.option("--encoding", type=click.Choice(["raw", "jpeg"]), default="raw", help="raw: 196,608 bytes per image, decode-free; jpeg: about 10x smaller.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, help="JPEG quality for --encoding jpeg.")
@@ -61,14 +61,17 @@ def main():
 @click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted", help="sorted: index 0 = n01440764; devkit: index = ILSVRC2012_ID - 1. A v2 split follows --out's labels.json.")
 @click.option("--force", is_flag=True, help="Redo splits that are already complete.")
 @click.option("--val-labels", type=click.Path(exists=True, dir_okay=False), default=None, help="Label a flat val from this file of '<name> <index or wnid>' lines (Caffe's val.txt; index in sorted-wnid order) instead of the ground truth.")
+@click.option("--size", type=click.IntRange(MIN_SIZE, MAX_SIZE), default=None, help="Side N of the stored N x N images: shorter side to N with Pillow's LANCZOS filter, central N x N crop; an N x N source image is stored as it is. 32 or 64 of ImageNet is the downsampled ImageNet of Chrabaszcz et al. 2017 up to the filter (they used a box filter). CIFAR needs 32 or less (never upscaled). [default: DATA's size, else 256]")
+@click.option("--coarse", is_flag=True, help="CIFAR-100: the 20 coarse labels instead of the 100 fine ones.")
 @_friendly
-def prep(src, out, split, fmt, encoding, quality, workers, classes, per_class, label_order, force, val_labels):
-    """Resize ILSVRC2012 to 256x256 and pack it into LMDB or HDF5, with labels.json."""
+def prep(src, out, split, fmt, encoding, quality, workers, classes, per_class, label_order, force, val_labels, size,
+         coarse):
+    """Resize ILSVRC2012 (or a CIFAR download) to N x N and pack it into LMDB or HDF5, with labels.json."""
     from imagenet_prep.prep import PrepConfig, run_prep
 
     cfg = PrepConfig(src=src, out=out, split=split, format=fmt, encoding=encoding, quality=quality,
                      workers=workers, classes=classes, per_class=per_class, label_order=label_order, force=force,
-                     val_labels=val_labels)
+                     val_labels=val_labels, size=size, coarse=coarse)
     report = run_prep(cfg)
     for name, r in report["splits"].items():
         click.echo(f"{name}: {r['written']} written, {len(r['rejected'])} rejected, "
@@ -95,7 +98,7 @@ def pca_stats(data, sample, workers):
 # -------------------------------------------------------------------------------------- verify
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--split", type=click.Choice(["all", "train", "val", *V2_SPLITS]), default="all", help="all: every packed split DATA holds.")
+@click.option("--split", type=click.Choice(["all", "train", "val", "test", *V2_SPLITS]), default="all", help="all: every packed split DATA holds.")
 @_friendly
 def verify(data, split):
     """Read every record of DATA and check it against the checksum written at prep time.
@@ -196,8 +199,8 @@ def _exclusion_options(fn):
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
-@click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center 224 crops and their mirror images (section 4.1).")
-@click.option("--split", default="val", help="Packed split to evaluate (val, v2-matched-frequency, ...); it must be labelled.")
+@click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center crops (224 of 256, or the run's --crop) and their mirror images (section 4.1).")
+@click.option("--split", default=None, help="Packed split to evaluate (val, test, v2-matched-frequency, ...); it must be labelled [default: val, or test where DATA has no val (CIFAR)].")
 @_exclusion_options
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")

@@ -415,12 +415,26 @@ class CifarDownload:
                     continue
                 yield from self._binary_records(split, name, coarse, start)
             else:
-                names, labels, data = self._python_batch(split, name, coarse)
-                for i in range(start - start % CHUNK, len(labels), CHUNK):
-                    images = _hwc(data[i:i + CHUNK])
-                    for j in range(max(start - i, 0), len(images)):
-                        yield names[i + j], labels[i + j], images[j]
-                start = max(start - len(labels), 0)
+                batch = self._python_batch(split, name, coarse)
+                yield from _python_records(*batch, start)
+                start = max(start - len(batch[1]), 0)
+
+    def batch_files(self, split: str) -> tuple[str, ...]:
+        """The batch files of `split` in the download's order (data_batch_1..5 / train; test_batch / test)."""
+        return self._batch_files(split)
+
+    def batch(self, split: str, file: str, coarse: bool = False,
+              start: int = 0) -> Iterator[tuple[str, int, np.ndarray]]:
+        """(name, label, uint8 (32, 32, 3) RGB image) of one batch file of `split` (`batch_files`) in its order,
+        from its record `start`: a python batch is read whole (a pickle), a binary one from `start` on."""
+        if file not in self._batch_files(split):
+            raise ImgnetError(f"{file!r} is not a {split} batch of {self.layout.key}; expected one of "
+                              f"{', '.join(self._batch_files(split))}")
+        self.classes(coarse)  # the labels' names exist and count as they should
+        if self.layout.format == "binary":
+            yield from self._binary_records(split, file, coarse, start)
+        else:
+            yield from _python_records(*self._python_batch(split, file, coarse), start)
 
     # ---- python batches
     def _pickle(self, name: str, limit: int):
@@ -513,6 +527,14 @@ class CifarDownload:
                     yield f"{base}:{i + j:05d}", int(labels[j]), images[j]
 
 
+def _python_records(names: list, labels: list, data: np.ndarray, start: int):
+    """(name, label, HWC image) of a python batch's parts from record `start`, converted CHUNK at a time."""
+    for i in range(start - start % CHUNK, len(labels), CHUNK):
+        images = _hwc(data[i:i + CHUNK])
+        for j in range(max(start - i, 0), len(images)):
+            yield names[i + j], labels[i + j], images[j]
+
+
 def _hwc(rows: np.ndarray) -> np.ndarray:
     """(n, 3072) channel-major rows -> (n, 32, 32, 3) HWC RGB, contiguous."""
     return np.ascontiguousarray(rows.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1))
@@ -537,8 +559,8 @@ def _layout_of_archive(path: Path) -> Layout | None:
 
 def _layout_of_folder(path: Path) -> Layout | None:
     """An extracted folder: by its official name, else by the files it holds (class names, batches)."""
-    for lay in LAYOUTS:
-        if path.name == lay.folder:
+    for lay in LAYOUTS:  # by name when it holds any of the layout's files (not a folder of that name holding archives)
+        if path.name == lay.folder and any((path / f).exists() for f in lay.meta + lay.train + lay.test):
             return lay
     for lay in LAYOUTS:
         if all((path / f).is_file() for f in lay.meta + lay.train + lay.test):

@@ -12,6 +12,11 @@ temporary files:
   side keeps at least `DRAFT_GAP` x 256 pixels for LANCZOS to finish the job;
 - greyscale is resized as one channel and replicated afterwards (identical to converting first).
 
+At `imgnet prep --size N` the same policy runs with N for 256 (every function takes `size`); a source
+image already N x N is kept as it is (no resample: its decoded pixels). The filter is LANCZOS; the
+downsampled ImageNet of Chrabaszcz et al. 2017 (32x32, 64x64) used a box filter, so `--size 32/64` of
+ImageNet is their dataset up to the filter.
+
 Decoding is by content (a PNG named .JPEG is a PNG), in the raster formats of RASTER_FORMATS only; any
 other format is refused before Pillow's plugin for it parses anything. EXIF orientation and ICC profiles are ignored,
 as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`.
@@ -141,7 +146,10 @@ def _prepare(data: bytes, size: int, name: str | None) -> Prepared:
         box = _draft_jpeg(im, size, box)
     _load(im, width, height)
     im = _to_resizable(im)
-    out = im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    if (width, height) == (size, size):  # already size x size: its pixels as they are, no resample
+        out = im
+    else:
+        out = im.resize((size, size), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
     if out.mode != "RGB":
         out = out.convert("RGB")  # L -> RGB replicates the channel, exactly as converting first would
     arr = np.asarray(out)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from imagenet_prep.atomic import check_writable, os_reason, read_json, replacing
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.pool import WorkerPool, sigterm_as_interrupt
-from imagenet_prep.store import IMAGE_SHAPE, open_split
+from imagenet_prep.store import SIZE, image_shape, open_split
 
 BATCH = 64  # images per exact float64 partial sum: 64 * 65,536 * 255^2 < 2^53
 GRAM_IMAGES = 4  # images per float64 matmul, so the float copy stays in cache
@@ -43,13 +43,14 @@ def _init_worker(split, indices: np.ndarray) -> None:
 
 
 def _sums(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact int64 (sum_rgb (3,), sum_outer (3, 3), sum_image (256, 256, 3)) over _INDICES[lo:hi]."""
+    """Exact int64 (sum_rgb (3,), sum_outer (3, 3), sum_image (N, N, 3)) over _INDICES[lo:hi]."""
     lo, hi = span
     indices = _INDICES[lo:hi]
+    shape = _SPLIT.image_shape  # (N, N, 3), N the split's size
     s2 = np.zeros((3, 3), np.int64)
-    simg = np.zeros(IMAGE_SHAPE, np.int64)
-    buf = np.empty((BATCH, *IMAGE_SHAPE), np.uint8)
-    px = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    simg = np.zeros(shape, np.int64)
+    buf = np.empty((BATCH, *shape), np.uint8)
+    px = shape[0] * shape[1]
     xf = np.empty((GRAM_IMAGES * px, 3), np.float64)  # cache-sized float64 copy for the Gram matrix
     for b_lo in range(0, len(indices), BATCH):
         chunk = indices[b_lo:b_lo + BATCH]
@@ -74,8 +75,10 @@ def sample_indices(n_total: int, sample: int | None) -> np.ndarray:
 
 
 def finalize(s1: np.ndarray, s2: np.ndarray, simg: np.ndarray, n_images: int) -> dict:
-    """Exact sums -> the statistics of docs/design.md ([0, 1] scale; mean_image on the 0-255 scale)."""
-    n_pixels = n_images * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    """Exact sums -> the statistics of docs/design.md ([0, 1] scale; mean_image (N, N, 3) on the 0-255 scale,
+    N = `size`, the side of the images, from simg's shape)."""
+    size = simg.shape[0]
+    n_pixels = n_images * size * size
     mean = s1 / n_pixels / 255.0
     cov = s2 / n_pixels / 255.0**2 - np.outer(mean, mean)  # population covariance, ddof 0
     eigval, eigvec = np.linalg.eigh(cov)
@@ -89,6 +92,7 @@ def finalize(s1: np.ndarray, s2: np.ndarray, simg: np.ndarray, n_images: int) ->
         "eigvec": eigvec.tolist(),
         "n_pixels": int(n_pixels),
         "n_images": int(n_images),
+        "size": int(size),
         "mean_image": (simg / n_images).astype(np.float32),
     }
 
@@ -112,7 +116,7 @@ def _compute_stats(data_dir: Path, sample: int | None, workers: int | None, prog
     n_spans = min(len(indices) // BATCH + 1, workers * 16)
     bounds = np.linspace(0, len(indices), n_spans + 1).astype(int)
     spans = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    s1, s2, simg = np.zeros(3, np.int64), np.zeros((3, 3), np.int64), np.zeros(IMAGE_SHAPE, np.int64)
+    s1, s2, simg = np.zeros(3, np.int64), np.zeros((3, 3), np.int64), np.zeros(split.image_shape, np.int64)
     with contextlib.ExitStack() as stack:
         if workers > 1:  # the pool before the bar: fork before tqdm starts its monitor thread
             pool = stack.enter_context(WorkerPool(workers, _init_worker, (split, indices), name="pca-stats",
@@ -158,7 +162,8 @@ def _write_stats(out: Path, stats: dict) -> None:
 
 
 def load_stats(data_dir) -> dict:
-    """stats.json plus mean_image (float32 (256, 256, 3), 0-255 scale) from stats.h5. Both are read bounded
+    """stats.json plus mean_image (float32 (N, N, 3), 0-255 scale, N = stats["size"], 256 in files written
+    before sizes were recorded) from stats.h5. Both are read bounded
     and checked (a link to a device, a huge, deeply nested or edited file is a one-line error)."""
     d = Path(data_dir)
     rerun = f"rerun `imgnet pca-stats --data {d}`"
@@ -171,7 +176,8 @@ def load_stats(data_dir) -> dict:
     problem = _stats_problem(stats)
     if problem:
         raise ImgnetError(f"{d / 'stats.json'} is malformed: {problem}; {rerun}")
-    stats["mean_image"] = _mean_image(d / "stats.h5", rerun)
+    stats["size"] = stats.get("size", SIZE)
+    stats["mean_image"] = _mean_image(d / "stats.h5", rerun, stats["size"])
     return stats
 
 
@@ -190,13 +196,16 @@ def _stats_problem(stats) -> str | None:
     for key in ("n_images", "n_pixels"):
         if type(stats.get(key)) is not int or stats[key] < 1:
             return f"{key} is {stats.get(key)!r}; expected a positive count"
-    if stats["n_pixels"] != stats["n_images"] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
-        return f"n_pixels {stats['n_pixels']} is not n_images {stats['n_images']} x 256 x 256"
+    size = stats.get("size", SIZE)
+    if type(size) is not int or size < 1:
+        return f"size is {size!r}; expected the side of the images in pixels"
+    if stats["n_pixels"] != stats["n_images"] * size * size:
+        return f"n_pixels {stats['n_pixels']} is not n_images {stats['n_images']} x {size} x {size}"
     return None
 
 
-def _mean_image(path: Path, rerun: str) -> np.ndarray:
-    """The float32 (256, 256, 3) mean_image dataset of stats.h5, checked before it is read (store.hdf5.dataset)."""
+def _mean_image(path: Path, rerun: str, size: int) -> np.ndarray:
+    """The float32 (size, size, 3) mean_image dataset of stats.h5, checked before it is read (store.hdf5.dataset)."""
     import h5py
 
     from imagenet_prep.store.hdf5 import check_regular, dataset
@@ -204,7 +213,7 @@ def _mean_image(path: Path, rerun: str) -> np.ndarray:
     try:
         check_regular(path, "the stats.h5 that `imgnet pca-stats` writes")
         with h5py.File(path, "r") as f:
-            mean = dataset(f, "mean_image", path, "float32", IMAGE_SHAPE)[()]
+            mean = dataset(f, "mean_image", path, "float32", image_shape(size))[()]
     except ImgnetError as e:
         raise ImgnetError(f"{e}; {rerun}") from None
     except (OSError, KeyError, ValueError, RuntimeError) as e:

@@ -16,21 +16,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
-from imagenet_prep.store import RAW_BYTES, decode_image, formats, name_bytes, open_split, record_crc, split_path
+from imagenet_prep.store import decode_image, formats, name_bytes, open_split, record_crc, split_path
 from imagenet_prep.v2 import SPLITS as V2_SPLITS
 
-SPLITS = ("train", "val", *V2_SPLITS)  # every split `imgnet prep` writes
+SPLITS = ("train", "val", "test", *V2_SPLITS)  # every split `imgnet prep` writes
 
 
 def _problem(split, i: int, data, crc: int | None) -> str | None:
     """Why record i is damaged, or None."""
     if data is None:
         return "record missing"
-    if split.encoding == "raw" and len(data) != RAW_BYTES:
-        return f"image is {len(data):,} bytes; expected {RAW_BYTES:,}"
+    if split.encoding == "raw" and len(data) != split.raw_bytes:
+        return f"image is {len(data):,} bytes; expected {split.raw_bytes:,} ({split.size}x{split.size}x3)"
     if crc is None:  # format version 1: no checksum, decoding is the only check
         try:
-            decode_image(bytes(data), split.encoding)
+            decode_image(bytes(data), split.encoding, size=split.size)
         except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged JPEG data
             return f"cannot decode ({type(e).__name__}: {e})"
         return None

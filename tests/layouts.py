@@ -1,4 +1,4 @@
-"""Build the download layouts of ILSVRC2012 (official tars, timm shards, Kaggle zip) from the same real images,
+"""Build the download layouts of ILSVRC2012 (official tars, timm shards, Kaggle zip) from the same images,
 so that tests can compare what `imgnet prep` makes of each, record by record."""
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def sorted_wnids() -> list[str]:
 
 
 def real_images(shared: Path, per_class: int = 3, n_val: int = 20):
-    """train: [(wnid, name, bytes)] from imagenette (real names), val: [(name, wnid, bytes)] from val_original."""
+    """train: [(wnid, name, bytes)] from imagenette (real names), val: [(name, wnid, bytes)] from val_original,
+    of `shared`: ../shared/data or its generated counterpart (the `ilsvrc` fixture)."""
     root = shared / "images" / "imagenette2_224_subset" / "train"
     train = [(d.name, f.name, f.read_bytes()) for d in sorted(root.iterdir()) for f in sorted(d.iterdir())[:per_class]]
     truth = load_val_ground_truth()

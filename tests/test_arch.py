@@ -51,7 +51,7 @@ def test_arch_names_and_alexnet_only_switches():
     assert arch.check_arch("alexnet-owt") == "alexnet-owt"
     assert arch.check_arch("tiny_arch:make") == "tiny_arch:make"
     for bad in ("resnet", "a b:c", ":make", "mod:"):
-        with pytest.raises(ImgnetError, match="expected alexnet, alexnet-owt or module:callable"):
+        with pytest.raises(ImgnetError, match="expected alexnet, alexnet-owt, cifar-quick, cifar-18pct or module:callable"):
             arch.check_arch(bad)
     values = {"num_classes": 5, "towers": 2, "lrn": "none", "pool": "overlap", "activation": "relu",
               "dropout": 0.5, "bias_init": "paper"}
@@ -130,7 +130,8 @@ def test_train_test_predict_a_user_model_and_a_new_metric_reaches_log_and_report
 def test_registered_switches_are_the_model_settings_fields():
     from trainer.config import TrainConfig
 
-    assert [f.name for f in arch.switch_fields()] == ["towers", "lrn", "pool", "activation", "dropout", "bias_init"]
+    assert [f.name for f in arch.switch_fields()] == ["towers", "lrn", "pool", "activation", "dropout", "bias_init",
+                                                    "fc_act", "norm"]  # the CIFAR nets add two, share activation
     cfg = TrainConfig(lrn="none")
     assert cfg.lrn == "none" and cfg.towers == 2 and cfg.bias_init == "paper"
 

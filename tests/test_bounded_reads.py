@@ -170,8 +170,8 @@ def test_nested_progress_record_is_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------------- SRC files
 @pytest.fixture(scope="module")
-def images(shared_data):
-    return layouts.real_images(shared_data, per_class=1, n_val=2)
+def images(ilsvrc):
+    return layouts.real_images(ilsvrc, per_class=1, n_val=2)
 
 
 @pytest.mark.parametrize("kind", HOSTILE[:4])
@@ -210,11 +210,11 @@ def test_hostile_sample_json_in_a_shard_is_one_line(images, tmp_path, payload):
 
 
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
-def test_hostile_kaggle_csv_and_val_labels_are_one_line(shared_data, tmp_path, kind):
+def test_hostile_kaggle_csv_and_val_labels_are_one_line(ilsvrc, tmp_path, kind):
     src = tmp_path / "src"
     (src / "ILSVRC/Data/CLS-LOC/val").mkdir(parents=True)
     (src / "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG").write_bytes(_jpeg(1))
-    (src / "LOC_synset_mapping.txt").write_bytes((shared_data / "kaggle_loc" / "LOC_synset_mapping.txt").read_bytes())
+    (src / "LOC_synset_mapping.txt").write_bytes((ilsvrc / "kaggle_loc" / "LOC_synset_mapping.txt").read_bytes())
     _hostile(src / "LOC_val_solution.csv", kind)
     with pytest.raises(ImgnetError) as e:
         sources.discover(src)
@@ -225,7 +225,7 @@ def test_hostile_kaggle_csv_and_val_labels_are_one_line(shared_data, tmp_path, k
     assert "--val-labels" in _one_line(e)
 
 
-def test_devkit_gzip_bomb_is_one_line(shared_data, tmp_path, monkeypatch):
+def test_devkit_gzip_bomb_is_one_line(ilsvrc, tmp_path, monkeypatch):
     monkeypatch.setattr(base, "MAX_SMALL_FILE_BYTES", 1 << 20)
     src = tmp_path / "src"
     (src / "val").mkdir(parents=True)
@@ -240,10 +240,10 @@ def test_devkit_gzip_bomb_is_one_line(shared_data, tmp_path, monkeypatch):
     _one_line(e)
 
 
-def test_zip_member_that_inflates_past_the_bound_is_rejected(shared_data, images, tmp_path, monkeypatch):
+def test_zip_member_that_inflates_past_the_bound_is_rejected(ilsvrc, images, tmp_path, monkeypatch):
     monkeypatch.setattr(zipscan, "MAX_MEMBER_BYTES", 8 << 20)  # over the label files
     train, val = images
-    path = layouts.kaggle(tmp_path / "k", train, val, shared_data)
+    path = layouts.kaggle(tmp_path / "k", train, val, ilsvrc)
     with __import__("zipfile").ZipFile(path, "a", compression=8) as z:
         z.writestr(f"ILSVRC/Data/CLS-LOC/train/{train[0][0]}/{train[0][0]}_bomb.JPEG", b"\0" * (32 << 20))
     report = run_prep(PrepConfig(src=str(tmp_path / "k"), out=str(tmp_path / "out"), workers=1, split="train"))

@@ -167,7 +167,7 @@ def test_recipes_are_the_published_schedules():
     assert full["epochs"] * per_epoch == 70000 and full["lr_schedule"] == "step:120,130"  # 60000, 65000
     assert full["lr_factor"] == quick["lr_factor"] == 0.1
     for r in (*RECIPES.values(), *CUDA_CONVNET_RECIPES.values()):
-        assert r["crop"] == 32 and not r["mirror"] and r["lighting_std"] == 0.0
+        assert r["crop"] == 32 and not r["flip"] and r["lighting_std"] == 0.0
 
 
 def test_param_groups_apply_the_per_layer_multipliers():

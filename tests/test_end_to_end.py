@@ -21,10 +21,10 @@ def imgnet(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_prep_stats_train_test_predict_on_real_images(shared_data, tmp_path):
-    # an ImageFolder tree of real ILSVRC2012 images whose folder names are wnids
+def test_prep_stats_train_test_predict_on_real_images(ilsvrc_once, tmp_path):
+    # an ImageFolder tree of ILSVRC2012 images (generated or real) whose folder names are wnids
     src = tmp_path / "src"
-    fixture = shared_data / "images" / "imagenette2_224_subset"
+    fixture = ilsvrc_once / "images" / "imagenette2_224_subset"
     for split in ("train", "val"):
         shutil.copytree(fixture / split, src / split)
     data, run = tmp_path / "data", tmp_path / "run"
@@ -51,7 +51,7 @@ def test_prep_stats_train_test_predict_on_real_images(shared_data, tmp_path):
     assert report["n"] == 15 and 0 <= report["top1_err"] <= 1 and report["top5_err"] == 0.0  # 3 classes
     assert f"{report['top1_err']:.4f}"[:4] in r.stdout
 
-    images = sorted((shared_data / "images" / "val_original").glob("*.JPEG"))[:2]
+    images = sorted((ilsvrc_once / "images" / "val_original").glob("*.JPEG"))[:2]
     r = imgnet("predict", "--ckpt", str(ckpt), "--json", "--device", "cpu", *map(str, images))
     preds = json.loads(r.stdout)
     assert [Path(p["file"]).name for p in preds] == [f.name for f in images]

@@ -180,9 +180,9 @@ def test_class_tar_present_twice_is_an_error(tmp_path):
         discover(tmp_path, splits=["train"])
 
 
-def test_val_only_while_the_train_tar_is_incomplete(shared_data, tmp_path):
-    train, val = layouts.real_images(shared_data, per_class=1, n_val=3)
-    src = layouts.official(tmp_path / "src", train, val, shared_data)
+def test_val_only_while_the_train_tar_is_incomplete(ilsvrc, tmp_path):
+    train, val = layouts.real_images(ilsvrc, per_class=1, n_val=3)
+    src = layouts.official(tmp_path / "src", train, val, ilsvrc)
     tar = src / "ILSVRC2012_img_train.tar"
     tar.write_bytes(tar.read_bytes()[:5000])
     report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1, split="val"))

@@ -1,4 +1,4 @@
-"""Hugging Face sources (parquet, script-era tar.gz) built from the real fixtures, compared record by record
+"""Hugging Face sources (parquet, script-era tar.gz) built from the generated and real fixtures, compared record by record
 with the official-tar prep of the same images; resume after kill -9; bad input."""
 
 import io
@@ -24,22 +24,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------- the images
 @pytest.fixture(scope="module")
-def images(request):
+def images(ilsvrc):
     """{"train": [(name, wnid, bytes)], "val": [...]}: 3 Imagenette classes (plus one truncated JPEG, which
-    every source rejects) and 36 original val images labelled by Caffe's val.txt."""
-    from conftest import SHARED_DATA
+    every source rejects) and 36 original val images labelled by Caffe's val.txt; of `ilsvrc`, generated and real."""
+    return _images(ilsvrc)
 
-    if not (SHARED_DATA / "images" / "val_original").is_dir():
-        pytest.skip(f"real ILSVRC2012 fixtures not found at {SHARED_DATA}")
-    root = SHARED_DATA / "images" / "imagenette2_224_subset" / "train"
+
+@pytest.fixture(scope="module")
+def images_once(ilsvrc_once):
+    """`images` of one folder, the real one where present (for the slow tests)."""
+    return _images(ilsvrc_once)
+
+
+def _images(ilsvrc: Path) -> dict:
+    root = ilsvrc / "images" / "imagenette2_224_subset" / "train"
     train = [(f.name, d.name, f.read_bytes()) for d in sorted(root.iterdir())[:3] for f in sorted(d.glob(f"{d.name}_*.JPEG"))]
     train.append(("n01440764_99999.JPEG", "n01440764", train[0][2][:700]))  # truncated
-    wnids = (SHARED_DATA / "caffe_ilsvrc12" / "synsets.txt").read_text().split()
-    caffe = dict(line.split() for line in (SHARED_DATA / "caffe_ilsvrc12" / "val.txt").read_text().splitlines())
-    files = sorted((SHARED_DATA / "images" / "val_original").glob("*.JPEG"))[:36]
+    wnids = (ilsvrc / "caffe_ilsvrc12" / "synsets.txt").read_text().split()
+    caffe = dict(line.split() for line in (ilsvrc / "caffe_ilsvrc12" / "val.txt").read_text().splitlines())
+    files = sorted((ilsvrc / "images" / "val_original").glob("*.JPEG"))[:36]
     val = [(f.name, wnids[int(caffe[f.name])], f.read_bytes()) for f in files]
-    test = [(f.name, f.read_bytes()) for f in sorted((SHARED_DATA / "images" / "test_original").glob("*.JPEG"))]
-    return {"train": train, "val": val, "test": test, "shared": SHARED_DATA}
+    test = [(f.name, f.read_bytes()) for f in sorted((ilsvrc / "images" / "test_original").glob("*.JPEG"))]
+    return {"train": train, "val": val, "test": test, "shared": ilsvrc}
 
 
 def _tar_bytes(members, mode="w") -> bytes:
@@ -194,18 +200,18 @@ def test_val_only_and_listing_is_cached(tmp_path, images):
 
 # --------------------------------------------------------------------------------- kill -9
 def _many(images, n):
-    """n train images of one class, from the real val originals repeated (sizes up to 900x1000)."""
+    """n train images of one class, from the val originals repeated (real ones: sizes up to 900x1000)."""
     vals = [d for _, _, d in images["val"]]
     return [(f"n01440764_{i:04d}.JPEG", "n01440764", vals[i % len(vals)]) for i in range(n)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "targz"])
-def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images, kind, monkeypatch):
+def test_kill_9_then_rerun_gives_identical_content_without_redoing(tmp_path, images_once, kind, monkeypatch):
     import imagenet_prep.pack.worker as prep
     from imagenet_prep.store import progress_of
 
-    imgs = dict(images, train=_many(images, 160), val=images["val"][:2])
+    imgs = dict(images_once, train=_many(images_once, 160), val=images_once["val"][:2])
     src = (make_parquet(tmp_path / "hf", imgs, row_group_size=4) if kind == "parquet"
            else make_targz(tmp_path / "hf", imgs))
     clean = tmp_path / "clean"

@@ -17,8 +17,8 @@ ZIP = "imagenet-object-localization-challenge.zip"
 
 
 @pytest.fixture(scope="module")
-def images(shared_data):
-    return layouts.real_images(shared_data, per_class=3, n_val=20)
+def images(ilsvrc):
+    return layouts.real_images(ilsvrc, per_class=3, n_val=20)
 
 
 def _prep(src, out, **kw):
@@ -27,11 +27,11 @@ def _prep(src, out, **kw):
 
 @pytest.mark.parametrize("opts", [{}, {"classes": 300, "per_class": 2, "format": "hdf5", "encoding": "jpeg"}],
                          ids=["default", "subset-hdf5-jpeg"])
-def test_zip_gives_the_official_records(shared_data, images, tmp_path, opts):
+def test_zip_gives_the_official_records(ilsvrc, images, tmp_path, opts):
     train, val = images
-    _prep(layouts.official(tmp_path / "official", train, val, shared_data), tmp_path / "ref", **opts)
+    _prep(layouts.official(tmp_path / "official", train, val, ilsvrc), tmp_path / "ref", **opts)
     stored = {train[0][1], val[0][0]}  # Kaggle's zip deflates; stored members must read as well
-    layouts.kaggle(tmp_path / "kaggle", train, val, shared_data, stored=stored)
+    layouts.kaggle(tmp_path / "kaggle", train, val, ilsvrc, stored=stored)
     report = _prep(tmp_path / "kaggle", tmp_path / "out", **opts)
     assert report["layout"] == "kaggle-zip"
     for split in ("train", "val"):
@@ -42,9 +42,9 @@ def test_zip_gives_the_official_records(shared_data, images, tmp_path, opts):
         json.loads((tmp_path / "ref" / "labels.json").read_text())
 
 
-def test_central_directory_is_listed_once_and_cached(shared_data, images, tmp_path, monkeypatch):
+def test_central_directory_is_listed_once_and_cached(ilsvrc, images, tmp_path, monkeypatch):
     train, val = images
-    layouts.kaggle(tmp_path / "kaggle", train, val, shared_data)
+    layouts.kaggle(tmp_path / "kaggle", train, val, ilsvrc)
     first = discover(tmp_path / "kaggle", cache_dir=tmp_path)
     assert len(list(tmp_path.glob(".listing-*.npz"))) == 3  # train, val and the two label files
     calls = []
@@ -61,7 +61,7 @@ def test_central_directory_is_listed_once_and_cached(shared_data, images, tmp_pa
     assert "LOC_val_solution.csv" in first.origin["val"] and ZIP in first.origin["train"]
 
 
-def test_zip64_offsets_past_4_gib(shared_data, images, tmp_path):
+def test_zip64_offsets_past_4_gib(ilsvrc, images, tmp_path):
     """A zip whose members lie past 4 GiB (a sparse prefix): ZIP64 end record and extra fields, as in the
     155 GB Kaggle download."""
     train, val = images
@@ -69,7 +69,7 @@ def test_zip64_offsets_past_4_gib(shared_data, images, tmp_path):
     path = tmp_path / "big" / ZIP
     with open(path, "wb") as f:
         f.truncate(4_400_000_000)  # sparse: no disk used
-    small = layouts.kaggle(tmp_path / "small", train[:6], val[:4], shared_data)
+    small = layouts.kaggle(tmp_path / "small", train[:6], val[:4], ilsvrc)
     with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "a") as dst:  # appended after the prefix
         for info in src.infolist():
             dst.writestr(info, src.read(info))
@@ -96,10 +96,10 @@ def _corrupt_member(path, member, at=-10):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_a_member_failing_its_crc_is_a_reported_skip(shared_data, images, tmp_path):
+def test_a_member_failing_its_crc_is_a_reported_skip(ilsvrc, images, tmp_path):
     train, val = images
     stored_name = train[1][1]
-    path = layouts.kaggle(tmp_path / "kaggle", train, val, shared_data, stored={stored_name})
+    path = layouts.kaggle(tmp_path / "kaggle", train, val, ilsvrc, stored={stored_name})
     _corrupt_member(path, f"ILSVRC/Data/CLS-LOC/train/{train[1][0]}/{stored_name}")
     _corrupt_member(path, f"ILSVRC/Data/CLS-LOC/val/{val[2][0]}", at=40)  # inside the deflate stream
     report = _prep(tmp_path / "kaggle", tmp_path / "out")
@@ -112,9 +112,9 @@ def test_a_member_failing_its_crc_is_a_reported_skip(shared_data, images, tmp_pa
     assert report["splits"]["train"]["written"] == len(train) - 1 and report["splits"]["val"]["written"] == len(val) - 1
 
 
-def test_a_truncated_zip_is_a_one_line_error(shared_data, images, tmp_path):
+def test_a_truncated_zip_is_a_one_line_error(ilsvrc, images, tmp_path):
     train, val = images
-    path = layouts.kaggle(tmp_path / "kaggle", train, val, shared_data)
+    path = layouts.kaggle(tmp_path / "kaggle", train, val, ilsvrc)
     path.write_bytes(path.read_bytes()[:-5000])
     with pytest.raises(ImgnetError, match="no zip end record|central directory") as e:
         discover(tmp_path / "kaggle")
@@ -122,10 +122,10 @@ def test_a_truncated_zip_is_a_one_line_error(shared_data, images, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-def test_zip_csv_that_disagrees_with_the_ground_truth(shared_data, images, tmp_path):
+def test_zip_csv_that_disagrees_with_the_ground_truth(ilsvrc, images, tmp_path):
     train, val = images
-    path = layouts.kaggle(tmp_path / "kaggle", train, val, shared_data)
-    lines = (shared_data / "kaggle_loc" / "LOC_val_solution.csv").read_text().splitlines()
+    path = layouts.kaggle(tmp_path / "kaggle", train, val, ilsvrc)
+    lines = (ilsvrc / "kaggle_loc" / "LOC_val_solution.csv").read_text().splitlines()
     lines = [ln.replace(",n", ",n99999999 0 0 1 1 n", 1) if ln.startswith("ILSVRC2012_val_00000005,") else ln
              for ln in lines]
     with zipfile.ZipFile(path, "a") as z:
@@ -135,11 +135,11 @@ def test_zip_csv_that_disagrees_with_the_ground_truth(shared_data, images, tmp_p
         discover(tmp_path / "kaggle")
 
 
-def test_member_name_that_is_not_utf8_under_the_utf8_flag_keeps_its_bytes(shared_data, images, tmp_path):
+def test_member_name_that_is_not_utf8_under_the_utf8_flag_keeps_its_bytes(ilsvrc, images, tmp_path):
     train, val = images
     wnid = train[0][0]
     odd = [(wnid, "\u00e9t\u00e9.JPEG", train[0][2]), *train[1:]]
-    path = layouts.kaggle(tmp_path / "k", odd, val, shared_data)
+    path = layouts.kaggle(tmp_path / "k", odd, val, ilsvrc)
     # the name's bytes: 0xff 0xfe are not UTF-8, though the entry's flag says UTF-8
     path.write_bytes(path.read_bytes().replace("\u00e9t\u00e9".encode(), b"\xff\xfet\xfe\xff"))
     _prep(tmp_path / "k", tmp_path / "out", split="train")

@@ -90,11 +90,11 @@ def test_messy_source_skips_and_converts(messy_src, tmp_path):
         assert np.abs(split[i].image.astype(int) - ref).mean() < 2, name
 
 
-def test_tar_layout_with_real_images_and_devkit(shared_data, tmp_path):
-    """Layout 1 built from the real fixtures: per-class tars inside the train tar, flat val tar, devkit tar.gz."""
+def test_tar_layout_with_real_images_and_devkit(ilsvrc, tmp_path):
+    """Layout 1 built from the fixtures (generated and real): per-class tars inside the train tar, flat val tar, devkit tar.gz."""
     src = tmp_path / "ILSVRC2012"
     src.mkdir()
-    train_root = shared_data / "images" / "imagenette2_224_subset" / "train"
+    train_root = ilsvrc / "images" / "imagenette2_224_subset" / "train"
     classes = sorted(p.name for p in train_root.iterdir())[:3]
     with tarfile.open(src / "ILSVRC2012_img_train.tar", "w") as outer:
         for wnid in classes:
@@ -106,17 +106,17 @@ def test_tar_layout_with_real_images_and_devkit(shared_data, tmp_path):
             info.size = buf.tell()
             buf.seek(0)
             outer.addfile(info, buf)
-    val_files = sorted((shared_data / "images" / "val_original").glob("*.JPEG"))[:30]
+    val_files = sorted((ilsvrc / "images" / "val_original").glob("*.JPEG"))[:30]
     with tarfile.open(src / "ILSVRC2012_img_val.tar", "w") as tar:
         for f in val_files:
             tar.add(f, arcname=f.name)
     with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
-        tar.add(shared_data / "devkit_t12", arcname="ILSVRC2012_devkit_t12")
+        tar.add(ilsvrc / "devkit_t12", arcname="ILSVRC2012_devkit_t12")
     out = tmp_path / "data"
     report = run_prep(PrepConfig(src=str(src), out=str(out), workers=2))
     assert report["layout"] and report["splits"]["val"]["written"] == 30
     val = open_split(out, "val")
-    caffe = dict(line.split() for line in (shared_data / "caffe_ilsvrc12" / "val.txt").read_text().splitlines())
+    caffe = dict(line.split() for line in (ilsvrc / "caffe_ilsvrc12" / "val.txt").read_text().splitlines())
     assert val.names == [f.name for f in val_files]
     assert [int(caffe[n]) for n in val.names] == val.labels.tolist()
     for i in (0, 6, 29):

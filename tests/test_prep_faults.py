@@ -213,16 +213,16 @@ def test_kaggle_csv_bad_row_names_its_line():
         val_truth.csv_truth(b"Id,Label\n", "LOC_val_solution.csv", None)
 
 
-def test_kaggle_csv_with_bom_labels_the_val_end_to_end(shared_data, tmp_path):
-    _, val = layouts.real_images(shared_data, per_class=1, n_val=3)
+def test_kaggle_csv_with_bom_labels_the_val_end_to_end(ilsvrc, tmp_path):
+    _, val = layouts.real_images(ilsvrc, per_class=1, n_val=3)
     src = tmp_path / "src"
     flat = src / "ILSVRC" / "Data" / "CLS-LOC" / "val"
     flat.mkdir(parents=True)
     for name, _, data in val:
         (flat / name).write_bytes(data)
-    csv = (shared_data / "kaggle_loc" / "LOC_val_solution.csv").read_bytes()
+    csv = (ilsvrc / "kaggle_loc" / "LOC_val_solution.csv").read_bytes()
     (src / "LOC_val_solution.csv").write_bytes(b"\xef\xbb\xbf" + csv.rstrip(b"\n") + b"\n\n\n")
-    (src / "LOC_synset_mapping.txt").write_bytes((shared_data / "kaggle_loc" / "LOC_synset_mapping.txt").read_bytes())
+    (src / "LOC_synset_mapping.txt").write_bytes((ilsvrc / "kaggle_loc" / "LOC_synset_mapping.txt").read_bytes())
     found = sources.discover(src)
     want = {n: w for n, w, _ in val}
     assert {i.name: found.label_map.all_names[i.label] for i in found.splits["val"]} == want

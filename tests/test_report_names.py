@@ -17,8 +17,8 @@ JUNK = b"\x00\x00\x00\x01Bud1"
 
 
 @pytest.fixture(scope="module")
-def images(shared_data):
-    train, val = layouts.real_images(shared_data, per_class=1, n_val=3)
+def images(ilsvrc):
+    train, val = layouts.real_images(ilsvrc, per_class=1, n_val=3)
     wnid = train[0][0]
     bad = (wnid, f"{wnid}_99999.JPEG", train[0][2][:len(train[0][2]) // 2])  # a JPEG cut short: rejected at decode
     return [*train, bad], val, bad
@@ -77,9 +77,9 @@ def _kaggle(dest: Path, train, val, shared) -> Path:
 
 @pytest.mark.parametrize("make", [_official, _wds, _kaggle, lambda d, t, v, s: _extracted(d, t, v)],
                          ids=["official-tars", "timm-wds", "kaggle-zip", "extracted"])
-def test_every_named_file_resolves_to_its_bytes_in_the_source(shared_data, images, tmp_path, make):
+def test_every_named_file_resolves_to_its_bytes_in_the_source(ilsvrc, images, tmp_path, make):
     train, val, bad = images
-    src = make(tmp_path / "src", train, val, shared_data)
+    src = make(tmp_path / "src", train, val, ilsvrc)
     report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "out"), workers=1))["splits"]["train"]
     rejected = {r["name"]: r["reason"] for r in report["rejected"]}
     assert len(rejected) == 2, rejected  # the junk file (at listing) and the cut JPEG (at decode)
@@ -90,11 +90,11 @@ def test_every_named_file_resolves_to_its_bytes_in_the_source(shared_data, image
         assert not name.startswith("/") and str(tmp_path) not in name and name.isprintable()
 
 
-def test_a_name_the_store_refuses_is_named_in_the_same_form(shared_data, images, tmp_path):
+def test_a_name_the_store_refuses_is_named_in_the_same_form(ilsvrc, images, tmp_path):
     train, val, _ = images
     wnid = train[0][0]
     odd = [(wnid, "aQQQb.JPEG", train[0][2]), *train[1:]]
-    path = layouts.kaggle(tmp_path / "src", odd, val, shared_data)
+    path = layouts.kaggle(tmp_path / "src", odd, val, ilsvrc)
     path.write_bytes(path.read_bytes().replace(b"aQQQb", b"a\0\0\0b"))  # a NUL in a zip member name: not storable
     report = run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), workers=1, split="train"))
     rejected = {r["name"]: r["reason"] for r in report["splits"]["train"]["rejected"]}  # and the cut JPEG

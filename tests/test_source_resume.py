@@ -15,16 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["timm-wds", "kaggle-zip"])
-def test_kill_9_then_rerun_gives_identical_content(shared_data, tmp_path, layout):
-    originals = sorted((shared_data / "images" / "val_original").glob("*.JPEG"))  # real photographs, up to 900x1000
+def test_kill_9_then_rerun_gives_identical_content(ilsvrc_once, tmp_path, layout):
+    originals = sorted((ilsvrc_once / "images" / "val_original").glob("*.JPEG"))  # the real ones: photographs up to 900x1000
     wnids = ["n01440764", "n01443537", "n01484850"]
     train = [(wnids[k % 3], f"{wnids[k % 3]}_{k}.JPEG", f.read_bytes()) for k, f in enumerate(originals * 2)]
-    _, val = layouts.real_images(shared_data, per_class=0, n_val=4)
+    _, val = layouts.real_images(ilsvrc_once, per_class=0, n_val=4)
     src = tmp_path / "src"
     if layout == "timm-wds":
         layouts.timm_wds(src, train, val, shards=(4, 1))
     else:
-        layouts.kaggle(src, train, val, shared_data)
+        layouts.kaggle(src, train, val, ilsvrc_once)
     clean = tmp_path / "clean"
     run_prep(PrepConfig(src=str(src), out=str(clean), workers=1, split="train"))
     out = tmp_path / "killed"

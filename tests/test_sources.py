@@ -52,47 +52,47 @@ def imagenette(shared: Path, split: str = "train") -> Path:
 
 # ------------------------------------------------------------------------------- val labels
 @pytest.mark.parametrize("devkit", ["ILSVRC2012_devkit_t12", "devkit_t12", "downloads", "tar.gz"])
-def test_flat_val_labels_from_the_devkit_match_caffe(shared_data, tmp_path, devkit):
-    link_val(shared_data, tmp_path / "val")
+def test_flat_val_labels_from_the_devkit_match_caffe(ilsvrc, tmp_path, devkit):
+    link_val(ilsvrc, tmp_path / "val")
     if devkit == "tar.gz":
-        devkit_tgz(shared_data, tmp_path)
+        devkit_tgz(ilsvrc, tmp_path)
     else:
-        (tmp_path / devkit).symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+        (tmp_path / devkit).symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     src = discover(tmp_path)
     assert src.layout == "extracted" and list(src.splits) == ["val"]
     assert len(src.label_map) == 1000  # a flat val alone: the devkit's classes
     items = src.splits["val"]
     assert [i.name for i in items] == [val_name(n) for n in range(1, N_VAL + 1)]
-    assert {i.name: src.label_map.names[i.label] for i in items} == caffe_val(shared_data)
+    assert {i.name: src.label_map.names[i.label] for i in items} == caffe_val(ilsvrc)
     assert items[0].label == 65  # README: val image 1 is n01751748, index 65 in sorted order
-    caffe_index = [int(ln.split()[1]) for ln in (shared_data / "caffe_ilsvrc12" / "val.txt").read_text().splitlines()]
+    caffe_index = [int(ln.split()[1]) for ln in (ilsvrc / "caffe_ilsvrc12" / "val.txt").read_text().splitlines()]
     assert [i.label for i in items] == caffe_index[:N_VAL]
     assert src.skipped == {"val": []}
 
 
-def test_flat_val_labels_from_the_kaggle_csv_match_caffe(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val")
+def test_flat_val_labels_from_the_kaggle_csv_match_caffe(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val")
     for f in ("LOC_val_solution.csv", "LOC_synset_mapping.txt"):
-        (tmp_path / f).symlink_to(shared_data / "kaggle_loc" / f)
+        (tmp_path / f).symlink_to(ilsvrc / "kaggle_loc" / f)
     src = discover(tmp_path)
     assert src.layout == "kaggle" and "LOC_val_solution.csv" in src.origin["val"]
-    assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == caffe_val(shared_data)
+    assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == caffe_val(ilsvrc)
     assert len(src.splits["val"]) == N_VAL
 
 
-def test_devkit_order_labels_are_ground_truth_id_minus_one(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val")
-    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+def test_devkit_order_labels_are_ground_truth_id_minus_one(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val")
+    (tmp_path / "devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     src = discover(tmp_path, label_order="devkit")
     assert src.label_map.classes[0]["wnid"] == "n02119789"
-    ids = [int(x) for x in (shared_data / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
+    ids = [int(x) for x in (ilsvrc / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
     assert [i.label for i in src.splits["val"]] == [ids[n] - 1 for n in range(N_VAL)]
     assert src.splits["val"][0].label == 489  # ID 490, sea snake
 
 
-def test_classes_and_per_class_subsets(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val")
-    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+def test_classes_and_per_class_subsets(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val")
+    (tmp_path / "devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     full = discover(tmp_path)
     sub = discover(tmp_path, classes=100)
     expect = [(i.name, i.label) for i in full.splits["val"] if i.label < 100]
@@ -113,10 +113,10 @@ def caffe_index(shared: Path) -> dict[str, int]:
     return {w: i for i, w in enumerate((shared / "caffe_ilsvrc12" / "synsets.txt").read_text().split())}
 
 
-def test_official_archives_round_trip_exact_bytes(shared_data, tmp_path):
-    truth = caffe_val(shared_data)
+def test_official_archives_round_trip_exact_bytes(ilsvrc, tmp_path):
+    truth = caffe_val(ilsvrc)
     train_wnids = ["n01440764", "n01751748", "n09193705"]
-    pictures = sorted(imagenette(shared_data).glob("*/*.JPEG"))
+    pictures = sorted(imagenette(ilsvrc).glob("*/*.JPEG"))
     src_dir = tmp_path / "src"
     src_dir.mkdir()
     originals = {}
@@ -136,16 +136,16 @@ def test_official_archives_round_trip_exact_bytes(shared_data, tmp_path):
         add_bytes(outer, ".DS_Store", b"junk")
     with tarfile.open(src_dir / "ILSVRC2012_img_val.tar", "w") as tar:
         for n in range(1, 9):
-            tar.add(shared_data / "images" / "val_original" / val_name(n), arcname=val_name(n))
+            tar.add(ilsvrc / "images" / "val_original" / val_name(n), arcname=val_name(n))
         add_bytes(tar, "._ILSVRC2012_val_00000001.JPEG", b"AppleDouble")
-    devkit_tgz(shared_data, src_dir)
+    devkit_tgz(ilsvrc, src_dir)
 
     src = discover(src_dir)
     # a flat val labelled by the devkit: its 1000 classes, standard indices even with 3 class tars
-    assert src.layout == "archives" and src.label_map.names == sorted(caffe_index(shared_data))
+    assert src.layout == "archives" and src.label_map.names == sorted(caffe_index(ilsvrc))
     train = src.splits["train"]
     assert [(i.label, i.name) for i in train] == sorted((i.label, i.name) for i in train) and len(train) == 12
-    assert {i.label for i in train} == {caffe_index(shared_data)[w] for w in train_wnids}
+    assert {i.label for i in train} == {caffe_index(ilsvrc)[w] for w in train_wnids}
     for item in train:
         assert item.path == str(src_dir / "ILSVRC2012_img_train.tar") and item.size > 0
         item = pickle.loads(pickle.dumps(item))  # what a worker process receives
@@ -156,7 +156,7 @@ def test_official_archives_round_trip_exact_bytes(shared_data, tmp_path):
     val = src.splits["val"]
     assert [i.name for i in val] == [val_name(n) for n in range(1, 9)]
     for item in val:
-        assert read_item(item) == (shared_data / "images" / "val_original" / item.name).read_bytes()
+        assert read_item(item) == (ilsvrc / "images" / "val_original" / item.name).read_bytes()
         assert src.label_map.names[item.label] == truth[item.name]
     assert src.skipped["val"] == [{"name": "ILSVRC2012_img_val.tar:._ILSVRC2012_val_00000001.JPEG",
                                    "reason": "hidden file"}]
@@ -165,22 +165,22 @@ def test_official_archives_round_trip_exact_bytes(shared_data, tmp_path):
     assert discover(src_dir).label_map.names == train_wnids
 
 
-def test_archive_beside_an_extracted_split(shared_data, tmp_path):
+def test_archive_beside_an_extracted_split(ilsvrc, tmp_path):
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar", "w") as tar:
-        tar.add(shared_data / "images" / "val_original" / val_name(1), arcname=val_name(1))
-    shutil.copytree(imagenette(shared_data), tmp_path / "train", symlinks=True)
-    devkit_tgz(shared_data, tmp_path)
+        tar.add(ilsvrc / "images" / "val_original" / val_name(1), arcname=val_name(1))
+    shutil.copytree(imagenette(ilsvrc), tmp_path / "train", symlinks=True)
+    devkit_tgz(ilsvrc, tmp_path)
     src = discover(tmp_path)
     assert src.layout == "archives" and len(src.splits["train"]) == 100
     assert src.origin["train"].endswith("train (labels: class folders)") and "ILSVRC2012_devkit_t12.tar.gz" in src.origin["val"]
 
 
-def test_truncated_archive_is_an_error(shared_data, tmp_path):
+def test_truncated_archive_is_an_error(ilsvrc, tmp_path):
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar", "w") as tar:
-        tar.add(shared_data / "images" / "val_original" / val_name(3), arcname=val_name(3))
+        tar.add(ilsvrc / "images" / "val_original" / val_name(3), arcname=val_name(3))
     whole = (tmp_path / "ILSVRC2012_img_val.tar").read_bytes()
     (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(whole[:4096])
-    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+    (tmp_path / "devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     with pytest.raises(ImgnetError, match="ILSVRC2012_img_val.tar.*complete archive"):
         discover(tmp_path)
 
@@ -227,8 +227,8 @@ def small_archives(shared: Path, dest: Path, first: str = "n01440764_0.JPEG") ->
     return dest
 
 
-def test_tar_listings_are_cached_and_reused(shared_data, tmp_path, tar_opens):
-    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+def test_tar_listings_are_cached_and_reused(ilsvrc, tmp_path, tar_opens):
+    src, cache = small_archives(ilsvrc, tmp_path / "src"), tmp_path / "data"
     cache.mkdir()
     first = discover(src, cache_dir=cache)
     assert tar_opens and len(list(cache.glob(".listing-*.npz"))) == 2 and not list(cache.glob("*.tmp"))
@@ -244,14 +244,14 @@ def test_tar_listings_are_cached_and_reused(shared_data, tmp_path, tar_opens):
     assert only_val.splits == {"val": first.splits["val"]} and tar_opens == []
 
 
-def test_a_changed_tar_is_listed_again(shared_data, tmp_path, tar_opens):
-    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+def test_a_changed_tar_is_listed_again(ilsvrc, tmp_path, tar_opens):
+    src, cache = small_archives(ilsvrc, tmp_path / "src"), tmp_path / "data"
     cache.mkdir()
     first = discover(src, cache_dir=cache)
     train_tar = src / "ILSVRC2012_img_train.tar"
     before = train_tar.stat()
     # the same size, another member name: only the modification time tells the listing is stale
-    small_archives(shared_data, src, first="n01440764_9.JPEG")
+    small_archives(ilsvrc, src, first="n01440764_9.JPEG")
     os.utime(train_tar, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
     assert train_tar.stat().st_size == before.st_size
     tar_opens.clear()
@@ -261,8 +261,8 @@ def test_a_changed_tar_is_listed_again(shared_data, tmp_path, tar_opens):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "folder"])
-def test_a_damaged_listing_is_ignored_and_rewritten(shared_data, tmp_path, tar_opens, damage):
-    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+def test_a_damaged_listing_is_ignored_and_rewritten(ilsvrc, tmp_path, tar_opens, damage):
+    src, cache = small_archives(ilsvrc, tmp_path / "src"), tmp_path / "data"
     cache.mkdir()
     first = discover(src, cache_dir=cache)
     for f in cache.glob(".listing-*.npz"):
@@ -278,8 +278,8 @@ def test_a_damaged_listing_is_ignored_and_rewritten(shared_data, tmp_path, tar_o
     assert discover(src, cache_dir=cache) == first and (tar_opens == []) == (damage != "folder")
 
 
-def test_only_archives_are_cached(shared_data, tmp_path):
-    src, cache = small_archives(shared_data, tmp_path / "src"), tmp_path / "data"
+def test_only_archives_are_cached(ilsvrc, tmp_path):
+    src, cache = small_archives(ilsvrc, tmp_path / "src"), tmp_path / "data"
     cache.mkdir()
     (src / "ILSVRC2012_img_train.tar").unlink()
     for name in ("n01440764_0.JPEG", "n01440764_1.JPEG"):
@@ -290,14 +290,14 @@ def test_only_archives_are_cached(shared_data, tmp_path):
 
 
 # --------------------------------------------------------------------------- folder layouts
-def test_extracted_train_with_flat_val(shared_data, tmp_path):
-    shutil.copytree(imagenette(shared_data), tmp_path / "train", symlinks=True)
+def test_extracted_train_with_flat_val(ilsvrc, tmp_path):
+    shutil.copytree(imagenette(ilsvrc), tmp_path / "train", symlinks=True)
     (tmp_path / "train" / "n01440764" / ".DS_Store").write_bytes(b"junk")
-    link_val(shared_data, tmp_path / "val", range(1, 11))
-    (tmp_path / "ILSVRC2012_devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+    link_val(ilsvrc, tmp_path / "val", range(1, 11))
+    (tmp_path / "ILSVRC2012_devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     src = discover(tmp_path, per_class=4)
     assert src.layout == "extracted" and len(src.label_map) == 1000
-    index = caffe_index(shared_data)
+    index = caffe_index(ilsvrc)
     train = src.splits["train"]
     assert len(train) == 40 and {i.label for i in train} == {index[w] for w in os.listdir(tmp_path / "train")}
     assert [(i.label, i.name) for i in train] == sorted((i.label, i.name) for i in train)
@@ -305,7 +305,7 @@ def test_extracted_train_with_flat_val(shared_data, tmp_path):
         assert Path(i.path) == tmp_path / "train" / src.label_map.names[i.label] / i.name
     assert src.skipped["train"] == [{"name": "train/n01440764/.DS_Store", "reason": "hidden file"}]
     assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == {
-        k: v for k, v in caffe_val(shared_data).items() if int(k[15:23]) <= 10}
+        k: v for k, v in caffe_val(ilsvrc).items() if int(k[15:23]) <= 10}
     assert discover(tmp_path, per_class=4).splits == src.splits  # deterministic
     # a class folder that is not a wnid among wnid folders: an error naming it, not an extra class
     (tmp_path / "train" / "cat").mkdir()
@@ -317,11 +317,11 @@ def test_extracted_train_with_flat_val(shared_data, tmp_path):
         discover(tmp_path)
 
 
-def test_kaggle_csv_class_missing_from_the_synset_list_is_skipped(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val", range(1, 4))
-    (tmp_path / "LOC_val_solution.csv").symlink_to(shared_data / "kaggle_loc" / "LOC_val_solution.csv")
-    truth = caffe_val(shared_data)
-    lines = (shared_data / "kaggle_loc" / "LOC_synset_mapping.txt").read_text().splitlines()
+def test_kaggle_csv_class_missing_from_the_synset_list_is_skipped(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "ILSVRC" / "Data" / "CLS-LOC" / "val", range(1, 4))
+    (tmp_path / "LOC_val_solution.csv").symlink_to(ilsvrc / "kaggle_loc" / "LOC_val_solution.csv")
+    truth = caffe_val(ilsvrc)
+    lines = (ilsvrc / "kaggle_loc" / "LOC_synset_mapping.txt").read_text().splitlines()
     (tmp_path / "LOC_synset_mapping.txt").write_text(
         "\n".join(ln for ln in lines if not ln.startswith(truth[val_name(2)])) + "\n")
     src = discover(tmp_path)
@@ -331,8 +331,8 @@ def test_kaggle_csv_class_missing_from_the_synset_list_is_skipped(shared_data, t
                                    f"{tmp_path / 'LOC_val_solution.csv'}) is not among the 999 classes of the source"}]
 
 
-def test_imagefolder_tree_keeps_any_file_and_skips_system_junk(shared_data, tmp_path):
-    pics = sorted(imagenette(shared_data).glob("*/*.JPEG"))
+def test_imagefolder_tree_keeps_any_file_and_skips_system_junk(ilsvrc, tmp_path):
+    pics = sorted(imagenette(ilsvrc).glob("*/*.JPEG"))
     for cls, names in {"dog": ["b.JPEG", "a.png", "noext"], "cat": ["z.jpg"]}.items():
         for k, name in enumerate(names):
             (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
@@ -375,19 +375,19 @@ def test_unknown_layout_lists_what_was_found(tmp_path):
         assert need in msg
 
 
-def test_flat_val_without_devkit_uses_the_shipped_ground_truth(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val")
+def test_flat_val_without_devkit_uses_the_shipped_ground_truth(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val")
     src = discover(tmp_path)
     assert "ILSVRC2012_validation_ground_truth.txt (shipped)" in src.origin["val"] and len(src.label_map) == 1000
-    assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == caffe_val(shared_data)
+    assert {i.name: src.label_map.names[i.label] for i in src.splits["val"]} == caffe_val(ilsvrc)
 
 
-def test_a_devkit_that_disagrees_with_the_shipped_ground_truth(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val", range(1, 3))
+def test_a_devkit_that_disagrees_with_the_shipped_ground_truth(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val", range(1, 3))
     kit = tmp_path / "devkit_t12" / "data"
     kit.mkdir(parents=True)
-    (kit / "meta.mat").symlink_to(shared_data / "devkit_t12" / "data" / "meta.mat")
-    lines = (shared_data / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
+    (kit / "meta.mat").symlink_to(ilsvrc / "devkit_t12" / "data" / "meta.mat")
+    lines = (ilsvrc / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
     lines[40_000] = "1" if lines[40_000] != "1" else "2"  # an image the val folder does not even hold
     (kit / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(ImgnetError, match=r"ground_truth.txt \(line 40001\) labels ILSVRC2012_val_00040001.JPEG as "
@@ -395,8 +395,8 @@ def test_a_devkit_that_disagrees_with_the_shipped_ground_truth(shared_data, tmp_
         discover(tmp_path)
 
 
-def test_val_class_folders_must_hold_the_official_classes(shared_data, tmp_path):
-    val = imagenette(shared_data, "val")
+def test_val_class_folders_must_hold_the_official_classes(ilsvrc, tmp_path):
+    val = imagenette(ilsvrc, "val")
     shutil.copytree(val, tmp_path / "val", symlinks=True)
     src = discover(tmp_path)  # the real val images in their real classes
     assert len(src.splits["val"]) == 50 and "class folders" in src.origin["val"]
@@ -413,43 +413,43 @@ def test_val_class_folders_must_hold_the_official_classes(shared_data, tmp_path)
     ("ILSVRC2012_val_00050001.JPEG", "ILSVRC2012_val_00050001.JPEG has number 50001, past the end of .*50000 lines"),
     ("ILSVRC2012_val_00000000.JPEG", "ILSVRC2012_val_00000000.JPEG has number 0"),
 ])
-def test_val_names_the_ground_truth_cannot_label(shared_data, tmp_path, name, message):
-    link_val(shared_data, tmp_path / "val", range(1, 3))
-    (tmp_path / "val" / name).symlink_to(shared_data / "images" / "val_original" / val_name(1))
+def test_val_names_the_ground_truth_cannot_label(ilsvrc, tmp_path, name, message):
+    link_val(ilsvrc, tmp_path / "val", range(1, 3))
+    (tmp_path / "val" / name).symlink_to(ilsvrc / "images" / "val_original" / val_name(1))
     (tmp_path / "val" / ".DS_Store").write_bytes(b"")  # junk is skipped before names are checked
-    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+    (tmp_path / "devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     with pytest.raises(ImgnetError, match=message):
         discover(tmp_path)
 
 
-def test_mixed_files_and_folders_and_flat_train(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val", range(1, 3))
+def test_mixed_files_and_folders_and_flat_train(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val", range(1, 3))
     (tmp_path / "val" / "n01440764").mkdir()
     with pytest.raises(ImgnetError, match="both image files .*ILSVRC2012_val_00000001.JPEG.* and folders"):
         discover(tmp_path)
     shutil.rmtree(tmp_path / "val")
-    link_val(shared_data, tmp_path / "train", range(1, 3))
+    link_val(ilsvrc, tmp_path / "train", range(1, 3))
     with pytest.raises(ImgnetError, match="train holds images but no class folders"):
         discover(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ --val-labels
-def test_val_labels_file_in_caffe_shape(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val")
-    caffe = shared_data / "caffe_ilsvrc12" / "val.txt"
+def test_val_labels_file_in_caffe_shape(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val")
+    caffe = ilsvrc / "caffe_ilsvrc12" / "val.txt"
     shipped = discover(tmp_path)
     src = discover(tmp_path, val_labels=caffe)
     assert src.origin["val"].endswith(f"(labels: --val-labels {caffe})")
     assert [(i.name, i.label) for i in src.splits["val"]] == [(i.name, i.label) for i in shipped.splits["val"]]
     # an index is a sorted-wnid index whatever --label-order: the devkit order gives ID - 1 as always
     devkit = discover(tmp_path, val_labels=caffe, label_order="devkit")
-    ids = [int(x) for x in (shared_data / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
+    ids = [int(x) for x in (ilsvrc / "devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
     assert [i.label for i in devkit.splits["val"]] == [ids[n] - 1 for n in range(N_VAL)]
 
 
-def test_val_labels_override_the_devkit_and_name_missing_images(shared_data, tmp_path):
-    link_val(shared_data, tmp_path / "val", range(1, 4))
-    (tmp_path / "devkit_t12").symlink_to(shared_data / "devkit_t12", target_is_directory=True)
+def test_val_labels_override_the_devkit_and_name_missing_images(ilsvrc, tmp_path):
+    link_val(ilsvrc, tmp_path / "val", range(1, 4))
+    (tmp_path / "devkit_t12").symlink_to(ilsvrc / "devkit_t12", target_is_directory=True)
     f = tmp_path / "mine.txt"
     f.write_text(f"{val_name(1)} n01440764\n{val_name(2)} 1\nILSVRC2012_val_00000003 999\n")
     src = discover(tmp_path, val_labels=f)
@@ -459,19 +459,19 @@ def test_val_labels_override_the_devkit_and_name_missing_images(shared_data, tmp
         discover(tmp_path, val_labels=f)
 
 
-def test_val_labels_need_a_flat_val(shared_data, tmp_path):
-    shutil.copytree(imagenette(shared_data, "val"), tmp_path / "val", symlinks=True)
+def test_val_labels_need_a_flat_val(ilsvrc, tmp_path):
+    shutil.copytree(imagenette(ilsvrc, "val"), tmp_path / "val", symlinks=True)
     (tmp_path / "v.txt").write_text(f"{val_name(1)} 0\n")
     with pytest.raises(ImgnetError, match="--val-labels .* labels a flat val, but .*val is sorted into class folders"):
         discover(tmp_path, val_labels=tmp_path / "v.txt")
 
 
-def test_cli_prep_takes_val_labels(shared_data, tmp_path):
+def test_cli_prep_takes_val_labels(ilsvrc, tmp_path):
     from click.testing import CliRunner
 
     from cli import main
 
-    link_val(shared_data, tmp_path / "src" / "val", range(1, 4))
+    link_val(ilsvrc, tmp_path / "src" / "val", range(1, 4))
     (tmp_path / "v.txt").write_text("".join(f"{val_name(n)} {n}\n" for n in range(1, 4)))
     r = CliRunner().invoke(main, ["prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "data"),
                                   "--workers", "1", "--val-labels", str(tmp_path / "v.txt")])
@@ -485,7 +485,7 @@ def test_cli_prep_takes_val_labels(shared_data, tmp_path):
     assert r.exit_code == 2 and "line 1 is 'x y z'" in r.output and "Traceback" not in r.output
 
 
-def test_torrent_tars_without_a_devkit_give_the_devkit_prep(shared_data, tmp_path):
+def test_torrent_tars_without_a_devkit_give_the_devkit_prep(ilsvrc, tmp_path):
     """The two official image tars alone (as torrents carry them): the shipped ground truth labels the val,
     and DATA equals the prep with the devkit, labels.json included."""
     import json
@@ -493,8 +493,8 @@ def test_torrent_tars_without_a_devkit_give_the_devkit_prep(shared_data, tmp_pat
     import layouts
     from imagenet_prep.prep import PrepConfig, run_prep
 
-    train, val = layouts.real_images(shared_data, per_class=2, n_val=12)
-    for name, kit in (("with", shared_data), ("without", None)):
+    train, val = layouts.real_images(ilsvrc, per_class=2, n_val=12)
+    for name, kit in (("with", ilsvrc), ("without", None)):
         layouts.official(tmp_path / name, train, val, kit)
         run_prep(PrepConfig(src=str(tmp_path / name), out=str(tmp_path / f"out-{name}"), workers=1))
     for split in ("train", "val"):

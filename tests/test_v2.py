@@ -16,12 +16,12 @@ FILLED = (0, 2, 10, 100, 999)
 
 
 @pytest.fixture(scope="module")
-def images(shared_data):
-    return sorted((shared_data / "images" / "val_original").glob("*.JPEG"))[:6]
+def images(ilsvrc):
+    return sorted((ilsvrc / "images" / "val_original").glob("*.JPEG"))[:6]
 
 
 def make_variant(root, images, variant=MATCHED, filled=FILLED, per_folder=2):
-    """A V2 tree: folders 0..999 (all present, most empty), real images under opaque names in `filled`."""
+    """A V2 tree: folders 0..999 (all present, most empty), fixture images under opaque names in `filled`."""
     v = root / variant
     for n in range(1000):
         (v / str(n)).mkdir(parents=True)

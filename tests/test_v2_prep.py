@@ -22,9 +22,9 @@ KIT_FOX = "n02119789"  # ILSVRC2012_ID 1: index 0 in devkit order, so a `--class
 
 
 @pytest.fixture(scope="module")
-def synsets(shared_data) -> list[str]:
+def synsets(ilsvrc) -> list[str]:
     """Caffe's synsets.txt: the sorted wnids, an independent reference for V2's folder n -> wnid."""
-    return (shared_data / "caffe_ilsvrc12" / "synsets.txt").read_text().split()
+    return (ilsvrc / "caffe_ilsvrc12" / "synsets.txt").read_text().split()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def filled(synsets) -> tuple[int, ...]:
 
 
 def make_v2(root: Path, shared: Path, filled, per_folder=2, variant=MATCHED, first=1) -> Path:
-    """A V2 tree: class folders 0..999 (most empty), real val images under opaque hex names in `filled`."""
+    """A V2 tree: class folders 0..999 (most empty), fixture val images under opaque hex names in `filled`."""
     v = root / variant
     for n in range(1000):
         (v / str(n)).mkdir(parents=True)
@@ -71,12 +71,12 @@ def expected(root: Path, synsets, labels_json) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("order", ["sorted", "devkit"])
-def test_v2_split_labelled_through_data_labels_end_to_end(tmp_path, shared_data, synsets, filled, order):
-    data = make_data(tmp_path, shared_data, label_order=order)
+def test_v2_split_labelled_through_data_labels_end_to_end(tmp_path, ilsvrc, synsets, filled, order):
+    data = make_data(tmp_path, ilsvrc, label_order=order)
     lj_path = data / "labels.json"
     lj_bytes, lj_mtime = lj_path.read_bytes(), lj_path.stat().st_mtime_ns
     val_report = json.loads((data / REPORT).read_text())["splits"]["val"]
-    src = make_v2(tmp_path / "v2", shared_data, filled)
+    src = make_v2(tmp_path / "v2", ilsvrc, filled)
     r = prep_cli("--src", src, "--out", data, "--split", "v2", "--workers", 2)
     assert r.exit_code == 0, r.output
     assert "v2-matched-frequency: 8 written" in r.output
@@ -104,9 +104,9 @@ def test_v2_split_labelled_through_data_labels_end_to_end(tmp_path, shared_data,
     assert len(open_split(data, "val")) == 3  # val is still there, and still opens with the same labels.json
 
 
-def test_classes_subset_skips_and_counts_the_rest(tmp_path, shared_data, synsets, filled, capsys):
-    data = make_data(tmp_path, shared_data, label_order="devkit", classes=5)
-    src = make_v2(tmp_path / "v2", shared_data, filled)
+def test_classes_subset_skips_and_counts_the_rest(tmp_path, ilsvrc, synsets, filled, capsys):
+    data = make_data(tmp_path, ilsvrc, label_order="devkit", classes=5)
+    src = make_v2(tmp_path / "v2", ilsvrc, filled)
     capsys.readouterr()
     report = run_prep(PrepConfig(src=str(src), out=str(data), split="v2-matched-frequency", workers=1))
     err = capsys.readouterr().err
@@ -120,9 +120,9 @@ def test_classes_subset_skips_and_counts_the_rest(tmp_path, shared_data, synsets
         run_prep(PrepConfig(src=str(src), out=str(data), split="v2", workers=1, classes=3))
 
 
-def test_rerun_is_a_no_op_and_force_redoes(tmp_path, shared_data, filled, capsys):
-    data = make_data(tmp_path, shared_data)
-    src = make_v2(tmp_path / "v2", shared_data, filled[:2], per_folder=1)
+def test_rerun_is_a_no_op_and_force_redoes(tmp_path, ilsvrc, filled, capsys):
+    data = make_data(tmp_path, ilsvrc)
+    src = make_v2(tmp_path / "v2", ilsvrc, filled[:2], per_folder=1)
     cfg = PrepConfig(src=str(src), out=str(data), split="v2", workers=1)
     run_prep(cfg)
     mdb = data / "v2-matched-frequency.lmdb" / "data.mdb"
@@ -137,14 +137,14 @@ def test_rerun_is_a_no_op_and_force_redoes(tmp_path, shared_data, filled, capsys
     assert mdb.stat().st_mtime_ns != mtime and layouts.content(data, "v2-matched-frequency") == before
 
 
-def test_missing_labels_json_and_other_bad_input_are_one_line_errors(tmp_path, shared_data, filled):
-    src = make_v2(tmp_path / "v2", shared_data, filled[:1], per_folder=1)
+def test_missing_labels_json_and_other_bad_input_are_one_line_errors(tmp_path, ilsvrc, filled):
+    src = make_v2(tmp_path / "v2", ilsvrc, filled[:1], per_folder=1)
     out = tmp_path / "fresh"
     r = CliRunner().invoke(main, ["prep", "--src", str(src), "--out", str(out), "--split", "v2"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert "labels.json not found" in r.output and "imgnet prep --src ILSVRC2012 --out" in r.output
     assert not out.exists()  # the refusal creates nothing
-    data = make_data(tmp_path, shared_data)
+    data = make_data(tmp_path, ilsvrc)
     labels = tmp_path / "val.txt"
     labels.write_text("x 1\n")
     r = CliRunner().invoke(main, ["prep", "--src", str(src), "--out", str(data), "--split", "v2",
@@ -154,9 +154,9 @@ def test_missing_labels_json_and_other_bad_input_are_one_line_errors(tmp_path, s
     assert r.exit_code == 2 and "holds no ImageNetV2 variant (for v2-top-images" in r.output
 
 
-def test_relabelled_data_refuses_to_leave_a_v2_split_stale(tmp_path, shared_data, filled):
-    data = make_data(tmp_path, shared_data)
-    run_prep(PrepConfig(src=str(make_v2(tmp_path / "v2", shared_data, filled[:1], per_folder=1)), out=str(data),
+def test_relabelled_data_refuses_to_leave_a_v2_split_stale(tmp_path, ilsvrc, filled):
+    data = make_data(tmp_path, ilsvrc)
+    run_prep(PrepConfig(src=str(make_v2(tmp_path / "v2", ilsvrc, filled[:1], per_folder=1)), out=str(data),
                         split="v2", workers=1))
     with pytest.raises(ImgnetError, match="would leave v2-matched-frequency in .* packed with the old one; "
                                           "remove v2-matched-frequency first"):
@@ -164,9 +164,9 @@ def test_relabelled_data_refuses_to_leave_a_v2_split_stale(tmp_path, shared_data
                             label_order="devkit", force=True))
 
 
-def test_hdf5_split_verify_and_imgnet_test_find_it(tmp_path, shared_data, filled):
-    data = make_data(tmp_path, shared_data)
-    src = make_v2(tmp_path / "v2", shared_data, filled[:2], per_folder=2, variant=THRESHOLD)
+def test_hdf5_split_verify_and_imgnet_test_find_it(tmp_path, ilsvrc, filled):
+    data = make_data(tmp_path, ilsvrc)
+    src = make_v2(tmp_path / "v2", ilsvrc, filled[:2], per_folder=2, variant=THRESHOLD)
     r = prep_cli("--src", src, "--out", data, "--split", "v2-threshold0.7", "--format", "hdf5", "--workers", 1)
     assert r.exit_code == 0, r.output
     assert (data / "v2-threshold0.7.h5").is_file() and not (data / ".v2-threshold0.7.h5.staging.lmdb").exists()
@@ -204,9 +204,9 @@ def tiny_checkpoint(path: Path, labels: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_kill_9_midway_then_rerun_gives_identical_content(tmp_path, shared_data, synsets):
-    data = make_data(tmp_path, shared_data)
-    src = make_v2(tmp_path / "v2", shared_data, range(0, 900, 30), per_folder=3)  # 90 real val images
+def test_kill_9_midway_then_rerun_gives_identical_content(tmp_path, ilsvrc_once):
+    data = make_data(tmp_path, ilsvrc_once)
+    src = make_v2(tmp_path / "v2", ilsvrc_once, range(0, 900, 30), per_folder=3)  # 90 val images
     clean = tmp_path / "clean"
     shutil.copytree(data, clean)
     run_prep(PrepConfig(src=str(src), out=str(clean), split="v2", workers=1))

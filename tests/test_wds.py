@@ -15,8 +15,8 @@ from imagenet_prep.sources import discover
 
 
 @pytest.fixture(scope="module")
-def images(shared_data):
-    return layouts.real_images(shared_data, per_class=3, n_val=20)
+def images(ilsvrc):
+    return layouts.real_images(ilsvrc, per_class=3, n_val=20)
 
 
 def _prep(src, out, **kw):
@@ -28,10 +28,10 @@ OPTIONS = [{}, {"classes": 500, "per_class": 2, "label_order": "devkit"},
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=["default", "subset-devkit-order", "val-hdf5-jpeg"])
-def test_shards_give_the_official_records(shared_data, images, tmp_path, opts):
+def test_shards_give_the_official_records(ilsvrc, images, tmp_path, opts):
     train, val = images
     ref = tmp_path / "ref"
-    _prep(layouts.official(tmp_path / "official", train, val, shared_data), ref, **opts)
+    _prep(layouts.official(tmp_path / "official", train, val, ilsvrc), ref, **opts)
     src = layouts.timm_wds(tmp_path / "wds", train, val, shards=(3, 2))
     out = tmp_path / "out"
     report = _prep(src, out, **opts)
@@ -43,7 +43,7 @@ def test_shards_give_the_official_records(shared_data, images, tmp_path, opts):
     assert json.loads((out / "labels.json").read_text()) == json.loads((ref / "labels.json").read_text())
 
 
-def test_shard_order_and_cache_do_not_matter(shared_data, images, tmp_path):
+def test_shard_order_and_cache_do_not_matter(ilsvrc, images, tmp_path):
     train, val = images
     a = discover(layouts.timm_wds(tmp_path / "a", train, val, shards=(3, 2), seed=1), cache_dir=tmp_path)
     b = discover(layouts.timm_wds(tmp_path / "b", train, val, shards=(2, 3), seed=2))
@@ -55,7 +55,7 @@ def test_shard_order_and_cache_do_not_matter(shared_data, images, tmp_path):
     assert "the shards' .cls" in a.origin["train"] and "imagenet1k-validation-*.tar (2 shards)" in a.origin["val"]
 
 
-def test_reencoded_copy_is_listed_and_within_tolerance(shared_data, images, tmp_path):
+def test_reencoded_copy_is_listed_and_within_tolerance(ilsvrc, images, tmp_path):
     train, val = images
     # the official file is a CMYK JPEG; the shards hold an RGB re-encoding of it, as timm's do
     wnid, name = "n01739381", "n01739381_1309.JPEG"
@@ -63,7 +63,7 @@ def test_reencoded_copy_is_listed_and_within_tolerance(shared_data, images, tmp_
     cmyk, reenc = io.BytesIO(), io.BytesIO()
     rgb.convert("CMYK").save(cmyk, "JPEG", quality=95)
     Image.open(io.BytesIO(cmyk.getvalue())).convert("RGB").save(reenc, "JPEG", quality=95)
-    _prep(layouts.official(tmp_path / "official", [*train, (wnid, name, cmyk.getvalue())], val, shared_data),
+    _prep(layouts.official(tmp_path / "official", [*train, (wnid, name, cmyk.getvalue())], val, ilsvrc),
           tmp_path / "ref", split="train")
     report = _prep(layouts.timm_wds(tmp_path / "wds", [*train, (wnid, name, reenc.getvalue())], val),
                    tmp_path / "out", split="train")
@@ -97,7 +97,7 @@ def _rewrite(shard, change):
     ("short-shard", r"imagenet1k-train-0001.tar holds \d+ samples but _info.json says \d+"),
     ("info", r"_info.json is not readable"),
 ])
-def test_bad_shards_are_one_line_errors(shared_data, images, tmp_path, damage, message):
+def test_bad_shards_are_one_line_errors(ilsvrc, images, tmp_path, damage, message):
     train, val = images
     src = layouts.timm_wds(tmp_path / "wds", train, val, shards=(3, 2))
     first, second = src / "imagenet1k-train-0000.tar", src / "imagenet1k-train-0001.tar"
@@ -130,7 +130,7 @@ def test_bad_shards_are_one_line_errors(shared_data, images, tmp_path, damage, m
     assert "\n" not in str(e.value)
 
 
-def test_val_shards_must_carry_the_official_labels(shared_data, images, tmp_path):
+def test_val_shards_must_carry_the_official_labels(ilsvrc, images, tmp_path):
     train, val = images
     name, wnid, data = val[0]
     wrong = layouts.sorted_wnids()[(layouts.sorted_wnids().index(wnid) + 1) % 1000]
@@ -143,7 +143,7 @@ def test_val_shards_must_carry_the_official_labels(shared_data, images, tmp_path
     assert s.label_map.names[s.splits["val"][0].label] == wrong and "--val-labels" in s.origin["val"]
 
 
-def test_shards_without_info_json(shared_data, images, tmp_path):
+def test_shards_without_info_json(ilsvrc, images, tmp_path):
     train, val = images
     s = discover(layouts.timm_wds(tmp_path / "wds", train, val, info=False))
     assert s.layout == "timm-wds" and len(s.splits["train"]) == 30 and len(s.splits["val"]) == 20

@@ -2,19 +2,22 @@
 
 A checkpoint is one dict that `torch.load(path, weights_only=True)` reads:
 
-    {"format": "imgnet-checkpoint", "version": 2,
+    {"format": "imgnet-checkpoint", "version": 3,
      "arch": "alexnet" | "alexnet-owt" | "module:callable" (version 1 has none: alexnet),
      "model": state_dict (one-device, grouped form: no "module." / "_orig_mod." prefixes),
      "model_kwargs": the keywords that rebuild the model, "optimizer": ..., "scaler": ... or None,
      "config": the TrainConfig as a dict, "labels": the labels.json dict,
-     "stats": {stats.json keys..., "mean_image": float32 (256, 256, 3)},
+     "stats": {stats.json keys..., "mean_image": float32 (N, N, 3)},
+     "size": N, the side of DATA's images, "crop": the side of the crops the model takes (version 3; versions
+     1 and 2 have neither: 256 and 224, `input_geometry`),
      and the run's state (`RunState`): "epoch" (completed), "step", "best_val_top1_err", "best_epoch",
      "scheduler", "metrics" (the epoch's log.jsonl line), "interrupted" (None, or where inside an epoch a
      stop request saved it), "rng" ([per-rank {"torch", "cuda", "numpy", "python"}])}
 
 Only plain containers, numbers, strings and tensors go in, so loading never runs pickled code. Version 1
 (written before `arch`, `step` and the bias-decay switch existed) loads as arch alexnet with weight decay on
-every parameter, the rule it was trained with.
+every parameter, the rule it was trained with; versions 1 and 2 (written before sizes other than 256) load as
+size 256 with 224 crops.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import torch
 from imagenet_prep.errors import ImgnetError
 
 FORMAT = "imgnet-checkpoint"
-VERSION = 2
-READS = (1, 2)
+VERSION = 3
+READS = (1, 2, 3)
+BEFORE_SIZES = {"size": 256, "crop": 224}  # what a version 1 or 2 checkpoint was trained on (no such keys)
+# settings added with version 3, as every run before had them: a --resume of such a run compares equal
+V2_CONFIG = {"crop": None, "flip": True, "fc_act": "off", "norm": "on"}
 V1_CONFIG = {"arch": "alexnet", "bias_decay": True, "init": "paper"}  # what a version-1 run did (no such keys)
 
 
@@ -181,8 +187,13 @@ def model_from_checkpoint(ckpt: dict, device="cpu", arch: str | None = None) -> 
 
 # ------------------------------------------------------------------------------------- checks
 def saved_config(ckpt: dict) -> dict:
-    """The run's settings, with what a version-1 run did for the keys it did not have yet."""
-    return {**V1_CONFIG, **(ckpt.get("config") or {})}
+    """The run's settings, with what a version-1 or -2 run did for the keys it did not have yet."""
+    return {**V1_CONFIG, **V2_CONFIG, **(ckpt.get("config") or {})}
+
+
+def input_geometry(ckpt: dict) -> tuple[int, int]:
+    """(size, crop): the side of the images the checkpoint's model was trained on and of its crops."""
+    return int(ckpt.get("size", BEFORE_SIZES["size"])), int(ckpt.get("crop", BEFORE_SIZES["crop"]))
 
 
 def mean_mode(ckpt: dict) -> str:
@@ -239,7 +250,7 @@ class RunState:
 
 def to_checkpoint(state: RunState, *, run: dict, model, optimizer, scaler, rng: list) -> dict:
     """The checkpoint dict of `state`. `run`: what stays fixed over a run, {"arch", "model_kwargs",
-    "config", "labels", "stats"}; `rng`: every process's RNG states (rank order)."""
+    "config", "labels", "stats", "size", "crop"}; `rng`: every process's RNG states (rank order)."""
     return {"format": FORMAT, "version": VERSION, **run, "model": model_state(model),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "scheduler": state.schedule.state_dict(), "epoch": state.epoch, "step": state.step,

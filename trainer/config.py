@@ -47,17 +47,25 @@ class RunSettings:
     val_from_train: int = setting(0, "Hold out N train images per class to steer the schedule and pick best.pt, "
                                   "leaving the val split for the final number [default: use val].", low=0)
     # model, section 3 (the model's own switches follow `init`, from the registry)
-    arch: str = setting(registry.DEFAULT, "alexnet (the paper's), alexnet-owt (torchvision's variant) or "
-                        "module:callable, your factory called with num_classes.")
-    init: str = setting("paper", "paper: section 5's init for every arch; module: a module:callable keeps its own.",
-                        choices=("paper", "module"))
+    arch: str = setting(registry.DEFAULT, "alexnet (the paper's), alexnet-owt (torchvision's variant), cifar-quick "
+                        "or cifar-18pct (cuda-convnet's CIFAR-10 nets, with their published recipes as defaults) "
+                        "or module:callable, your factory called with num_classes.")
+    init: str = setting("paper", "For a module:callable model: paper gives it section 5's init, module keeps its "
+                        "own (the registered models always take their published init).", choices=("paper", "module"))
     # input, section 4.1
     mean: str = setting("image", "Subtract the mean image or the mean RGB.", choices=("image", "rgb"))
+    crop: int | None = setting(None, "Side of the square crops the network sees; random crops are uniform over all "
+                               "(size - crop + 1)^2 offsets (section 4.1) [default: 224 of 256-pixel DATA, else "
+                               "7/8 of DATA's size].", low=1)
+    flip: bool = setting(True, "Mirror each training crop with probability 0.5 (section 4.1); --no-flip: never.",
+                         flag="--flip/--no-flip")
     lighting_std: float = setting(0.1, "Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.", low=0)
     # machinery
     workers: int | None = setting(None, "Loader processes [default: the loader's choice].", low=0, **RUNTIME)
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", **RUNTIME)
-    amp: str = setting("off", "Mixed precision: bf16 autocast, or fp16 autocast with loss scaling (CUDA only).",
+    amp: str = setting("off", "Mixed precision: bf16 autocast (CUDA, or a CPU with bf16 such as avx512_bf16: "
+                       "bench/cpu_amp.py measured 1.0x for cifar-quick and 1.1x for AlexNet on a 2-core EPYC, "
+                       "so fp32 stays the default), or fp16 autocast with loss scaling (CUDA only).",
                        choices=("off", "bf16", "fp16"), resume_may_change=True)
     channels_last: bool = setting(False, "NHWC memory format (faster convolutions on recent GPUs).",
                                   **RUNTIME)
@@ -107,6 +115,8 @@ def check_config(cfg) -> None:
     for name, v in positive.items():
         if not v > 0:
             raise ImgnetError(f"{name}={v}; expected a positive number")
+    if cfg.crop is not None and (isinstance(cfg.crop, bool) or not isinstance(cfg.crop, int) or cfg.crop < 1):
+        raise ImgnetError(f"crop={cfg.crop!r}; expected a positive crop side in pixels, or None for the default")
     for name in ("lighting_std", "val_from_train", "weight_decay", "max_lr_drops"):
         if getattr(cfg, name) < 0:
             raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")

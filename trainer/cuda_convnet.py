@@ -44,16 +44,17 @@ Facts that are easy to get wrong:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imagenet_prep.errors import ImgnetError
+from trainer.settings import setting
 
 __all__ = ["CUDA_CONVNET_RECIPES", "Cifar18pct", "Cifar18pctSettings", "CifarQuick", "CifarQuickSettings",
-           "RECIPES", "SpatialResponseNorm", "param_groups", "pooled_side"]
+           "RECIPES", "SpatialResponseNorm", "param_groups", "pooled_side", "recipe_groups", "run_settings"]
 
 ACTIVATIONS = ("relu", "tanh")
 SWITCH = ("on", "off")
@@ -80,11 +81,6 @@ def feature_side(side: int) -> int:
     return side
 
 
-def _option(help: str, choices=None) -> dict:
-    """Field metadata: the help of the option a settings field becomes, and its allowed values."""
-    return {"help": help, "choices": choices, "low": None, "high_open": None}
-
-
 def _check(settings) -> None:
     if not (isinstance(settings.num_classes, int) and settings.num_classes >= 1):
         raise ImgnetError(f"num_classes={settings.num_classes!r}; expected a positive integer")
@@ -102,11 +98,10 @@ class CifarQuickSettings:
 
     num_classes: int = 10  # ip2 outputs; taken from the data, not an option
     side: int = 32  # input side in pixels; taken from the data (ip1 reads 64 * feature_side(side)^2 values)
-    activation: str = field(default="relu", metadata=_option(
-        "Neuron after each conv (relu as published; tanh: Figure 1's comparison).", ACTIVATIONS))
-    fc_act: str = field(default="off", metadata=_option(
-        "Activation after ip1: off as Caffe's cifar10_quick, on as cuda-convnet's layers-80sec.cfg (fc64 "
-        "neuron=relu).", SWITCH))
+    activation: str = setting("relu", "Neuron after each conv (relu as published; tanh: Figure 1's comparison).",
+                              choices=ACTIVATIONS)
+    fc_act: str = setting("off", "cifar-quick: activation after ip1, off as Caffe's cifar10_quick, on as "
+                          "cuda-convnet's layers-80sec.cfg (fc64 neuron=relu).", choices=SWITCH)
 
     def __post_init__(self):
         _check(self)
@@ -118,11 +113,11 @@ class Cifar18pctSettings:
 
     num_classes: int = 10  # ip1 outputs; taken from the data, not an option
     side: int = 32  # input side in pixels; taken from the data
-    activation: str = field(default="relu", metadata=_option(
-        "Neuron after each conv (relu as published; tanh: Figure 1's comparison).", ACTIVATIONS))
-    norm: str = field(default="on", metadata=_option(
-        "Response normalisation after conv1 and conv2 (3x3 within each map, layers-18pct.cfg); off removes "
-        "both layers (section 3.3's CIFAR-10 comparison).", SWITCH))
+    activation: str = setting("relu", "Neuron after each conv (relu as published; tanh: Figure 1's comparison).",
+                              choices=ACTIVATIONS)
+    norm: str = setting("on", "cifar-18pct: response normalisation after conv1 and conv2 (3x3 within each map, "
+                        "layers-18pct.cfg); off removes both layers (section 3.3's CIFAR-10 comparison).",
+                        choices=SWITCH)
 
     def __post_init__(self):
         _check(self)
@@ -225,7 +220,8 @@ class Cifar18pct(nn.Module):
 # ------------------------------------------------------------------------------------- recipes
 # The published recipes as plain data, to be applied as a net's defaults. Keys named as TrainConfig's
 # settings where it has one; "lr_mult" / "decay_mult" are per layer (weight, bias) multipliers of lr and
-# weight_decay (Caffe's param { lr_mult decay_mult }; param_groups() turns them into optimizer groups).
+# weight_decay (Caffe's param { lr_mult decay_mult }; param_groups() turns them into optimizer groups);
+# "source" says where the numbers come from. run_settings() gives the TrainConfig part (a ModelSpec's recipe).
 # Epochs count passes over the 50,000 train images at batch 100 (500 iterations an epoch). No augmentation:
 # the examples feed the whole mean-subtracted 32x32 image (no crop, no mirror, no lighting).
 # Caffe's SGD keeps the lr inside the momentum buffer (v = m v + lr g) where PyTorch keeps it outside
@@ -246,7 +242,7 @@ RECIPES = {
         "epochs": 10,  # 5000 iterations
         "lr_schedule": "step:8",  # 4000 iterations: "reduce the learning rate after 8 epochs"
         "lr_factor": 0.1,
-        "crop": 32, "mirror": False, "lighting_std": 0.0, "mean": "image",
+        "crop": 32, "flip": False, "lighting_std": 0.0, "mean": "image",
     },
     "cifar-18pct": {
         "source": "Caffe examples/cifar10: cifar10_full_solver.prototxt (60000 iterations at 0.001), _lr1 (to "
@@ -263,7 +259,7 @@ RECIPES = {
         "epochs": 140,  # 70000 iterations
         "lr_schedule": "step:120,130",  # 60000 and 65000 iterations
         "lr_factor": 0.1,
-        "crop": 32, "mirror": False, "lighting_std": 0.0, "mean": "image",
+        "crop": 32, "flip": False, "lighting_std": 0.0, "mean": "image",
     },
 }
 # cuda-convnet's own layer-params files, for reference: epsW (lr) 0.001 and epsB 0.002 (bias lr x2), momW =
@@ -277,7 +273,7 @@ CUDA_CONVNET_RECIPES = {
         "lr_mult": _QUICK_MULT,
         "decay_mult": {"conv1": (1, 0), "conv2": (1, 0), "conv3": (1, 0), "ip1": (7.5, 0), "ip2": (7.5, 0)},
         "epochs": 10, "lr_schedule": "step:8", "lr_factor": 0.1,
-        "crop": 32, "mirror": False, "lighting_std": 0.0, "mean": "image",
+        "crop": 32, "flip": False, "lighting_std": 0.0, "mean": "image",
     },
     "cifar-18pct": {
         "source": "cuda-convnet example-layers/layer-params-18pct.cfg: wc=0.004 on conv1-3, wc=1 on fc10; 'Reduce "
@@ -286,17 +282,26 @@ CUDA_CONVNET_RECIPES = {
         "lr_mult": {"conv1": (1, 2), "conv2": (1, 2), "conv3": (1, 2), "ip1": (1, 2)},
         "decay_mult": {"conv1": (1, 0), "conv2": (1, 0), "conv3": (1, 0), "ip1": (250, 0)},
         "epochs": 140, "lr_schedule": "step:120,130", "lr_factor": 0.1,
-        "crop": 32, "mirror": False, "lighting_std": 0.0, "mean": "image",
+        "crop": 32, "flip": False, "lighting_std": 0.0, "mean": "image",
     },
 }
 
 
-def param_groups(model: nn.Module, recipe: dict, lr: float | None = None,
-                 weight_decay: float | None = None) -> list[dict]:
+NOT_SETTINGS = ("source", "lr_mult", "decay_mult")  # recipe keys that are no TrainConfig fields
+
+
+def run_settings(name: str) -> dict:
+    """The TrainConfig defaults of a recipe of RECIPES (batch, lr, schedule, crop, ...): a ModelSpec's recipe."""
+    return {k: v for k, v in RECIPES[name].items() if k not in NOT_SETTINGS}
+
+
+def param_groups(model: nn.Module, recipe: dict, lr: float | None = None, weight_decay: float | None = None,
+                 bias_decay: bool = True) -> list[dict]:
     """torch.optim parameter groups, one per parameter, with the recipe's per-layer multipliers applied to
     `lr` and `weight_decay` (the recipe's own when None): lr * lr_mult, weight_decay * decay_mult, the
     weight's multiplier for a 2-d+ parameter and the bias's for a 1-d one. A layer the recipe does not name
-    gets 1 and 1."""
+    gets 1 and 1. Each group keeps its multiplier as "lr_mult": the trainer's schedule sets a group's lr to
+    the epoch's lr times it. bias_decay=False: no decay on any bias (--no-bias-decay)."""
     lr = recipe["lr"] if lr is None else lr
     wd = recipe["weight_decay"] if weight_decay is None else weight_decay
     groups = []
@@ -304,6 +309,13 @@ def param_groups(model: nn.Module, recipe: dict, lr: float | None = None,
         layer = name.rsplit(".", 2)[-2] if "." in name else name
         which = 0 if p.dim() > 1 else 1
         lm = recipe.get("lr_mult", {}).get(layer, (1, 1))[which]
-        dm = recipe.get("decay_mult", {}).get(layer, (1, 1))[which]
-        groups.append({"params": [p], "name": name, "lr": lr * lm, "weight_decay": wd * dm})
+        dm = recipe.get("decay_mult", {}).get(layer, (1, 1))[which] if which == 0 or bias_decay else 0
+        groups.append({"params": [p], "name": name, "lr": lr * lm, "lr_mult": float(lm), "weight_decay": wd * dm})
+    return groups
+
+
+def recipe_groups(name: str):
+    """A ModelSpec's `param_groups(model, lr, weight_decay, bias_decay)` with RECIPES[name]'s multipliers."""
+    def groups(model: nn.Module, lr: float, weight_decay: float, bias_decay: bool) -> list[dict]:
+        return param_groups(model, RECIPES[name], lr, weight_decay, bias_decay)
     return groups

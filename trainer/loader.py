@@ -4,7 +4,7 @@ Data path of `Loader`:
   main process  a generator seeded by (seed, epoch) draws the permutation and every image's offsets,
                 flip and alphas (`EpochPlan`), so the batches do not depend on the number of workers;
   workers       the decoder (trainer/decoders/; the CPU one by default) fills a shared-memory batch slot:
-                the CPU decoder copies the 224x224 windows (flipped where drawn) of the stored uint8 images
+                the CPU decoder copies the crop windows (224x224 of 256) (flipped where drawn) of the stored uint8 images
                 straight from the LMDB buffer, uint8 (B, 224, 224, 3): no per-sample pickling, no
                 intermediate full image for raw records;
   main process  slot -> pinned memory -> asynchronous copy to the GPU -> the decoder's finish (nothing for
@@ -40,8 +40,7 @@ import torch
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store import Split
-from trainer.data import (CROP, VIEWS, InputTransform, check_split, default_workers, epoch_draws, log, to_device,
-                          view_geometry)
+from trainer.data import VIEWS, InputTransform, check_split, default_workers, log, to_device
 from trainer.decoders.registry import decoder_class
 
 
@@ -217,7 +216,7 @@ class EpochPlan:
 class RawBatch(NamedTuple):
     """A device-ready batch before the float transform (Loader.raw_batches())."""
 
-    images: torch.Tensor  # uint8 (B * views, 224, 224, 3), on the device
+    images: torch.Tensor  # uint8 (B * views, crop, crop, 3), on the device
     labels: torch.Tensor  # int64 (B,), on the device
     tops: np.ndarray  # (B * views,) crop offsets the images were cut at
     lefts: np.ndarray
@@ -302,7 +301,7 @@ class Loader:
         self.start_method = tuning.start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         self.timeout = float(tuning.timeout)
         self.decoder = decoder_class(decoder)  # trainer/decoders/registry.py; None: the default
-        self.crop = CROP  # side of the crops the transform takes
+        self.crop = transform.crop  # side of the crops the transform takes (224 of 256; --crop)
         self._epoch, self._start_batch = 0, 0
         self._pool: _Pool | None = None
         self._finalizer = None
@@ -336,7 +335,7 @@ class Loader:
         n, w, b, r = len(self.indices), self.world_size, self.batch_size, self.rank
         v = VIEWS[self.views]
         sigma = self.transform.lighting_std if self.views == "random" else None  # None: no random choices
-        order, aug = epoch_draws(self.seed, epoch, n, self.train, sigma)
+        order, aug = self.transform.epoch_draws(self.seed, epoch, n, self.train, sigma is not None)
         mine, dropped = self._shares()
         if self.drop_last:
             # step s covers global positions [s*b*w, (s+1)*b*w); rank r takes the r-th block of b in it, so the
@@ -346,7 +345,7 @@ class Loader:
             pos = np.arange(r, n, w)
         batches = [(lo, min(lo + b, mine)) for lo in range(0, mine, b)]
         idx = self.indices[order[pos]]
-        tops, lefts, flips = view_geometry(self.views, mine, aug, pos)
+        tops, lefts, flips = self.transform.geometry(self.views, mine, aug, pos)
         alphas = aug.alphas[pos] if self.views == "random" and self.transform.lighting_std > 0 else None
         return EpochPlan(epoch, v, idx, tops, lefts, flips, alphas, batches, dropped, n)
 

@@ -25,7 +25,9 @@ def parse_schedule(spec: str) -> tuple[str, list[int]]:
 class LrSchedule:
     """The learning rate of each epoch. plateau: multiply by `factor` when the val top-1 error has not
     improved for `patience` epochs, at most `max_drops` times (section 5 did this by hand "when the
-    validation error rate stopped improving"); step: multiply after each listed epoch."""
+    validation error rate stopped improving"); step: multiply after each listed epoch. One lr for the run: the
+    trainer gives each optimizer group this lr times the group's "lr_mult" (a model's per-layer multipliers,
+    ModelSpec.param_groups; 1 where a group has none), so every group follows the schedule."""
 
     def __init__(self, spec: str, base_lr: float, factor: float = 0.1, patience: int = 3, max_drops: int = 3):
         self.kind, self.milestones = parse_schedule(spec)

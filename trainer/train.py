@@ -122,13 +122,19 @@ def holdout(labels: np.ndarray, per_class: int, num_classes: int) -> tuple[np.nd
 
 
 def open_data(cfg: TrainConfig) -> dict:
-    """Splits, statistics and label map of DATA, checked against each other."""
+    """Splits, statistics and label map of DATA, checked against each other; the image size and the run's
+    crop ("size", "crop"), checked against the model. Validation is on val, or where DATA has none on test
+    (a CIFAR download's test batch)."""
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from imagenet_prep.stats import load_stats
+    from trainer.data import held_out_split, resolve_crop, split_size
 
     labels = read_labels_json(cfg.data)
     train_split = open_split(cfg.data, "train")
+    size = split_size(train_split)
+    crop = resolve_crop(cfg.crop, size)
+    registry.check_crop(cfg.arch, crop)
     stats = load_stats(cfg.data)
     made_from = (stats.get("source") or {}).get("labels_sha256")
     if made_from and train_split.meta.get("labels_sha256") and made_from != train_split.meta["labels_sha256"]:
@@ -140,14 +146,14 @@ def open_data(cfg: TrainConfig) -> dict:
         val_split, source = train_split, f"train-holdout-{cfg.val_from_train}-per-class"
     else:
         train_idx = val_idx = None
+        source = held_out_split(cfg.data)
         try:
-            val_split = open_split(cfg.data, "val")
+            val_split = open_split(cfg.data, source)
         except ImgnetError as e:
             raise ImgnetError(f"{e} (validation steers the lr schedule and picks best.pt; "
                               "or hold out train images with --val-from-train N)") from e
-        source = "val"
     return {"labels": labels, "stats": stats, "train": train_split, "val": val_split, "train_idx": train_idx,
-            "val_idx": val_idx, "val_source": source, "num_classes": n}
+            "val_idx": val_idx, "val_source": source, "num_classes": n, "size": size, "crop": crop}
 
 
 def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
@@ -161,7 +167,8 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
     common = dict(workers=cfg.workers, seed=cfg.seed, device=str(device), shard=(d.rank, d.world))
     for split in (data["train"], data["val"]):
         check_split(split, data["stats"], data["num_classes"], data["labels"])
-    transform = functools.partial(InputTransform, data["stats"], mean=cfg.mean, channels_last=cfg.channels_last)
+    transform = functools.partial(InputTransform, data["stats"], mean=cfg.mean, channels_last=cfg.channels_last,
+                                  crop=data["crop"], flip=cfg.flip)
     train_loader = Loader(data["train"], transform(lighting_std=cfg.lighting_std), per_rank, train=True,
                           views="random", indices=data["train_idx"], **common)
     val_loader = Loader(data["val"], transform(lighting_std=0.0), per_rank, train=False, views="center",
@@ -173,10 +180,13 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------- training
-def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None):
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None,
+                crop: int | None = None):
     """(the model of `cfg.arch` on `device`, or AlexNet split over cuda:0 and cuda:1 with model_parallel;
-    the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them."""
-    settings = registry.settings_of(cfg.arch, {**asdict(cfg), "num_classes": num_classes})
+    the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them.
+    `crop`: the input side, for a model whose settings take it (`side`: the CIFAR nets)."""
+    taken = {"num_classes": num_classes, **({} if crop is None else {"side": crop})}
+    settings = registry.settings_of(cfg.arch, {**asdict(cfg), **taken})
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model, kwargs = registry.build(cfg.arch, settings, init=cfg.init)
     if state is not None:
@@ -193,7 +203,11 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """Section 5: v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v. torch keeps v in gradient units (w -= lr v):
     the same steps at a constant lr; after a drop the carried momentum moves at the new lr at once.
-    bias_decay=False: no decay on biases (any 1-d parameter), as Caffe and cuda-convnet."""
+    bias_decay=False: no decay on biases (any 1-d parameter), as Caffe and cuda-convnet. A model with its own
+    parameter groups (ModelSpec.param_groups: the CIFAR nets' per-layer lr and decay multipliers) gets those."""
+    own = registry.optimizer_groups(cfg.arch, model, cfg.lr, cfg.weight_decay, cfg.bias_decay)
+    if own is not None:
+        return torch.optim.SGD(own, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     if not cfg.bias_decay:
         params = [{"params": [p for p in params if p.ndim > 1]},
@@ -323,7 +337,8 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
     if resume_from is not None:
         ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
     train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
-    model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None)
+    model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None,
+                                      crop=data["crop"])
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     state = ck.RunState(LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops))
@@ -332,7 +347,7 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
     net, _ = _wrap(model, cfg, device, d)
     fixed = {"arch": cfg.arch, "model_kwargs": model_kwargs, "config": asdict(cfg), "labels": data["labels"],
-             "stats": _checkpoint_stats(data["stats"])}
+             "stats": _checkpoint_stats(data["stats"]), "size": data["size"], "crop": data["crop"]}
     s = Session(cfg, d, device, run, data, train_loader, val_loader, model, net, optimizer, scaler, state, fixed,
                 _val_label_sets(data), _printer(cfg.progress and d.main))
     _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, s.say)
@@ -371,8 +386,8 @@ def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict:
     stop request inside the epoch saves the position in it and ends the run (KeyboardInterrupt)."""
     cfg, state, loader = s.cfg, s.state, s.train_loader
     lr = state.schedule.lr
-    for g in s.optimizer.param_groups:
-        g["lr"] = lr
+    for g in s.optimizer.param_groups:  # a group's lr_mult (a recipe's per-layer multiplier) scales the schedule
+        g["lr"] = lr * g.get("lr_mult", 1.0)
     start = _epoch_start(state, epoch)
     loader.set_epoch(epoch, start.batch)
     t0 = time.perf_counter()
@@ -443,7 +458,8 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
-              "val_source": data["val_source"], "environment": runfolder.environment(device, d.world)}
+              "val_source": data["val_source"], "input": {"size": data["size"], "crop": data["crop"]},
+              "environment": runfolder.environment(device, d.world)}
     runfolder.write_record(run, record, resume=resume_from is not None)
     if resume_from is None:
         return
@@ -485,8 +501,11 @@ def _diverged_message(value: float, step: int, epoch: int, batch: int, batches: 
 def model_hints(cfg: TrainConfig) -> list[str]:
     """The model switches worth trying after a divergence: those whose metadata names a `divergence_hint`
     value that the run does not use (--bias-init caffe)."""
+    from dataclasses import fields
+
+    own = {f.name for f in fields(registry.spec_of(cfg.arch).settings)}  # hints of the run's own model only
     return [f"--{f.name.replace('_', '-')} {f.metadata['divergence_hint']}" for f in registry.switch_fields()
-            if f.metadata.get("divergence_hint") not in (None, getattr(cfg, f.name))]
+            if f.name in own and f.metadata.get("divergence_hint") not in (None, getattr(cfg, f.name))]
 
 
 def _epoch_line(m: dict, epochs: int) -> str:

@@ -22,12 +22,12 @@ def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, clock: c
                smoothing=0.05, disable=None)
     pool = None
     if workers > 1:
-        pool = worker.pool(workers, cfg.encoding, cfg.quality)
+        pool = worker.pool(workers, cfg.encoding, cfg.quality, cfg.size)
         # results wait in memory only while the writer is behind by less than 2 * window images
         results = pool.imap(worker.process_item, todo, window=2 * max(256, 64 * workers),
                             describe=lambda it: repr(it.name))
     else:
-        worker.init_worker(cfg.encoding, cfg.quality)
+        worker.init_worker(cfg.encoding, cfg.quality, cfg.size)
         results = map(worker.process_item, todo)
     try:
         _commit_all(zip(todo, results), start, writer, bar, clock)

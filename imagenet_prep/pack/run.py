@@ -1,4 +1,4 @@
-"""`imgnet prep`: find the source layout, resize every image to 256x256 in parallel, pack it.
+"""`imgnet prep`: find the source layout, resize every image to N x N (`--size`, 256) in parallel, pack it.
 
 `run_prep` lists the source (sources.discover), plans the splits still to pack, and hands each to the packer
 its layout asks for (`Layout.streamed`: pack/streamed.py, else pack/inorder.py); workers decode, resize and
@@ -32,7 +32,10 @@ from imagenet_prep.sources import base, registry
 from imagenet_prep.sources.discover import discover
 
 REPORT = "prep-report.json"
-ALL_SPLITS = ("train", "val", *v2.SPLITS)  # every split a DATA folder can hold
+ALL_SPLITS = ("train", "val", "test", *v2.SPLITS)  # every split a DATA folder can hold (test: a CIFAR download's)
+# settings that reports written before they existed lack: left out of the report's config at these defaults,
+# so that the report of a run at the defaults stays what it was
+_NEW_DEFAULTS = {"size": store.SIZE, "coarse": False}
 
 
 @dataclass
@@ -49,6 +52,14 @@ class PrepConfig:
     label_order: str = "sorted"   # sorted (index 0 = n01440764) | devkit (ILSVRC2012_ID - 1); v2: DATA's
     force: bool = False           # redo complete splits
     val_labels: str | None = None  # file of `<name> <index or wnid>` lines labelling a flat val (else the ground truth)
+    size: int | None = None       # side N of the stored N x N images; None: DATA's size, or 256 in a new DATA
+    coarse: bool = False          # CIFAR-100: the 20 coarse labels instead of the 100 fine ones
+
+
+def config_record(cfg: PrepConfig) -> dict:
+    """The settings of a run as the report records them (the newer ones only where they differ from the
+    defaults that older reports imply)."""
+    return {k: v for k, v in asdict(cfg).items() if not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
 
 
 # -------------------------------------------------------------------------------- main side
@@ -69,7 +80,7 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
         h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode("utf-8", "surrogateescape"))  # undecodable bytes
     return {"layout": layout, "items_sha256": h.hexdigest(), "count": len(items), "encoding": cfg.encoding,
             "quality": cfg.quality if cfg.encoding == "jpeg" else None, "format": cfg.format,
-            "labels_sha256": labels_sha}
+            "labels_sha256": labels_sha, **({"size": cfg.size} if cfg.size != store.SIZE else {})}  # 256: as before
 
 
 def _complete_meta(out: Path, name: str) -> dict | None:
@@ -87,7 +98,7 @@ def _remove(path: Path) -> None:
 def _check_disk(out: Path, remaining: dict, cfg: PrepConfig, freed: int = 0) -> None:
     """Refuse before starting when the images still to write (name -> (to process, whole split)) cannot fit;
     `freed`: bytes that --force is about to delete."""
-    per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality)
+    per_image = store.estimate_bytes_per_image(cfg.encoding, cfg.quality, cfg.size)
     n = sum(todo for todo, _ in remaining.values())
     fmt = formats.get(cfg.format)
     need = sum(fmt.disk_bytes(todo, whole, per_image) for todo, whole in remaining.values())
@@ -129,7 +140,8 @@ def _prep_split(name: str, items, skipped, cfg: PrepConfig, out: Path, labels: d
                 workers: int, differs=(), extra=None, locate=None, layout=None) -> dict:
     fmt = formats.get(cfg.format)
     final, work = fmt.path(out, name), fmt.staging_path(out, name)
-    writer = store.LmdbWriter(work, fingerprint, len(items), store.estimate_bytes_per_image(cfg.encoding, cfg.quality))
+    writer = store.LmdbWriter(work, fingerprint, len(items),
+                              store.estimate_bytes_per_image(cfg.encoding, cfg.quality, cfg.size))
     try:
         assert not (writer.complete and not fmt.staged), f"{work} is complete: the caller skips it"
         if writer.complete:  # killed while converting: the staged split is done, convert again
@@ -169,6 +181,7 @@ def _pack_split(name: str, items, skipped, writer: store.LmdbWriter, cfg: PrepCo
               f"{len(report['rejected']) - len(skipped)} rejected: see {REPORT})", file=sys.stderr)
     return writer.finish({
         "split": name, "format": cfg.format, "encoding": cfg.encoding, "quality": fingerprint["quality"],
+        "size": cfg.size,
         "num_classes": len(labels["classes"]), "label_order": cfg.label_order,
         "labels_sha256": fingerprint["labels_sha256"], "layout": fingerprint["layout"],
         "fingerprint": fingerprint, "report": report})
@@ -184,17 +197,33 @@ def run_prep(cfg: PrepConfig) -> dict:
     (train/n01440764/n01440764_10026.JPEG), or an archive's path relative to --src, ":" and the member's name
     at each level (ILSVRC2012_img_train.tar:n01440764.tar:n01440764_10026.JPEG); a V2 split's, relative to
     the variant folder its entry names as `src` (2/0af3e1c8.jpeg)."""
-    for field, allowed in (("split", ("train", "val", "all", v2.ANY, *v2.SPLITS)), ("format", formats.names()),
+    for field, allowed in (("split", ("train", "val", "test", "all", v2.ANY, *v2.SPLITS)), ("format", formats.names()),
                            ("encoding", ("raw", "jpeg")), ("label_order", ("sorted", "devkit"))):
         if getattr(cfg, field) not in allowed:
             raise ImgnetError(f"{field}={getattr(cfg, field)!r}; expected one of {', '.join(allowed)}")
+    if cfg.size is not None and (type(cfg.size) is not int or not store.MIN_SIZE <= cfg.size <= store.MAX_SIZE):
+        raise ImgnetError(f"size={cfg.size!r}; expected the side of the stored images in pixels, "
+                          f"{store.MIN_SIZE} to {store.MAX_SIZE}")
     out = Path(cfg.out)
     is_v2 = cfg.split == v2.ANY or cfg.split in v2.SPLITS
     if is_v2:
         _check_v2_config(cfg, out)  # before _check_writable creates an empty DATA
     _check_writable(out)
     with _exclusive(out), sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
+        cfg = _with_size(cfg, out)
         return _run_v2_prep(cfg, out) if is_v2 else _run_prep(cfg, out)
+
+
+def _with_size(cfg: PrepConfig, out: Path) -> PrepConfig:
+    """cfg with its size settled: the one given, else that of the splits DATA holds, else 256. Every split
+    of a DATA folder has one size (pca-stats, the loader and the model read it once): another is refused."""
+    held = next(((name, store.meta_size(meta)) for name in ALL_SPLITS
+                 if (meta := _complete_meta(out, name)) is not None), None)
+    size = cfg.size if cfg.size is not None else held[1] if held else store.SIZE
+    if held is not None and held[1] != size:
+        raise ImgnetError(f"--size {size} but {out} holds {held[0]} at size {held[1]}; the splits of one DATA folder "
+                          f"share one size: pass --size {held[1]}, or use a new --out folder")
+    return replace(cfg, size=size)
 
 
 @contextlib.contextmanager
@@ -234,11 +263,13 @@ def _exclusive(out: Path):
 
 
 def _run_prep(cfg: PrepConfig, out: Path) -> dict:
-    wanted = ["train", "val"] if cfg.split == "all" else [cfg.split]
+    wanted = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
+    _check_native_size(cfg)
     # list only the splits asked for (the label map depends on the whole source either way); the tars'
     # listings are kept in DATA so that a resumed run or a rerun does not read their headers again
     source = discover(cfg.src, label_order=cfg.label_order, classes=cfg.classes, per_class=cfg.per_class,
-                      splits=None if cfg.split == "all" else wanted, cache_dir=out, val_labels=cfg.val_labels)
+                      splits=None if cfg.split == "all" else wanted, cache_dir=out, val_labels=cfg.val_labels,
+                      coarse=cfg.coarse)
     names = [s for s in wanted if s in source.splits]
     if not names:
         raise ImgnetError(f"{cfg.src} ({source.layout} layout) has no {' or '.join(wanted)} split")
@@ -252,7 +283,20 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {},
                 functools.partial(source.locate, n), layout) for n in names}
     return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
-                        top={"layout": source.layout, "config": asdict(cfg)})
+                        top={"layout": source.layout, "config": config_record(cfg)})
+
+
+def _check_native_size(cfg: PrepConfig) -> None:
+    """A layout of small images of one size (CIFAR: 32 x 32) is never upscaled: a larger --size is refused,
+    before the listing reads the download."""
+    src = Path(os.path.abspath(cfg.src))
+    if not src.is_dir():
+        return  # discover says what is wrong with it
+    layout = registry.detect(src)
+    native = layout.native_size
+    if native is not None and cfg.size > native:
+        raise ImgnetError(f"{cfg.src} is a {layout.name} download of {native}x{native} images; --size {cfg.size} "
+                          f"would upscale them: pass --size {native} (stored as they are)")
 
 
 def _check_label_map(cfg: PrepConfig, out: Path, names: list, labels_sha: str) -> None:
@@ -368,7 +412,7 @@ def _run_v2_prep(cfg: PrepConfig, out: Path) -> dict:
     fingerprints = {name: _fingerprint(cfg, found.items, labels_sha, v2.LAYOUT)}
     todo = _plan(cfg, out, [name], fingerprints)
     extra = {"src": str(found.src), "variant": found.variant, "missing_folders": found.missing,
-             "outside": {"images": found.outside, "classes": found.outside_classes}, "config": asdict(cfg)}
+             "outside": {"images": found.outside, "classes": found.outside_classes}, "config": config_record(cfg)}
     return _pack_splits(cfg, out, [name], todo, labels, fingerprints,
                         {name: (found.items, found.skipped, [], extra,
                                 lambda item: base.relative(found.src, item.path), None)}, top={})

@@ -76,15 +76,22 @@ def _pack_units(layout: Layout, units, writer: store.LmdbWriter, cfg, workers: i
     tasks = [(f"{Path(p).name}:{u}", layout, p, u, rows) for (p, u), rows in units.items()
              if f"{Path(p).name}:{u}" not in done]
     with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality))
-            # a result is a whole unit's records: a window just over one per worker bounds the memory
-            results = pool.imap(_whole_unit, tasks, window=workers + 2, describe=lambda t: f"unit {t[0]}")
-        else:
-            results = map(_whole_unit, tasks)
+        # a result is a whole unit's records: one task per worker bounds the memory. No more: a task carries
+        # its unit's rows (a CIFAR batch: 10,000 names, more than a pipe holds), and one sent ahead to a busy
+        # worker would block the pool's io thread while that worker waits to send it its result
+        results = _mapped(stack, _whole_unit, tasks, workers > 1, workers, cfg, workers, lambda t: f"unit {t[0]}")
         for key, out in results:
             _commit(writer, out, {key: 1}, clock)
             bar.update(len(out))
+
+
+def _mapped(stack: contextlib.ExitStack, fn, tasks, pooled: bool, workers: int, cfg, window: int, describe):
+    """fn over tasks in order: in a pool of `workers` processes (at most `window` tasks in flight, closed with
+    `stack`) where `pooled`, else in this process."""
+    if not pooled:
+        return map(fn, tasks)
+    pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality, cfg.size))
+    return pool.imap(fn, tasks, window=window, describe=describe)
 
 
 # --------------------------------------------------------------------------- streamed units
@@ -118,12 +125,8 @@ def _pack_stream(layout: Layout, path: str, rows, writer: store.LmdbWriter, cfg,
             bar.update(len(results))
 
     with contextlib.ExitStack() as stack:
-        members = _members(layout, path, wanted)
-        if workers > 0:
-            pool = stack.enter_context(worker.pool(workers, cfg.encoding, cfg.quality))
-            decoded = pool.imap(_decode, members, window=window, describe=lambda t: f"{key}: {t[2]!r}")
-        else:
-            decoded = map(_decode, members)
+        decoded = _mapped(stack, _decode, _members(layout, path, wanted), workers > 0, workers, cfg, window,
+                          lambda t: f"{key}: {t[2]!r}")
         for pos, r in decoded:
             if stop.is_set():
                 return
@@ -167,7 +170,7 @@ def pack(items, writer: store.LmdbWriter, cfg, workers: int, name: str, layout: 
     bar = tqdm(total=len(items), initial=start, unit="img", desc=f"prep {name}", dynamic_ncols=True,
                smoothing=0.05, disable=None)
     if workers <= 1:
-        worker.init_worker(cfg.encoding, cfg.quality)
+        worker.init_worker(cfg.encoding, cfg.quality, cfg.size)
     try:
         if layout.unit_in_worker:
             _pack_units(layout, _units(items), writer, cfg, workers, bar, clock)

@@ -6,7 +6,8 @@ reading or extracting them.
     discover.py   discover(): detect, list, label (Source)
     truth.py      the labels of a flat val (devkit, Kaggle CSV, --val-labels, the shipped ground truth)
     cache.py      listings kept in DATA; tarscan.py, zipscan.py, folders.py: reading tars, zips, folders in place
-    one module per layout: archives, extracted, kaggle, kaggle_zip, wds, hf_parquet, hf_targz, imagefolder
+    one module per layout: archives, extracted, kaggle, kaggle_zip, wds, hf_parquet, hf_targz, imagefolder, caffe;
+    cifar (the four CIFAR downloads, one Layout each: splits train and test)
 
 An Item names a byte range: a whole file, or a member of a tar located by its absolute offset in the
 outer file (members of the per-class tars and of the shards too), or a zip member (its local header's

@@ -18,7 +18,9 @@ from typing import Callable, Iterator
 
 from imagenet_prep.errors import ImgnetError
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # ImageNet's splits
+# every split a layout may list: test is the held-out split of a download that has one (CIFAR), not ImageNet's val
+LAYOUT_SPLITS = (*SPLITS, "test")
 # the largest source image read: a 179-megapixel (twice Pillow's limit) 16-bit RGBA TIFF is ~1.4 GB; a zip
 # member inflates to at most zipscan.MAX_MEMBER_BYTES, the same bound
 MAX_IMAGE_BYTES = 2 << 30
@@ -95,13 +97,17 @@ class Layout:
     unit_in_worker: bool = True  # streamed: one worker reads and decodes a whole unit (else the main process
     #                              streams each unit and workers decode windows of it)
     prefers_csv: bool = False  # a flat val is labelled by Kaggle's LOC_val_solution.csv before a devkit
+    in_listed_order: bool = False  # records in the listing's order (the download's), not sorted by class and name
+    native_size: int | None = None  # every image is native_size x native_size: prep never upscales them
+    options: tuple[str, ...] = ()  # keyword options `list` takes (e.g. "coarse"), passed only when asked for
 
     def detect(self, src: Path) -> bool:
         """Whether SRC (an absolute folder) holds this layout; cheap: no listing."""
         raise NotImplementedError
 
-    def list(self, src: Path, cache_dir=None) -> Listing:
-        """The splits SRC holds; `cache_dir`: where slow listings may be kept (cache.py)."""
+    def list(self, src: Path, cache_dir=None, **options) -> Listing:
+        """The splits SRC holds; `cache_dir`: where slow listings may be kept (cache.py); `options`: those of
+        `self.options` the user asked for."""
         raise NotImplementedError
 
     def differs(self, item: Item) -> str | None:

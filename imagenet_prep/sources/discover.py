@@ -20,7 +20,8 @@ from typing import Callable
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import LabelMap, build_label_map, load_class_meta
 from imagenet_prep.sources import registry, truth
-from imagenet_prep.sources.base import SPLITS, Entry, Item, Layout, ListedSplit, locate_entry, os_failure, relative, skip
+from imagenet_prep.sources.base import (LAYOUT_SPLITS, Entry, Item, Layout, ListedSplit, locate_entry, os_failure,
+                                        relative, skip)
 from imagenet_prep.sources.folders import check_class_names, folder_classes
 
 
@@ -53,7 +54,7 @@ class Source:
 
 
 def discover(src, label_order: str = "sorted", classes: int | None = None, per_class: int | None = None,
-             splits=None, cache_dir=None, val_labels=None) -> Source:
+             splits=None, cache_dir=None, val_labels=None, coarse: bool = False) -> Source:
     """Find the layout of `src` and list its images.
 
     label_order "sorted" | "devkit"; `classes=N` keeps the first N classes in label order (renumbered from 0);
@@ -62,22 +63,23 @@ def discover(src, label_order: str = "sorted", classes: int | None = None, per_c
     every run over the same source gets the same label map (see the module docstring). `cache_dir`: a writable
     folder where the listings of the archives, shards and zip are kept for the next run over the same files.
     `val_labels`: a file of `<name> <index or wnid>` lines that labels a flat val (or the val shards) instead
-    of the ground truth. An OSError while listing (EIO, EACCES, ESTALE on a file or folder) is an I/O failure:
+    of the ground truth. `coarse`: CIFAR-100's 20 coarse labels (a layout with the "coarse" option). An OSError
+    while listing (EIO, EACCES, ESTALE on a file or folder) is an I/O failure:
     a one-line error naming the file and errno."""
     try:
-        return _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels)
+        return _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels, coarse)
     except OSError as e:
         raise os_failure(os.fsdecode(e.filename) if e.filename else str(src), e) from e
 
 
-def _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels) -> Source:
+def _discover(src, label_order, classes, per_class, splits, cache_dir, val_labels, coarse=False) -> Source:
     src = Path(os.path.abspath(src))  # item paths and the names in reports are found under it (Source.locate)
     if not src.is_dir():
         raise ImgnetError(f"source {src} is not a folder; expected the folder holding the ILSVRC2012 download")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
         raise ImgnetError(f"per_class={per_class!r}; expected a positive number of images per class")
     layout = registry.detect(src)
-    listing = layout.list(src, cache_dir)
+    listing = layout.list(src, cache_dir, **_options(src, layout, coarse=coarse))
     found = listing.splits
     check_class_names(folder_classes(found), str(src))
     wanted = list(found) if splits is None else list(splits)
@@ -100,7 +102,8 @@ def _discover(src, label_order, classes, per_class, splits, cache_dir, val_label
     items, skipped = {}, {}
     for s in wanted:
         relabelled = found[s].classes is None or (s == "val" and relabel)
-        items[s], skipped[s], origin[s] = _list_split(s, found[s], labels if relabelled else None, label_map, shipped, per_class)
+        items[s], skipped[s], origin[s] = _list_split(s, found[s], labels if relabelled else None, label_map, shipped,
+                                                      per_class, layout.in_listed_order)
         skipped[s] = sorted((skip(relative(src, d["name"]), d["reason"]) for d in skipped[s]), key=lambda d: d["name"])
     source = Source(src, layout.name, label_map, items, skipped, origin, {}, {s: found[s].locate for s in wanted})
     for s in wanted:
@@ -109,11 +112,22 @@ def _discover(src, label_order, classes, per_class, splits, cache_dir, val_label
     return source
 
 
+def _options(src: Path, layout: Layout, **asked) -> dict:
+    """The options asked for (those not at their default, False), each one the layout takes; another is refused."""
+    given = {k: v for k, v in asked.items() if v}
+    for k in given:
+        if k not in layout.options:
+            with_it = [x.name for x in registry.LAYOUTS if k in x.options]
+            raise ImgnetError(f"--{k} applies to {' and '.join(with_it) or 'no'} layouts; {src} is the {layout.name} "
+                              f"layout: leave --{k} out")
+    return given
+
+
 def _check_wanted(src: Path, layout: Layout, found: dict[str, ListedSplit], wanted: list[str], val_labels) -> None:
     """The splits asked for exist and can be listed; a listing that --val-labels cannot relabel is refused."""
     for s in wanted:
-        if s not in SPLITS:
-            raise ImgnetError(f"split {s!r} is not supported; expected one of {', '.join(SPLITS)}")
+        if s not in LAYOUT_SPLITS:
+            raise ImgnetError(f"split {s!r} is not supported; expected one of {', '.join(LAYOUT_SPLITS)}")
         if s not in found:
             raise ImgnetError(f"{src} ({layout.name} layout) has no {s} split; it has {', '.join(found) or 'none'}")
     for s, sp in found.items():  # an incomplete split not asked for matters only where its classes count
@@ -138,9 +152,10 @@ def _truth_classes(names: list[str], labels: truth.Truth, flat_where: str) -> li
 
 
 def _list_split(s: str, sp: ListedSplit, labels: truth.Truth | None, label_map: LabelMap, shipped: truth.Truth,
-                per_class: int | None) -> tuple[list[Item], list[dict], str]:
+                per_class: int | None, listed_order: bool = False) -> tuple[list[Item], list[dict], str]:
     """(items in record order, skipped, origin) of one split; `labels`: the ground truth that labels it (a flat
-    or relabelled split), else its own classes label it."""
+    or relabelled split), else its own classes label it. `listed_order`: records in the listing's order
+    (a download's own), else train by (label, name) and the others by name."""
     entries, skipped = sp.entries()
     if labels is not None:
         origin = f"{sp.where} (labels: {labels.origin})"
@@ -152,7 +167,8 @@ def _list_split(s: str, sp: ListedSplit, labels: truth.Truth | None, label_map: 
                 truth.check_item(e.name, e.cls, shipped, sp.where if sp.relabel else f"{sp.where}/{e.cls}")
     its = [Item(e.name, label, e.path, e.offset, e.size, e.method, e.crc) for e in entries
            if (label := label_map.index_of(e.cls)) is not None]
-    its.sort(key=(lambda i: (i.label, i.name)) if s == "train" else (lambda i: (i.name, i.label)))
+    if not listed_order:
+        its.sort(key=(lambda i: (i.label, i.name)) if s == "train" else (lambda i: (i.name, i.label)))
     if per_class is not None:
         its = _first_per_class(its, per_class)
     return its, skipped, origin

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid
-from imagenet_prep.sources import archives, caffe, extracted, hf_parquet, hf_targz, imagefolder, kaggle, kaggle_zip, wds
+from imagenet_prep.sources import (archives, caffe, cifar, extracted, hf_parquet, hf_targz, imagefolder, kaggle,
+                                   kaggle_zip, wds)
 from imagenet_prep.sources.base import Layout
 
 LAYOUTS: list[Layout] = [
@@ -21,6 +22,7 @@ LAYOUTS: list[Layout] = [
     caffe.LAYOUT,        # train.txt / val.txt '<relpath> <label>' with synset_words.txt or synsets.txt
     extracted.LAYOUT,    # train/<wnid>/, val/ (wnid class folders or flat)
     imagefolder.LAYOUT,  # train/<class>/, val/<class>/
+    *cifar.LAYOUTS,      # cifar-{10,100}-{python,binary}.tar.gz or their extracted folders
 ]
 
 

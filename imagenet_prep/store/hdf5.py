@@ -4,7 +4,8 @@ and by stats.py for stats.h5).
 HDF5 file `DATA/<split>.h5` (HDF5 has no crash consistency of its own, so a split is first staged in a
 crash-safe LMDB `DATA/.<split>.h5.staging.lmdb`, then converted in one pass to `<split>.h5.tmp` and renamed
 into place once synced: store.formats.StoreFormat.finalize; a kill during conversion just redoes it):
-    images  (N, 256, 256, 3) uint8, chunked one image per chunk (raw), or vlen uint8 JPEG bytes (jpeg)
+    images  (N, S, S, 3) uint8 (S: meta["size"], 256 by default), chunked one image per chunk (raw), or vlen
+            uint8 JPEG bytes (jpeg)
     labels  (N,) int64; name_bytes: uint8, the names joined by NUL as in LMDB; crc32 (N,) uint32;
     attribute `meta`: the JSON metadata (version 1: `names` (N,) utf-8 strings, no crc32)
 
@@ -26,8 +27,8 @@ from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store.formats import StoreFormat, register
 from imagenet_prep.store.reader import Split
-from imagenet_prep.store.records import (IMAGE_SHAPE, RAW_BYTES, check_index, check_meta, decode_image, join_names,
-                                         parse_meta, split_names)
+from imagenet_prep.store.records import (check_index, check_meta, decode_image, image_shape, join_names,
+                                         meta_size, parse_meta, raw_bytes, split_names)
 
 
 # ------------------------------------------------------------------------------- file checks
@@ -88,10 +89,11 @@ def open_hdf5(path: Path) -> tuple[dict, np.ndarray, list]:
             meta = parse_meta(f.attrs["meta"], path)
             n = check_meta(path, meta)
             raw = meta["encoding"] == "raw"
-            images = dataset(f, "images", path, "uint8" if raw else "vlen uint8", (n, *IMAGE_SHAPE) if raw else (n,))
-            if raw and images.id.get_storage_size() != n * RAW_BYTES:
+            shape, nbytes = image_shape(meta_size(meta)), raw_bytes(meta_size(meta))
+            images = dataset(f, "images", path, "uint8" if raw else "vlen uint8", (n, *shape) if raw else (n,))
+            if raw and images.id.get_storage_size() != n * nbytes:
                 raise ImgnetError(f"{path}: the images dataset stores {images.id.get_storage_size():,} bytes, not "
-                                  f"{n} x {RAW_BYTES:,}; rebuild it with `imgnet prep --force`")
+                                  f"{n} x {nbytes:,}; rebuild it with `imgnet prep --force`")
             labels_ds = dataset(f, "labels", path, "integer", (n,))
             labels = contiguous(labels_ds, path, labels_ds.dtype.itemsize).astype(np.int64)
             if meta["format_version"] >= 2:
@@ -176,8 +178,9 @@ class Hdf5Format(StoreFormat):
         n, raw = staging.written, meta["encoding"] == "raw"
         with h5py.File(tmp, "w") as f:
             if raw:  # maxshape: HDF5 refuses a (1, ...) chunk on a dataset of 0 images unless it may grow
-                images = f.create_dataset("images", shape=(n, *IMAGE_SHAPE), dtype=np.uint8,
-                                          chunks=(1, *IMAGE_SHAPE), maxshape=(None, *IMAGE_SHAPE))
+                shape = image_shape(meta_size(meta))
+                images = f.create_dataset("images", shape=(n, *shape), dtype=np.uint8,
+                                          chunks=(1, *shape), maxshape=(None, *shape))
             else:
                 images = f.create_dataset("images", shape=(n,), dtype=h5py.vlen_dtype(np.uint8))
             labels, crcs, names = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint32), []

@@ -27,7 +27,7 @@ from imagenet_prep.atomic import os_reason
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store.formats import StoreFormat, register
 from imagenet_prep.store.reader import Split
-from imagenet_prep.store.records import (IMAGE_SHAPE, RAW_BYTES, check_index, check_meta, decode_image, parse_meta,
+from imagenet_prep.store.records import (check_index, check_meta, decode_image, parse_meta,
                                          split_names, split_names_v1, unpack_rec)
 
 PROGRESS, META, LABELS, NAMES = b"__progress__", b"__meta__", b"__labels__", b"__names__"
@@ -162,7 +162,7 @@ class LmdbSplit(Split):
 
     @contextmanager
     def raw_views(self):
-        """For raw splits: yields `view(i) -> uint8 (256, 256, 3)`, a zero-copy view of the memory map valid only
+        """For raw splits: yields `view(i) -> uint8 (N, N, 3)`, a zero-copy view of the memory map valid only
         inside the block (one read transaction)."""
         if self.encoding != "raw":
             raise ValueError(f"{self.path} is {self.format}/{self.encoding}; raw views need lmdb/raw")
@@ -170,19 +170,20 @@ class LmdbSplit(Split):
         with self._open().begin(buffers=True) as txn:
             def view(i: int) -> np.ndarray:
                 buf = txn.get(img_key(i)) if 0 <= i < n else None
-                if buf is None or len(buf) != RAW_BYTES:
-                    raise ImgnetError(f"record {i} of {self.path} is missing or not a raw 256x256x3 image")
-                return np.frombuffer(buf, np.uint8).reshape(IMAGE_SHAPE)
+                if buf is None or len(buf) != self.raw_bytes:
+                    raise ImgnetError(f"record {i} of {self.path} is missing or not a raw {self.size}x{self.size}x3 "
+                                      "image")
+                return np.frombuffer(buf, np.uint8).reshape(self.image_shape)
 
             yield view
 
     def load_image(self, i: int, out: np.ndarray | None) -> np.ndarray:
         with self._open().begin(buffers=True) as txn:
             buf = txn.get(img_key(i))
-            if buf is None or (self.encoding == "raw" and len(buf) != RAW_BYTES):
+            if buf is None or (self.encoding == "raw" and len(buf) != self.raw_bytes):
                 raise self.missing(i) if buf is None else ImgnetError(
-                    f"record {i} of {self.path} is {len(buf):,} bytes; expected a raw image of {RAW_BYTES:,}")
-            return decode_image(buf, self.encoding, out)
+                    f"record {i} of {self.path} is {len(buf):,} bytes; expected a raw image of {self.raw_bytes:,}")
+            return decode_image(buf, self.encoding, out, self.size)
 
     def close(self) -> None:
         close_env(self.path)  # the environment this process shares for the path (open_split opened it)

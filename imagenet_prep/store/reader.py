@@ -13,11 +13,11 @@ import numpy as np
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.store.formats import expected, get as get_format, registered
-from imagenet_prep.store.records import check_labels
+from imagenet_prep.store.records import check_labels, image_shape, meta_size, raw_bytes
 
 
 class Record(NamedTuple):
-    image: np.ndarray  # uint8 (256, 256, 3) RGB
+    image: np.ndarray  # uint8 (N, N, 3) RGB, N = Split.size
     label: int
     name: str
 
@@ -55,6 +55,21 @@ class Split:
     def encoding(self) -> str:
         return self.meta["encoding"]
 
+    @property
+    def size(self) -> int:
+        """The side N of the split's images (`imgnet prep --size`; 256 in splits packed before it existed)."""
+        return meta_size(self.meta)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(N, N, 3): the shape of every image of the split."""
+        return image_shape(self.size)
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of one raw record of the split (N * N * 3)."""
+        return raw_bytes(self.size)
+
     def _open(self):
         """This process's handle (`connect`'s), opened on first use."""
         if self._pid != os.getpid():
@@ -67,7 +82,7 @@ class Split:
                            "rebuild the split with `imgnet prep --force`")
 
     def read_image(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 (256, 256, 3) RGB of record i, decoded into `out` when given."""
+        """uint8 (N, N, 3) RGB of record i, decoded into `out` when given."""
         if not 0 <= i < len(self.labels):
             raise IndexError(f"record {i} out of range for a split of {len(self.labels)}")
         return self.load_image(i, out)
@@ -86,7 +101,7 @@ class Split:
 
     @contextmanager
     def raw_views(self):
-        """Where the format has them (raw LMDB splits): yields `view(i) -> uint8 (256, 256, 3)`, a zero-copy view
+        """Where the format has them (raw LMDB splits): yields `view(i) -> uint8 (N, N, 3)`, a zero-copy view
         valid only inside the block. Other splits have no such view: ValueError."""
         raise ValueError(f"{self.path} is {self.format}/{self.encoding}; the {self.format} format has no raw views")
         yield  # a generator, for contextmanager
@@ -109,7 +124,7 @@ class Split:
         raise NotImplementedError
 
     def load_image(self, i: int, out: np.ndarray | None) -> np.ndarray:
-        """uint8 (256, 256, 3) RGB of record i (in range), into `out` when given."""
+        """uint8 (N, N, 3) RGB of record i (in range), into `out` when given."""
         raise NotImplementedError
 
     def crc(self, i: int) -> int:

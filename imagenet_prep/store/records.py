@@ -1,7 +1,8 @@
 """What one packed record is, whatever format holds it: the image codecs, the stored form of a name, the
 checksums, and the checks made on a split's metadata before it is read.
 
-A record is an image (raw: 196,608 bytes of (256, 256, 3) uint8 RGB; jpeg: a JPEG file), an int32 label and
+A record is an image (raw: N*N*3 bytes of (N, N, 3) uint8 RGB, N the split's `size`, 256 unless `imgnet prep
+--size` said otherwise: 196,608 bytes; jpeg: a JPEG file), an int32 label and
 the source file name's bytes. Names are stored as the bytes they have on the file system (UTF-8; the bytes
 that are not UTF-8, which os.listdir and tarfile carry as surrogate escapes, go back to themselves), so any
 name a file system allows reads back unchanged, newlines included; a name that cannot (a NUL, a lone
@@ -31,16 +32,38 @@ READABLE_VERSIONS = (1, 2)  # 1: no checksums, names newline-joined UTF-8
 CHECKSUM = "crc32"
 MAX_NAME_BYTES = 4096  # PATH_MAX: no file system path is longer
 MAX_META_BYTES = 256 << 20  # the metadata holds the prep report (a name and reason per rejected image)
-SIZE = 256
+SIZE = 256  # the default side of a stored image (the paper's); a split's own is meta["size"] (meta_size)
 IMAGE_SHAPE = (SIZE, SIZE, 3)
 RAW_BYTES = SIZE * SIZE * 3  # 196,608
 ENCODINGS = ("raw", "jpeg")
+MIN_SIZE, MAX_SIZE = 1, 4096  # --size range: 4096 x 4096 x 3 = 48 MiB a raw record
+
+
+def image_shape(size: int = SIZE) -> tuple[int, int, int]:
+    """The shape of a stored image of side `size`: (size, size, 3)."""
+    return (size, size, 3)
+
+
+def raw_bytes(size: int = SIZE) -> int:
+    """Bytes of a raw record of side `size` (196,608 at 256)."""
+    return size * size * 3
+
+
+def meta_size(meta: dict) -> int:
+    """The side of a split's images from its metadata: "size", else its image_shape, else 256 (splits packed
+    before sizes were recorded)."""
+    size = meta.get("size")
+    if size is None:
+        shape = meta.get("image_shape")
+        size = shape[0] if isinstance(shape, list) and shape else SIZE
+    return size
 
 
 # ------------------------------------------------------------------------------------ encoding
 def encode_image(img: np.ndarray, encoding: str = "raw", quality: int = 90) -> bytes:
-    """(256, 256, 3) uint8 RGB -> stored bytes."""
-    assert img.shape == IMAGE_SHAPE and img.dtype == np.uint8, (img.shape, img.dtype)
+    """(N, N, 3) uint8 RGB -> stored bytes."""
+    assert img.ndim == 3 and img.shape[0] == img.shape[1] and img.shape[2] == 3 and img.dtype == np.uint8, \
+        (img.shape, img.dtype)
     if encoding == "raw":
         return np.ascontiguousarray(img).tobytes()
     if encoding == "jpeg":
@@ -53,10 +76,10 @@ def encode_image(img: np.ndarray, encoding: str = "raw", quality: int = 90) -> b
     raise ImgnetError(f"unknown encoding {encoding!r}; expected 'raw' or 'jpeg'")
 
 
-def decode_image(buf, encoding: str, out: np.ndarray | None = None) -> np.ndarray:
-    """Stored bytes -> (256, 256, 3) uint8 RGB, written into `out` when given."""
+def decode_image(buf, encoding: str, out: np.ndarray | None = None, size: int = SIZE) -> np.ndarray:
+    """Stored bytes -> (size, size, 3) uint8 RGB, written into `out` when given."""
     if encoding == "raw":
-        arr = np.frombuffer(buf, dtype=np.uint8).reshape(IMAGE_SHAPE)
+        arr = np.frombuffer(buf, dtype=np.uint8).reshape(image_shape(size))
     else:
         from PIL import Image
 
@@ -68,12 +91,15 @@ def decode_image(buf, encoding: str, out: np.ndarray | None = None) -> np.ndarra
     return out
 
 
-def estimate_bytes_per_image(encoding: str, quality: int = 90) -> int:
-    """Upper-end estimate of one stored record, for the free-disk check before a run."""
+def estimate_bytes_per_image(encoding: str, quality: int = 90, size: int = SIZE) -> int:
+    """Upper-end estimate of one stored record of side `size`, for the free-disk check before a run."""
     if encoding == "raw":
-        return -(-(RAW_BYTES + 16) // 4096) * 4096 + 256  # LMDB stores it in 49 whole 4 KB overflow pages
-    # measured on ImageNet-like photos at 256x256, 4:4:4: about 25 KB at quality 90; keep a margin
-    return int(8_000 + 40_000 * (quality / 100) ** 3) + 256
+        if raw_bytes(size) + 16 <= 2000:  # LMDB keeps a value this small in the leaf page itself
+            return raw_bytes(size) + 16 + 256
+        return -(-(raw_bytes(size) + 16) // 4096) * 4096 + 256  # whole 4 KB overflow pages (49 at 256)
+    # measured on ImageNet-like photos at 256x256, 4:4:4: about 25 KB at quality 90; keep a margin; the bytes
+    # grow with the pixels (a JPEG also has a few hundred bytes of headers)
+    return max(int((8_000 + 40_000 * (quality / 100) ** 3) * size * size / (SIZE * SIZE)), 1024) + 256
 
 
 # ------------------------------------------------------------------------- names and checksums
@@ -152,8 +178,10 @@ def check_meta(path: Path, meta: dict) -> int:
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise ImgnetError(f"{path} has format version {meta.get('format_version')}; expected one of "
                           f"{', '.join(map(str, READABLE_VERSIONS))}: rerun `imgnet prep --force`")
-    if meta.get("image_shape") != list(IMAGE_SHAPE):
-        raise ImgnetError(f"{path} holds images of shape {meta.get('image_shape')}; expected {list(IMAGE_SHAPE)}")
+    size = meta_size(meta)
+    if type(size) is not int or not MIN_SIZE <= size <= MAX_SIZE or meta.get("image_shape") != list(image_shape(size)):
+        raise ImgnetError(f"{path} holds images of shape {meta.get('image_shape')} (size {size!r}); expected "
+                          f"[N, N, 3] with N its size, {MIN_SIZE} to {MAX_SIZE}")
     count = meta.get("count")
     if type(count) is not int or count < 0 or meta.get("encoding") not in ENCODINGS:
         raise ImgnetError(f"the metadata of {path} has count {count!r} and encoding {meta.get('encoding')!r}; "

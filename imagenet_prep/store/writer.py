@@ -20,8 +20,8 @@ from imagenet_prep.store.formats import get as get_format
 from imagenet_prep.store.lmdb import (LABELS, META, NAMES, PROGRESS, check_env, close_env, img_key, read_env,
                                       rec_key)
 from imagenet_prep.store.reader import Split, open_split
-from imagenet_prep.store.records import (CHECKSUM, FORMAT_VERSION, IMAGE_SHAPE, MAX_META_BYTES, RAW_BYTES,
-                                         encode_image, estimate_bytes_per_image, index_crc, join_names, name_bytes,
+from imagenet_prep.store.records import (CHECKSUM, FORMAT_VERSION, MAX_META_BYTES, RAW_BYTES, SIZE, encode_image,
+                                         estimate_bytes_per_image, image_shape, index_crc, join_names, name_bytes,
                                          pack_rec, parse_meta, record_crc, unpack_rec)
 
 
@@ -223,8 +223,9 @@ class LmdbWriter:
                 labels[i], name, _ = unpack_rec(txn.get(rec_key(i)))
                 names.append(name)
         blob = join_names(names)
-        meta = dict(meta, format_version=FORMAT_VERSION, count=n, image_shape=list(IMAGE_SHAPE), checksum=CHECKSUM,
-                    index_crc32=index_crc(labels, blob), complete=True)
+        size = meta.get("size", SIZE)  # the side every record of the split was made at (imgnet prep --size)
+        meta = dict(meta, format_version=FORMAT_VERSION, count=n, image_shape=list(image_shape(size)),
+                    checksum=CHECKSUM, index_crc32=index_crc(labels, blob), complete=True)
 
         def fill(txn):
             txn.put(LABELS, labels.tobytes())
@@ -323,14 +324,18 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
     data_dir.mkdir(parents=True, exist_ok=True)
     records = list(records)
     labels_json = _labels_json(data_dir, records, labels_json, num_classes)
+    sizes = {np.shape(img)[0] for img, _, _ in records} or {SIZE}  # the side of the images given (square)
+    if len(sizes) > 1:
+        raise ImgnetError(f"records of sides {sorted(sizes)}; expected images of one size (N, N, 3)")
     (data_dir / "labels.json").write_text(json.dumps(labels_json, indent=1))
-    meta = {"split": split, "format": format, "encoding": encoding, "quality": quality,
+    meta = {"split": split, "format": format, "encoding": encoding, "quality": quality, "size": int(sizes.pop()),
             "num_classes": len(labels_json["classes"]), "label_order": labels_json.get("order", "sorted"),
             "labels_sha256": labels_sha256(labels_json), "layout": "in-memory"}
     final, staging = fmt.path(data_dir, split), fmt.staging_path(data_dir, split)
     if staging.exists():
         shutil.rmtree(staging)
-    w = LmdbWriter(staging, {"records": len(records)}, len(records), estimate_bytes_per_image(encoding, quality))
+    w = LmdbWriter(staging, {"records": len(records)}, len(records),
+                   estimate_bytes_per_image(encoding, quality, meta["size"]))
     try:
         w.commit([(encode_image(img, encoding, quality), int(lbl), name) for img, lbl, name in records], len(records))
         if w.progress["rejected"]:

@@ -7,7 +7,7 @@ import torch
 
 from trainer import checkpoint as ck
 from trainer.amp import autocast
-from trainer.data import InputTransform, view_geometry
+from trainer.data import InputTransform
 from trainer.eval.mistakes import class_names
 from trainer.eval.report import default_device
 from trainer.eval.views import VIEWS, average_views, eval_views
@@ -16,7 +16,8 @@ from trainer.eval.views import VIEWS, average_views, eval_views
 def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = None, topk: int = 5,
             batch_images: int = 16, arch: str | None = None) -> list[dict]:
     """`imgnet predict`: classify image files of any size and colour mode, prepared with prep's resize
-    policy (shorter side 256, central 256x256, RGB), center crop or the ten views.
+    policy at the size the checkpoint's model was trained on (shorter side N, central N x N, RGB; N = 256 for
+    ImageNet), center crop or the ten views at the checkpoint's crop.
 
     `ckpt`: a checkpoint path or a loaded checkpoint dict. Returns one dict per image, in input order:
     {"file", "from_mode", "top": [{"rank", "index", "wnid", "words", "prob"}...]} or, for a file that cannot
@@ -27,27 +28,28 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
     ck.check_labels(ckpt, ckpt_path)
     device = torch.device(device or default_device())
     classify = _Classifier(ckpt, device, arch, topk)
+    size, crop = ck.input_geometry(ckpt)
     results: list[dict] = [None] * len(images)  # type: ignore[list-item]
-    pending: list[tuple[int, np.ndarray]] = []  # (position, uint8 (V, 224, 224, 3))
+    pending: list[tuple[int, np.ndarray]] = []  # (position, uint8 (V, crop, crop, 3))
     for pos, f in enumerate(images):
-        results[pos], img = read_image(f)
+        results[pos], img = read_image(f, size)
         if img is None:
             continue
-        pending.append((pos, eval_views(img, ten_crop)))
+        pending.append((pos, eval_views(img, ten_crop, crop)))
         if len(pending) >= batch_images:
             classify(pending, results)
     classify(pending, results)
     return results
 
 
-def read_image(f) -> tuple[dict, np.ndarray | None]:
-    """({"file", "from_mode"}, uint8 (256, 256, 3)) of an image file, or ({"file", "error"}, None)."""
+def read_image(f, size: int = 256) -> tuple[dict, np.ndarray | None]:
+    """({"file", "from_mode"}, uint8 (size, size, 3)) of an image file, or ({"file", "error"}, None)."""
     from imagenet_prep.resize import BadImage, prepare_image
 
     try:
         with open(f, "rb") as fh:
             data = fh.read()
-        img, from_mode = prepare_image(data)
+        img, from_mode = prepare_image(data, size)
     except BadImage as e:
         return {"file": str(f), "error": f"cannot decode: {e}"}, None
     except OSError as e:
@@ -62,16 +64,17 @@ class _Classifier:
         self.wnids, self.words = class_names(ckpt["labels"])
         self.device = device
         self.model = ck.model_from_checkpoint(ckpt, device=str(device), arch=arch)
-        self.transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0)
+        self.transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0,
+                                        crop=ck.input_geometry(ckpt)[1])
         self.k = min(topk, len(self.wnids))
 
     def __call__(self, pending: list, results: list) -> None:
         """Classify the pending (position, views) images into `results[position]["top"]`; empties `pending`."""
         if not pending:
             return
-        crops = np.concatenate([v for _, v in pending])  # uint8 (m * views, 224, 224, 3)
+        crops = np.concatenate([v for _, v in pending])  # uint8 (m * views, crop, crop, 3)
         views, m = pending[0][1].shape[0], len(pending)
-        tops, lefts, flips = view_geometry("ten" if views == VIEWS else "center", m)
+        tops, lefts, flips = self.transform.geometry("ten" if views == VIEWS else "center", m)
         x = self.transform(torch.from_numpy(crops).to(self.device), tops, lefts, flips)  # no lighting at test time
         with torch.inference_mode(), autocast("off", self.device.type):
             logits = self.model(x)

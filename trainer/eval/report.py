@@ -58,7 +58,7 @@ def _check_labelled(s, split: str, data_dir) -> None:
 
 
 
-def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", batch_size: int = 128,
+def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = None, batch_size: int = 128,
              workers: int | None = None, device: str | None = None, submission=None,
              progress: bool = True, amp: str = "off", arch: str | None = None, views=None,
              exclude_blacklist: bool = False, exclude=()) -> dict:
@@ -70,9 +70,12 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str = "val", ba
     of every figure (ImgnetError where one does not apply to the split). Writes one JSON per view beside the
     checkpoint (`report_name`) and, when asked, the devkit submission file, made with the last view asked
     (ten-crop when asked) over every record. Returns the last view's report plus "by_view": {view: report}.
-    `arch`: the user's --arch, needed only for a checkpoint of a module:callable model."""
+    `arch`: the user's --arch, needed only for a checkpoint of a module:callable model. `split` None: val
+    where DATA holds it, else test (a CIFAR download's test batch)."""
     from imagenet_prep.labels import read_labels_json
+    from trainer.data import held_out_split
 
+    split = split or held_out_split(data_dir)
     views = parse_views(views, ten_crop)
     exclude = tuple(exclude) + (("blacklist",) if exclude_blacklist else ())
     ckpt_path = Path(ckpt_path)
@@ -119,7 +122,8 @@ def score_split(data_dir, split: str, ckpt: dict, data_labels: dict, views: tupl
         sets = label_sets(names, data_labels, exclude=exclude)  # refusals before the model
         model = ck.model_from_checkpoint(ckpt, device=str(device), arch=arch)
         check_split(s, ckpt["stats"], len(labels["classes"]), labels)
-        transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0)
+        transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0,
+                                   crop=ck.input_geometry(ckpt)[1])
         with Loader(s, transform, batch_size, train=False, views="ten" if ten else "center",
                     workers=loader_workers(workers, device), device=str(device)) as loader:
             t0 = time.perf_counter()

@@ -16,9 +16,10 @@ VIEWS = 10
 VIEW_NAMES = ("center", "ten-crop")  # `imgnet test --views`, in the order they are reported
 
 
-def eval_views(image: np.ndarray, ten: bool) -> np.ndarray:
-    """uint8 (256, 256, 3) -> the ten views (10, 224, 224, 3), or the center crop as (1, 224, 224, 3)."""
-    return ten_crop(image) if ten else center_crop(image)[None]
+def eval_views(image: np.ndarray, ten: bool, crop: int | None = None) -> np.ndarray:
+    """uint8 (N, N, 3) -> the ten views (10, crop, crop, 3), or the center crop as (1, crop, crop, 3) (crop None:
+    224 of 256, else 7/8 of N)."""
+    return ten_crop(image, crop) if ten else center_crop(image, crop)[None]
 
 
 @functools.cache

@@ -289,4 +289,4 @@ class ModelParallelAlexNet(nn.Module):
         return torch.cat([logits[0], logits[1].to(self.devices[0])], 1)  # (N, num_classes) on devices[0]
 
 
-SPEC = ModelSpec(AlexNet, AlexNetSettings, model_parallel=check_model_parallel)  # trainer/models/registry.py
+SPEC = ModelSpec(AlexNet, AlexNetSettings, model_parallel=check_model_parallel, crop=INPUT_SIDE)  # trainer/models/registry.py

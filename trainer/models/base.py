@@ -20,12 +20,21 @@ class ModelSpec:
     trainer.settings.setting: they become TrainConfig fields and `imgnet train` options. `recipe`: this
     model's own defaults of TrainConfig fields (batch_size, lr, momentum, weight_decay, lr_schedule, ...),
     used where the user sets none (trainer.train.config_for). `model_parallel(kwargs)`: raises ImgnetError
-    where `--model-parallel` cannot split these settings; None: the model has no two-device form."""
+    where `--model-parallel` cannot split these settings; None: the model has no two-device form.
+
+    `crop`: the one crop side the model takes (AlexNet: 224); None: any crop (a model whose settings have a
+    `side` field gets the run's crop there, as num_classes gets the class count). `param_groups(model, lr,
+    weight_decay, bias_decay)`: the optimizer's parameter groups (per-layer lr and decay multipliers; a group's
+    "lr_mult" scales the schedule's lr for it); None: one lr and decay for all (no decay on biases with
+    --no-bias-decay). A registered model's `build` gives its own init (the paper's for AlexNet, the published
+    one for the CIFAR nets): `--init` concerns module:callable models only."""
 
     build: Callable
     settings: type
     recipe: dict = field(default_factory=dict)
     model_parallel: Callable[[dict], None] | None = None
+    crop: int | None = None
+    param_groups: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from trainer.models.init import init_by_position
 MODELS = {
     "alexnet": "trainer.models.alexnet",
     "alexnet-owt": "trainer.models.alexnet_owt",
+    "cifar-quick": "trainer.models.cifar_quick",
+    "cifar-18pct": "trainer.models.cifar_18pct",
 }
 DEFAULT = "alexnet"
 USER = ModelSpec(build=None, settings=UserModelSettings)  # any module:callable
@@ -77,6 +79,20 @@ def settings_of(arch: str, values: dict) -> dict:
                           "this setting (the switches of other models, such as the AlexNet-only ones and --dropout "
                           "for a module:callable model, stay at their defaults)")
     return asdict(kind(**{n: values[n] for n in own if n in values}))
+
+
+def check_crop(arch: str, crop: int) -> None:
+    """ImgnetError where `arch` takes only one crop side (ModelSpec.crop) and the run's `crop` is another."""
+    want = spec_of(arch).crop
+    if want is not None and crop != want:
+        raise ImgnetError(f"--crop {crop}: --arch {arch} takes {want}x{want} crops; expected --crop {want} "
+                          f"on DATA of size {want} or more (prep --size), or an arch that takes {crop}x{crop}")
+
+
+def optimizer_groups(arch: str, model: nn.Module, lr: float, weight_decay: float, bias_decay: bool) -> list | None:
+    """The parameter groups of `arch`'s own recipe (ModelSpec.param_groups), or None where it has none."""
+    groups = spec_of(arch).param_groups
+    return None if groups is None else groups(model, lr, weight_decay, bias_decay)
 
 
 def check_model_parallel(arch: str, kwargs: dict | None = None) -> None:
