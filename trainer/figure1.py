@@ -25,6 +25,8 @@ reads the run folders. A rerun after a kill continues every run where its checkp
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import sys
 import time
 from dataclasses import dataclass
@@ -228,18 +230,30 @@ def train_until(fc: Figure1Config, activation: str, lr: float, crop: int, epochs
     return rows
 
 
-def _chain_alone(fc: Figure1Config, activation: str, crop: int) -> dict:
+def _chain_alone(fc: Figure1Config, activation: str, crop: int, parent: int) -> dict:
     """run_chain in a process of its own (--jobs 2): `fc.threads` torch threads (1 by default), no bars (two
-    would interleave)."""
+    would interleave). It stops as a kill stops a run (SIGTERM: the position is saved, a rerun continues)
+    when its parent goes, even by kill -9, so no orphan keeps writing into the run folders."""
     import torch
 
+    _stop_with(parent)
     torch.set_num_threads(fc.threads or 1)
     fc.progress = False
     return run_chain(fc, activation, crop)
 
 
+def _stop_with(parent: int) -> None:
+    """SIGTERM to this process once `parent` is no longer its parent (checked every second)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_chains(fc: Figure1Config, crop: int) -> dict:
-    """{activation: run_chain's record}: one after the other, or (jobs 2) side by side in two processes."""
+    """{activation: run_chain's record}: one after the other, or (jobs 2) side by side in two processes,
+    which a stop of this one (Ctrl-C, SIGTERM, an error in the other chain) stops too."""
     if fc.jobs == 1:
         import torch
 
@@ -250,11 +264,14 @@ def run_chains(fc: Figure1Config, crop: int) -> dict:
         finally:
             torch.set_num_threads(before)
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(len(ACTIVATIONS), mp_context=mp.get_context("spawn")) as pool:
-        futures = {a: pool.submit(_chain_alone, fc, a, crop) for a in ACTIVATIONS}
-        return {a: f.result() for a, f in futures.items()}
+    pool = mp.get_context("spawn").Pool(len(ACTIVATIONS))
+    try:
+        pending = {a: pool.apply_async(_chain_alone, (fc, a, crop, os.getpid())) for a in ACTIVATIONS}
+        return {a: r.get() for a, r in pending.items()}
+    finally:
+        pool.terminate()  # SIGTERM: a chain still running saves its position
+        pool.join()
 
 
 # ------------------------------------------------------------------------------------ outputs
