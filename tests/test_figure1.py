@@ -120,7 +120,6 @@ def test_figure1_outputs(figure):
 
 def test_figure1_runs_compare(figure):
     from trainer.compare import compare_runs
-    from trainer.config import TrainConfig  # noqa: F401 - the registry is loaded
 
     out = figure[0]
     runs = sorted(p for p in out.iterdir() if p.is_dir())

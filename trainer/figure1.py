@@ -282,11 +282,18 @@ def figure_record(fc: Figure1Config, nets: dict, crop: int, seconds: float) -> d
             "data": os.path.abspath(fc.data), "out": os.path.abspath(fc.out), "arch": ARCH,
             "settings": {"norm": "off", "weight_decay": 0.0, "dropout": None, "crop": crop, "flip": False,
                          "lighting_std": 0.0, "momentum": 0.9, "batch_size": 100,
-                         "lr_schedule": "constant", "lr_mult": "the recipe's (bias x2 but conv3)",
+                         "lr_schedule": "constant", "lr_mult": lr_multipliers(),
                          "regularization": "none (the paper: no regularization of any kind)"},
             "lrs": [f"{x:g}" for x in fc.lrs], "sweep_epochs": fc.sweep_epochs, "target": fc.target,
             "max_epochs": fc.max_epochs, "nets": nets, **ratio, "ratio_text": ratio_text(ratio),
             "paper_ratio": 6.0, "jobs": fc.jobs, "threads": fc.threads, "wall_seconds": seconds, "complete": True}
+
+
+def lr_multipliers() -> dict:
+    """{layer: [weight, bias]} lr multipliers of the 18pct recipe, which every run of the figure keeps."""
+    from trainer.cuda_convnet import RECIPES
+
+    return {layer: list(m) for layer, m in RECIPES[ARCH]["lr_mult"].items()}
 
 
 def plot_figure(rec: dict, out) -> Path:
