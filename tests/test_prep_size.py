@@ -1,5 +1,5 @@
-"""`imgnet prep --size N` on an ILSVRC-shaped source made on the fly (synthetic.py): prep, pca-stats and verify
-at 32 and 64 (Chrabaszcz et al.'s downsampled ImageNet sizes), an N x N source image stored bit for bit, and
+"""`imgnet prep --size N` on an ILSVRC-shaped source made on the fly (synthetic.py): prep, pca-stats, verify,
+an epoch of training and `imgnet test` at 32 and 64 (Chrabaszcz et al.'s downsampled ImageNet sizes), an N x N source image stored bit for bit, and
 one size per DATA folder."""
 
 from __future__ import annotations
@@ -57,6 +57,24 @@ def test_prep_stats_verify_at_a_small_size(tmp_path, sample, size, fmt):
     assert stats["n_pixels"] == 8 * size * size
     code, output = _imgnet("verify", out)
     assert code == 0 and "all records intact" in output, output
+    _train_a_step_and_test(out, tmp_path / "run", size)
+
+
+def _train_a_step_and_test(data, run, size: int) -> None:
+    """The rest of the pipeline on the downsampled ImageNet: one epoch of a net that takes size x size crops
+    (7/8 of the size by default, from the mean image of that size), then `imgnet test` on its val split."""
+    code, output = _imgnet("train", "--data", data, "--out", run, "--arch", "cifar-18pct", "--crop", size * 7 // 8,
+                           "--epochs", 1, "--batch-size", 4, "--workers", 0, "--device", "cpu")
+    assert code == 0, output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["val_source"] == "val" and np.isfinite(log[0]["train_loss"])
+    assert json.loads((run / "config.json").read_text())["input"] == {"size": size, "crop": size * 7 // 8}
+    code, output = _imgnet("test", "--data", data, "--ckpt", run / "checkpoints" / "last.pt", "--views",
+                           "center,ten-crop", "--workers", 0, "--device", "cpu")
+    assert code == 0, output
+    for view in ("center", "ten-crop"):
+        report = json.loads((run / "checkpoints" / f"test-{view}.json").read_text())
+        assert report["split"] == "val" and report["n"] == 4 and 0 <= report["top1_err"] <= 1
 
 
 @pytest.mark.parametrize("size", [48, 256])
