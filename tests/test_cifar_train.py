@@ -179,6 +179,17 @@ def test_alexnet_refuses_a_crop_it_cannot_take_in_one_line(data32, tmp_path):
     assert "\n" not in line and "--crop 28: --arch alexnet takes 224x224 crops" in line, line
 
 
+def test_a_model_too_deep_for_the_crop_is_one_line_before_training(data32, tmp_path):
+    # alexnet-owt declares no crop of its own: its layers cannot take 16x16, found by a dry forward pass
+    run = tmp_path / "run"
+    r = _run(["train", "--data", str(data32), "--out", str(run), "--arch", "alexnet-owt", "--crop", "16",
+              "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu"])
+    assert r.exit_code != 0
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("error: --crop 16: --arch alexnet-owt cannot take 16x16 inputs"), line
+    assert not (run / "log.jsonl").exists()
+
+
 def test_cifar_18pct_at_size_64_takes_its_recipes_crop_and_a_crop_given(tmp_path, monkeypatch):
     data = make_sized_data(tmp_path / "data", 64, classes=3, train_per_class=4, held_per_class=2, held_out="val")
     run = tmp_path / "run"

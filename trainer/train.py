@@ -197,7 +197,27 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state:
         model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if crop is not None:
+        check_takes_crop(model, cfg.arch, crop)
     return model, kwargs
+
+
+def check_takes_crop(model: torch.nn.Module, arch: str, crop: int) -> None:
+    """ImgnetError, one line, where the model cannot take (2, 3, crop, crop) inputs (layers the crop is too
+    small for): found before any training, not in the first step. Eval mode and no_grad, so no statistics move
+    and no random number is drawn: the run is the same as without the check."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, crop, crop, device=device))
+    except RuntimeError as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ImgnetError(f"--crop {crop}: --arch {arch} cannot take {crop}x{crop} inputs ({why}); expected a "
+                          "larger --crop (up to DATA's size, prep --size) or an arch that takes this size") from e
+    finally:
+        model.train(was)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
