@@ -48,11 +48,6 @@ TEN_CROP_OFFSETS = ten_crop_offsets(PAD)  # (top, left) at 224 of 256
 TEN_CROP_FLIPS = (False,) * 5 + (True,) * 5
 
 
-def split_size(split) -> int:
-    """The side N of a split's (N, N, 3) images (prep --size; 256 for a split packed before sizes existed)."""
-    return split.size
-
-
 def held_out_split(data_dir) -> str:
     """The split a run validates on and `imgnet test` scores by default: val where DATA holds it, else test (a
     CIFAR download's test batch), else val (whose absence the caller then reports)."""
@@ -65,7 +60,7 @@ def resolve_crop(crop: int | None, size: int) -> int:
     """The crop side a run uses on size x size images: `crop`, or by default 224 of 256 (section 3.5) and
     7/8 of any other size (28 of 32, 56 of 64). ImgnetError for a crop the images cannot give."""
     if crop is None:
-        return CROP if size == SIZE else size * 7 // 8
+        return size * 7 // 8  # 224 of 256
     if isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= size:
         raise ImgnetError(f"--crop {crop!r} does not fit the {size}x{size} images of DATA; expected a crop side "
                           f"in 1..{size}")
@@ -302,7 +297,7 @@ def as_stats(stats) -> dict:
 def check_split(split: Split, stats: dict | None = None, num_classes: int | None = None,
                 labels: dict | None = None) -> None:
     """Refuse a split the model or the statistics do not fit, naming the reason."""
-    shape, size = tuple(split.meta.get("image_shape") or ()), split_size(split)
+    shape, size = tuple(split.meta.get("image_shape") or ()), split.size
     if shape != (size, size, 3):
         raise ImgnetError(f"{split.path} holds images of shape {list(shape)}; expected {[size, size, 3]} "
                           "(rerun `imgnet prep`)")

@@ -136,11 +136,10 @@ def _say(msg: str) -> None:
 def data_size(data: str) -> int:
     """The side of DATA's train images (the crop: the whole image, no augmentation)."""
     from imagenet_prep import open_split
-    from trainer.data import split_size
 
     split = open_split(data, "train")
     try:
-        return split_size(split)
+        return split.size
     finally:
         split.close()
 

@@ -128,11 +128,11 @@ def open_data(cfg: TrainConfig) -> dict:
     from imagenet_prep import open_split
     from imagenet_prep.labels import read_labels_json
     from imagenet_prep.stats import load_stats
-    from trainer.data import held_out_split, resolve_crop, split_size
+    from trainer.data import held_out_split, resolve_crop
 
     labels = read_labels_json(cfg.data)
     train_split = open_split(cfg.data, "train")
-    size = split_size(train_split)
+    size = train_split.size
     crop = resolve_crop(cfg.crop, size)
     registry.check_crop(cfg.arch, crop)
     stats = load_stats(cfg.data)
