@@ -146,7 +146,7 @@ def options_from(settings_fields):
     def decorate(fn):
         for f in reversed([f for f in settings_fields if f.metadata.get("option")]):
             m, name = f.metadata, "--" + f.name.replace("_", "-")
-            if str(f.type) == "bool":
+            if str(f.type) in ("bool", "bool | None"):  # None: decided later (a device-dependent default)
                 flag = {"is_flag": True} if m["flag"] is None else {}  # "--x/--no-x" makes its own pair
                 fn = click.option(m["flag"] or name, f.name, **flag, default=f.default, help=m["help"])(fn)
             else:

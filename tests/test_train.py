@@ -159,6 +159,7 @@ def test_end_to_end_cli_one_short_epoch(data, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["lr"] == 0.01 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 5e-4 and cfg["bias_init"] == "caffe"
     assert {"torch", "numpy", "python", "hostname", "device", "world_size"} <= cfg["environment"].keys()
+    assert cfg["channels_last"] is True  # a CPU run's default: oneDNN's faster NHWC convolutions
     (line,) = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
     assert LOG_KEYS <= line.keys() and line["epoch"] == 1
     assert line["n_val"] == 2 and line["val_source"].startswith("train-holdout")  # 1 per class, real val untouched
@@ -226,6 +227,20 @@ def test_bf16_autocast_and_channels_last_train_float32_weights(data, tmp_path):
     w = ck.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     assert all(t.dtype == torch.float32 for t in w.values())  # autocast computes in bf16, keeps fp32 weights
     assert w["features.conv1.weight"].is_contiguous()  # saved in the plain layout whatever the memory format
+
+
+def test_channels_last_default_follows_the_device_and_can_be_turned_off(data, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+            "--device", "cpu", "--val-from-train", "1", "--arch", "cifar-quick", "--crop", "16", "--no-channels-last"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["channels_last"] is False
+    assert TrainConfig().channels_last is None  # decided by the device when the run starts
 
 
 class _LossHook:
