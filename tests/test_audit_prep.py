@@ -1,0 +1,96 @@
+"""Prep's checks at its edges: grey-padded JPEGs, swapped splits, many rejections, the lock and in-use files,
+the label map's word about classes without images, the Pillow build note."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagenet_prep import ImgnetError, open_split
+from imagenet_prep.prep import PrepConfig, run_prep
+from imagenet_prep.resize import BadImage, prepare
+from imagenet_prep.synthetic import class_image
+
+
+def _photo(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
+    return class_image(np.random.default_rng(seed), seed % 3, 3, (w, h))
+
+
+def _jpeg(img: np.ndarray, mode: str = "RGB", **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).convert(mode).save(buf, format="JPEG", **save)
+    return buf.getvalue()
+
+
+def _cut_with_eoi(data: bytes, keep: float) -> bytes:
+    """A JPEG cut short with an end-of-image marker appended: libjpeg pads the rest with grey and only warns."""
+    return data[:int(len(data) * keep)] + b"\xff\xd9"
+
+
+def _claiming(data: bytes, side: int) -> bytes:
+    """The JPEG with its frame header rewritten to claim side x side pixels (its data stays that of a small one)."""
+    d = bytearray(data)
+    at = d.find(b"\xff\xc0") if b"\xff\xc0" in d else d.find(b"\xff\xc2")
+    d[at + 5:at + 9] = side.to_bytes(2, "big") * 2
+    return bytes(d)
+
+
+# ------------------------------------------------------------------------------ A: grey padding
+@pytest.mark.parametrize("save", [{}, {"optimize": True}, {"progressive": True}, {"subsampling": 0}],
+                         ids=["baseline", "optimized", "progressive", "444"])
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_a_jpeg_cut_short_with_an_end_marker_is_rejected(save, keep):
+    data = _jpeg(_photo(1, 500, 400), **save)
+    assert prepare(data).image.shape == (256, 256, 3)  # whole: fine
+    cut = _cut_with_eoi(data, keep)
+    im = Image.open(io.BytesIO(cut))
+    im.load()  # what a plain decoder does with it: no error at all
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        prepare(cut)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_a_cut_greyscale_or_cmyk_jpeg_is_rejected(mode):
+    data = _jpeg(_photo(2, 400, 300), mode)
+    prepare(data)
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        prepare(_cut_with_eoi(data, 0.6))
+
+
+@pytest.mark.parametrize("save", [{}, {"optimize": True}, {"progressive": True}])
+def test_a_whole_jpeg_ending_in_mid_grey_is_kept(save):
+    """The padding's grey in a whole image (a grey picture, a grey lower border) is not a cut."""
+    img = _photo(3, 400, 300)
+    img[200:] = 128
+    for data in (_jpeg(img, **save), _jpeg(np.full((300, 300, 3), 128, np.uint8), **save),
+                 _jpeg(img, **save) + b"trailing bytes after the end marker"):
+        assert prepare(data).image.shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize("save", [{}, {"progressive": True}])
+def test_a_header_claiming_more_pixels_than_the_file_holds_is_rejected(save):
+    data = _claiming(_jpeg(_photo(4, 400, 300), **save), 30000)
+    with pytest.raises(BadImage, match=r"claims 30000x30000 pixels .* more than its \d+ bytes can hold"):
+        prepare(data)
+
+
+def test_a_grey_padded_files_are_rejected_and_reported_by_prep(tmp_path):
+    src = tmp_path / "src" / "train" / "n01440764"
+    src.mkdir(parents=True)
+    whole = [_jpeg(_photo(i, 400, 300)) for i in range(3)]
+    for i, data in enumerate(whole):
+        (src / f"n01440764_{i}.JPEG").write_bytes(data)
+    (src / "n01440764_7.JPEG").write_bytes(_cut_with_eoi(whole[0], 0.5))
+    (src / "n01440764_8.JPEG").write_bytes(_claiming(whole[1], 30000))
+    (src / "n01440764_9.JPEG").write_bytes(whole[2][:len(whole[2]) // 2])  # plainly truncated, as before
+    out = tmp_path / "data"
+    report = run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(out), workers=1, split="train"))
+    r = report["splits"]["train"]
+    assert r["written"] == 3
+    reasons = {x["name"].rsplit("/", 1)[1]: x["reason"] for x in r["rejected"]}
+    assert set(reasons) == {"n01440764_7.JPEG", "n01440764_8.JPEG", "n01440764_9.JPEG"}
+    assert "truncated JPEG" in reasons["n01440764_7.JPEG"] and "30000x30000" in reasons["n01440764_8.JPEG"]
+    split = open_split(out, "train")
+    assert all((split[i].image == 128).all(axis=2).mean() < 0.05 for i in range(len(split)))
