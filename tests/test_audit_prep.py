@@ -94,3 +94,38 @@ def test_a_grey_padded_files_are_rejected_and_reported_by_prep(tmp_path):
     assert "truncated JPEG" in reasons["n01440764_7.JPEG"] and "30000x30000" in reasons["n01440764_8.JPEG"]
     split = open_split(out, "train")
     assert all((split[i].image == 128).all(axis=2).mean() < 0.05 for i in range(len(split)))
+
+
+# ------------------------------------------------------------------------------ B: swapped splits
+def _folder_src(root, per_class=(3, 2), wnids=("n01440764", "n01443537")):
+    """An ImageFolder source: train/<wnid>/ and val/<wnid>/ with per_class images each."""
+    for split, n in zip(("train", "val"), per_class):
+        for c, wnid in enumerate(wnids):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{wnid}_{split}{i}.JPEG").write_bytes(_jpeg(_photo(10 * c + i + (50 if split == "val" else 0))))
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "hdf5"])
+def test_b_swapped_split_files_are_refused_by_the_reader_and_verify(tmp_path, fmt):
+    from imagenet_prep.store import formats
+    from imagenet_prep.verify import verify_data
+
+    out = tmp_path / "data"
+    run_prep(PrepConfig(src=str(_folder_src(tmp_path / "src")), out=str(out), workers=1, format=fmt))
+    assert verify_data(out, progress=False)["ok"]
+    f = formats.get(fmt)
+    train, val, tmp = f.path(out, "train"), f.path(out, "val"), out / "swap"
+    train.rename(tmp)
+    val.rename(train)
+    tmp.rename(val)
+    with pytest.raises(ImgnetError) as e:
+        open_split(out, "val")
+    msg = str(e.value)
+    assert "\n" not in msg and str(val) in msg and "holds the train split, not val" in msg
+    result = verify_data(out, progress=False)
+    assert not result["ok"]
+    assert "holds the val split, not train" in result["splits"]["train"]["error"]
+    assert "holds the train split, not val" in result["splits"]["val"]["error"]
