@@ -129,3 +129,99 @@ def test_b_swapped_split_files_are_refused_by_the_reader_and_verify(tmp_path, fm
     assert not result["ok"]
     assert "holds the val split, not train" in result["splits"]["train"]["error"]
     assert "holds the train split, not val" in result["splits"]["val"]["error"]
+
+
+# ------------------------------------------------------------------------------ C: rejections in linear time
+def _entry(i):
+    return {"name": f"bad_{i}.JPEG", "reason": "empty file (0 bytes)", "index": i}
+
+
+def test_c_rejections_go_to_an_append_only_log_not_the_progress_record(tmp_path):
+    from imagenet_prep.store import LmdbWriter
+    from imagenet_prep.store.lmdb import PROGRESS
+    from imagenet_prep.store.writer import ENTRIES
+
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 4000)
+    for k in range(10):  # 10 commits of 300 rejections: each commit writes only its own
+        w.commit([], consumed=300 * (k + 1), rejected=[_entry(i) for i in range(300 * k, 300 * (k + 1))],
+                 converted=[{"name": f"c{k}", "from_format": "PNG", "from_mode": "L", "index": 300 * k}])
+        with w.env.begin() as txn:
+            assert len(txn.get(PROGRESS)) < 1000  # the progress record stays small: no rewrite of all entries
+    assert w.rejected == [_entry(i) for i in range(3000)] and len(w.converted) == 10
+    w.close()
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 4000)  # resumed: the entries read back
+    assert w.rejected == [_entry(i) for i in range(3000)] and [c["name"] for c in w.converted] == [
+        f"c{k}" for k in range(10)]
+    w.finish({"split": "train"})
+    assert not (tmp_path / "w.lmdb" / ENTRIES).exists()  # finished: the report holds them
+    w.close()
+
+
+def test_c_entries_written_after_the_last_commit_are_cut_on_resume(tmp_path):
+    """A kill between the log's write and the commit that counts it: the rerun holds exactly the committed."""
+    from imagenet_prep.store import LmdbWriter
+    from imagenet_prep.store.writer import ENTRIES
+
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    w.commit([], consumed=2, rejected=[_entry(0), _entry(1)])
+    w.close()
+    with open(tmp_path / "w.lmdb" / ENTRIES, "ab") as f:  # what the killed commit had appended
+        f.write(json.dumps(["rejected", _entry(2)]).encode() + b"\n" + b'["rejected", {"na')
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    assert w.consumed == 2 and w.rejected == [_entry(0), _entry(1)]
+    w.commit([], consumed=4, rejected=[_entry(2), _entry(3)])  # the rerun redoes items 2 and 3
+    w.close()
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    assert w.rejected == [_entry(i) for i in range(4)]
+    w.close()
+    (tmp_path / "w.lmdb" / ENTRIES).write_bytes(b"")  # shorter than committed: damaged, one line
+    with pytest.raises(ImgnetError, match="less than the .* committed"):
+        LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+
+
+def test_c_a_run_started_with_entries_in_the_progress_record_keeps_them(tmp_path):
+    """An unfinished split of an earlier version (its lists inside the progress record) resumes with them."""
+    from imagenet_prep.store import LmdbWriter
+    from imagenet_prep.store.lmdb import PROGRESS
+
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    old = dict(w.progress, consumed=2, rejected=[_entry(0)], converted=[{"name": "c", "index": 1}])
+    del old["entries_bytes"]
+    with w.env.begin(write=True) as txn:
+        txn.put(PROGRESS, json.dumps(old).encode())
+    w.close()
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    w.commit([], consumed=3, rejected=[_entry(2)])
+    w.close()
+    w = LmdbWriter(tmp_path / "w.lmdb", {"t": 1}, 100)
+    assert w.rejected == [_entry(0), _entry(2)] and w.converted == [{"name": "c", "index": 1}]
+    assert w.progress["rejected"] == [] and w.progress["converted"] == []
+    w.close()
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "hdf5"])
+def test_c_kill_9_then_rerun_reports_every_rejection_once(tmp_path, fmt):
+    import sys
+    from pathlib import Path
+
+    import layouts
+    from imagenet_prep.store.writer import ENTRIES
+
+    folder = tmp_path / "src" / "train" / "n01440764"
+    folder.mkdir(parents=True)
+    good = _jpeg(_photo(1, 96, 80))
+    for i in range(600):
+        (folder / f"n01440764_{i:04d}.JPEG").write_bytes(good if i % 50 == 0 else b"" if i % 2 else b"junk")
+    clean, out = tmp_path / "clean", tmp_path / "killed"
+    want = run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(clean), workers=1, format=fmt))
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    work = out / ("train.lmdb" if fmt == "lmdb" else ".train.h5.staging.lmdb")
+    layouts.kill_when_written([sys.executable, str(cli), "prep", "--src", str(tmp_path / "src"), "--out", str(out),
+                               "--workers", "1", "--format", fmt], work / ENTRIES, 3000, commit_every=8)
+    with pytest.raises(ImgnetError):
+        open_split(out, "train")  # killed while packing
+    got = run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(out), workers=1, format=fmt))
+    for key in ("found", "written", "rejected", "converted"):
+        assert got["splits"]["train"][key] == want["splits"]["train"][key], key
+    assert len(got["splits"]["train"]["rejected"]) == 588
+    assert layouts.content(out, "train") == layouts.content(clean, "train")

@@ -171,8 +171,8 @@ def _pack_split(name: str, items, skipped, writer: store.LmdbWriter, cfg: PrepCo
         inorder.pack(items, writer, cfg, workers, name, clock)
     seconds = clock.seconds()
     report = {"found": len(items) + len(skipped), "written": writer.written,
-              "rejected": list(skipped) + in_order(writer.progress["rejected"], items, locate),
-              "converted": in_order(writer.progress["converted"], items, locate),
+              "rejected": list(skipped) + in_order(writer.rejected, items, locate),
+              "converted": in_order(writer.converted, items, locate),
               "bytes_differ": list(differs),
               "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
               "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0, **(extra or {})}
