@@ -225,3 +225,135 @@ def test_c_kill_9_then_rerun_reports_every_rejection_once(tmp_path, fmt):
         assert got["splits"]["train"][key] == want["splits"]["train"][key], key
     assert len(got["splits"]["train"]["rejected"]) == 588
     assert layouts.content(out, "train") == layouts.content(clean, "train")
+
+
+# ------------------------------------------------------------------------------ D: prep's rough edges
+def _flat_val_src(root, wnids=("n01440764", "n02102040", "n02979186"), per_class=2):
+    """train/<wnid>/ of a few classes and a flat val/ of their official val images (labelled by the ground truth)."""
+    from imagenet_prep.labels import load_val_ground_truth
+
+    for k, wnid in enumerate(wnids):
+        folder = root / "train" / wnid
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            (folder / f"{wnid}_{j}.JPEG").write_bytes(_jpeg(_photo(k + 3 * j, 96, 80)))
+    (root / "val").mkdir()
+    numbers = [n for n, w in enumerate(load_val_ground_truth(), start=1) if w in wnids][:2 * len(wnids)]
+    for n in numbers:
+        (root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG").write_bytes(_jpeg(_photo(n, 96, 80)))
+    return root
+
+
+@pytest.mark.parametrize("classes", [None, 3])
+def test_d_a_label_map_with_classes_without_train_images_is_said_in_one_line_and_reported(tmp_path, capsys, classes):
+    src = _flat_val_src(tmp_path / "src")
+    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "data"), workers=1, classes=classes))
+    n, held = (1000, 3) if classes is None else (3, 1)  # --classes 3: the first 3 wnids; train holds only n01440764
+    note = report["label_map"]
+    assert {k: note[k] for k in ("classes", "with_train_images", "source_classes")} == {
+        "classes": n, "with_train_images": held, "source_classes": 1000}
+    assert json.loads((tmp_path / "data" / "prep-report.json").read_text())["label_map"] == note
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note: labels.json")]
+    assert len(lines) == 1 and f"holds {n} classes" in lines[0] and f"{n - held} of them without train images" in lines[0]
+    assert ("--classes 3: the first 3 of the source's 1000" in lines[0]) == (classes == 3)
+    assert "ground_truth" in lines[0]  # where the classes come from: the labels of the flat val
+    assert len({int(x) for x in open_split(tmp_path / "data", "train").labels}) == held
+
+
+def test_d_a_label_map_whose_classes_all_have_train_images_adds_nothing(tmp_path, capsys):
+    report = run_prep(PrepConfig(src=str(_folder_src(tmp_path / "src")), out=str(tmp_path / "data"), workers=1))
+    assert "label_map" not in report and "note: labels.json" not in capsys.readouterr().err
+
+
+def test_d_the_lock_file_goes_when_prep_ends_and_a_failed_first_run_leaves_no_empty_folder(tmp_path):
+    from imagenet_prep.inuse import PREP_LOCK
+
+    out = tmp_path / "data"
+    run_prep(PrepConfig(src=str(_folder_src(tmp_path / "src")), out=str(out), workers=1))
+    assert not (out / PREP_LOCK).exists()
+    run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(out), workers=1))  # the rerun: nothing to do
+    assert not (out / PREP_LOCK).exists()
+    (tmp_path / "empty").mkdir()
+    new = tmp_path / "new" / "data"
+    with pytest.raises(ImgnetError):
+        run_prep(PrepConfig(src=str(tmp_path / "empty"), out=str(new), workers=1))  # no layout in an empty SRC
+    assert not new.exists()
+    given = tmp_path / "given"
+    given.mkdir()
+    with pytest.raises(ImgnetError):
+        run_prep(PrepConfig(src=str(tmp_path / "empty"), out=str(given), workers=1))
+    assert given.is_dir() and list(given.iterdir()) == []  # the user's folder stays, without the lock
+
+
+def test_d_rerunning_a_finished_prep_says_it_is_complete_once_without_old_figures(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, out = _folder_src(tmp_path / "src"), tmp_path / "data"
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "prep", "--src", str(src),
+           "--out", str(out), "--workers", "1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "train: 6 written" in first.stdout and "images/s" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "images/s" not in again.stdout + again.stderr and "written" not in again.stdout
+    said = [x for x in again.stderr.splitlines() if "already complete" in x]
+    assert said == [f"train and val: already complete in {out} (6 and 4 images); --force redoes them"]
+
+
+_HOLDER = ("import sys, time; from imagenet_prep.inuse import hold_data\n"
+           "with hold_data(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()\n")
+
+
+def test_d_prep_force_refuses_while_a_run_holds_data_and_proceeds_once_released(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from imagenet_prep.inuse import IN_USE, claim_data, data_in_use, hold_data
+
+    src, out = _folder_src(tmp_path / "src"), tmp_path / "data"
+    run_prep(PrepConfig(src=str(src), out=str(out), workers=1))
+    assert not data_in_use(out)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert data_in_use(out)
+        before = open_split(out, "train").meta["encoding"]
+        with pytest.raises(ImgnetError) as e:
+            run_prep(PrepConfig(src=str(src), out=str(out), workers=1, encoding="jpeg", force=True))
+        assert "\n" not in str(e.value) and "in use by a running `imgnet train` or `imgnet test`" in str(e.value)
+        assert open_split(out, "train").meta["encoding"] == before  # nothing deleted
+        run_prep(PrepConfig(src=str(src), out=str(out), workers=1))  # without --force: nothing is redone, allowed
+        with hold_data(out):  # a second run reads the same DATA alongside
+            assert data_in_use(out)
+    finally:
+        holder.communicate("\n")
+    assert not data_in_use(out) and not (out / IN_USE).exists()  # the last holder removed the file
+    run_prep(PrepConfig(src=str(src), out=str(out), workers=1, encoding="jpeg", force=True))
+    assert open_split(out, "train").meta["encoding"] == "jpeg" and not (out / IN_USE).exists()
+    with claim_data(out):  # while prep --force rewrites DATA, a run is refused in one line
+        with pytest.raises(ImgnetError, match="`imgnet prep --force` is rewriting"):
+            with hold_data(out):
+                pass
+
+
+# ------------------------------------------------------------------------------ E: stock Pillow
+def test_e_stock_pillow_is_said_once_in_one_line(monkeypatch, capsys):
+    from imagenet_prep import resize
+
+    monkeypatch.setattr(resize, "pillow_flavour", lambda: "pillow")
+    resize.note_stock_pillow.cache_clear()
+    try:
+        line = resize.note_stock_pillow()
+        assert resize.note_stock_pillow() == line  # asked again: not said again
+        err = capsys.readouterr().err
+        assert err == line + "\n" and "pillow-simd" in line and "about 2x" in line
+        monkeypatch.setattr(resize, "pillow_flavour", lambda: "pillow-simd")
+        resize.note_stock_pillow.cache_clear()
+        assert resize.note_stock_pillow() is None and capsys.readouterr().err == ""
+    finally:
+        resize.note_stock_pillow.cache_clear()
