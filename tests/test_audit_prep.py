@@ -129,6 +129,8 @@ def test_b_swapped_split_files_are_refused_by_the_reader_and_verify(tmp_path, fm
     assert not result["ok"]
     assert "holds the val split, not train" in result["splits"]["train"]["error"]
     assert "holds the train split, not val" in result["splits"]["val"]["error"]
+    with pytest.raises(ImgnetError, match="holds the val split, not train"):  # a rerun of prep says the same
+        run_prep(PrepConfig(src=str(tmp_path / "src"), out=str(out), workers=1, format=fmt))
 
 
 # ------------------------------------------------------------------------------ C: rejections in linear time

@@ -267,11 +267,13 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     layout = registry.by_name(source.layout)
     work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {},
                 functools.partial(source.locate, n), layout) for n in names}
+    top = {"layout": source.layout, "config": config_record(cfg)}
     note = _label_map_note(source)
-    if note and todo:
-        print(f"note: {note['note']}", file=sys.stderr)
-    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
-                        top={"layout": source.layout, "config": config_record(cfg), **({"label_map": note} if note else {})})
+    if note:
+        top["label_map"] = note
+        if todo:
+            print(f"note: {note['note']}", file=sys.stderr)
+    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work, top=top)
 
 
 def _label_map_note(source) -> dict | None:
@@ -334,6 +336,7 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
     for name in names:
         fp, meta = fingerprints[name], _complete_meta(out, name)
         if meta is not None and not cfg.force:
+            store.check_holds(*store.split_path(out, name), meta, name)
             old = meta.get("fingerprint") or {}
             diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
             if diff:
