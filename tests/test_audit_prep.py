@@ -104,7 +104,8 @@ def _folder_src(root, per_class=(3, 2), wnids=("n01440764", "n01443537")):
             folder = root / split / wnid
             folder.mkdir(parents=True)
             for i in range(n):
-                (folder / f"{wnid}_{split}{i}.JPEG").write_bytes(_jpeg(_photo(10 * c + i + (50 if split == "val" else 0))))
+                seed = 10 * c + i + (50 if split == "val" else 0)
+                (folder / f"{wnid}_{split}{i}.JPEG").write_bytes(_jpeg(_photo(seed)))
     return root
 
 
