@@ -19,7 +19,10 @@ ImageNet is their dataset up to the filter.
 
 Decoding is by content (a PNG named .JPEG is a PNG), in the raster formats of RASTER_FORMATS only; any
 other format is refused before Pillow's plugin for it parses anything. EXIF orientation and ICC profiles are ignored,
-as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`.
+as the published pixels and most ImageNet tools do. Files that cannot be decoded raise `BadImage`, and so do JPEGs
+that libjpeg would pad with grey with only a warning: a scan cut short by a marker (an end-of-image marker
+appended to a cut file) and a header claiming more 8x8 blocks than the file has bits (`_check_jpeg_complete`,
+`_check_jpeg_room`).
 """
 
 from __future__ import annotations

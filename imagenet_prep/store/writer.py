@@ -327,17 +327,18 @@ class LmdbWriter:
                                       "written; rerun `imgnet prep` with --force")
                 yield data, label, name, crc
 
-    def _drop_log(self) -> None:
-        """The split is finished and its report written: the entries log has served."""
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _drop_log(self) -> None:
+        """The split is finished and its report written: the entries log has served."""
+        self._close_log()
         (self.path / ENTRIES).unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         self.env.close()
 
 
