@@ -42,11 +42,9 @@ def _open(path: Path, writer: str, create: bool = True) -> int | None:
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
     try:
         fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        if create:
-            raise
-        return None
     except OSError as e:
+        if e.errno == errno.ENOENT and not create:
+            return None
         raise ImgnetError(f"cannot open the lock file {path} ({e.strerror}); expected a plain file that {writer} "
                           "writes: remove it and rerun") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -61,6 +59,8 @@ def _names(fd: int, path: Path) -> bool:
         st, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    except OSError:
+        return True  # cannot be told (a folder that cannot be searched): the file opened is taken as it
     return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
