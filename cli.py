@@ -73,10 +73,12 @@ def prep(src, out, split, fmt, encoding, quality, workers, classes, per_class, l
                      workers=workers, classes=classes, per_class=per_class, label_order=label_order, force=force,
                      val_labels=val_labels, size=size, coarse=coarse)
     report = run_prep(cfg)
-    for name, r in report["splits"].items():
+    for name in report.packed:  # this run's figures only: a complete split was said to be so (once)
+        r = report["splits"][name]
         click.echo(f"{name}: {r['written']} written, {len(r['rejected'])} rejected, "
                    f"{len(r['converted'])} converted to RGB, {r['images_per_s']:.0f} images/s")
-    click.echo(f"wrote {out}")
+    if report.packed:
+        click.echo(f"wrote {out}")
 
 
 # ----------------------------------------------------------------------------------- pca-stats

@@ -348,7 +348,8 @@ def test_real_jpeg_bomb_is_drafted_within_bounded_memory(tmp_path, draft_scales)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning either
         img, from_mode = prepare_image(data)
-    assert draft_scales == [8] and from_mode == "L" and (img == 128).all()
+    # ending in mid grey, it is decoded again (at the same scale) to tell it from a cut one
+    assert set(draft_scales) == {8} and from_mode == "L" and (img == 128).all()
     assert Image.MAX_IMAGE_PIXELS == limit
     # peak memory of a fresh process decoding it: a full decode needs 180 MB for the pixels alone
     path = tmp_path / "bomb.JPEG"

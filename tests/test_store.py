@@ -347,7 +347,7 @@ def test_unstorable_names_are_rejected_by_name(tmp_path, name, why):
     img = encode_image(np.zeros((256, 256, 3), np.uint8))
     w.commit([(img, 0, "ok_0.JPEG"), (img, 1, name), (img, 0, "ok_1.JPEG")], consumed=3)
     assert w.written == 2
-    (rej,) = w.progress["rejected"]
+    (rej,) = w.rejected
     assert rej["name"] == name and "cannot be stored" in rej["reason"]
     assert __import__("re").search(why, rej["reason"])
     meta = w.finish({"split": "train"})

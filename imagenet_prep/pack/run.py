@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imagenet_prep import store, v2
+from imagenet_prep import inuse, store, v2
 from imagenet_prep.store import formats
 from imagenet_prep.atomic import read_json, write_json
 from imagenet_prep.errors import ImgnetError
@@ -36,6 +36,15 @@ ALL_SPLITS = ("train", "val", "test", *v2.SPLITS)  # every split a DATA folder c
 # settings that reports written before they existed lack: left out of the report's config at these defaults,
 # so that the report of a run at the defaults stays what it was
 _NEW_DEFAULTS = {"size": store.SIZE, "coarse": False}
+
+
+class PrepReport(dict):
+    """The report that prep-report.json holds, and `packed`: the splits this run packed (the others were
+    complete already), so that only their figures are shown as this run's."""
+
+    def __init__(self, report: dict, packed=()):
+        super().__init__(report)
+        self.packed = list(packed)
 
 
 @dataclass
@@ -171,8 +180,8 @@ def _pack_split(name: str, items, skipped, writer: store.LmdbWriter, cfg: PrepCo
         inorder.pack(items, writer, cfg, workers, name, clock)
     seconds = clock.seconds()
     report = {"found": len(items) + len(skipped), "written": writer.written,
-              "rejected": list(skipped) + in_order(writer.progress["rejected"], items, locate),
-              "converted": in_order(writer.progress["converted"], items, locate),
+              "rejected": list(skipped) + in_order(writer.rejected, items, locate),
+              "converted": in_order(writer.converted, items, locate),
               "bytes_differ": list(differs),
               "seconds": round(seconds, 3), "pillow": writer.progress.get("pillow"),
               "images_per_s": writer.consumed / seconds if seconds > 0 else 0.0, **(extra or {})}
@@ -204,14 +213,26 @@ def run_prep(cfg: PrepConfig) -> dict:
     if cfg.size is not None and (type(cfg.size) is not int or not store.MIN_SIZE <= cfg.size <= store.MAX_SIZE):
         raise ImgnetError(f"size={cfg.size!r}; expected the side of the stored images in pixels, "
                           f"{store.MIN_SIZE} to {store.MAX_SIZE}")
+    from imagenet_prep.resize import note_stock_pillow
+
     out = Path(cfg.out)
+    note_stock_pillow()
     is_v2 = cfg.split == v2.ANY or cfg.split in v2.SPLITS
     if is_v2:
         _check_v2_config(cfg, out)  # before _check_writable creates an empty DATA
-    _check_writable(out)
-    with _exclusive(out), sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
-        cfg = _with_size(cfg, out)
-        return _run_v2_prep(cfg, out) if is_v2 else _run_prep(cfg, out)
+    created = not os.path.lexists(out)
+    try:
+        _check_writable(out)
+        # one prep at a time; --force deletes splits: not under a train or test run reading them
+        with inuse.prep_lock(out), inuse.claim_data(out) if cfg.force else contextlib.nullcontext(), \
+                sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
+            cfg = _with_size(cfg, out)
+            return _run_v2_prep(cfg, out) if is_v2 else _run_prep(cfg, out)
+    except BaseException:
+        if created:  # a failed first run leaves no empty DATA behind (one with anything in it is kept)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _with_size(cfg: PrepConfig, out: Path) -> PrepConfig:
@@ -224,42 +245,6 @@ def _with_size(cfg: PrepConfig, out: Path) -> PrepConfig:
         raise ImgnetError(f"--size {size} but {out} holds {held[0]} at size {held[1]}; the splits of one DATA folder "
                           f"share one size: pass --size {held[1]}, or use a new --out folder")
     return replace(cfg, size=size)
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """One prep at a time per DATA folder: two would race on labels.json, the report and --force. A POSIX
-    record lock: held by this process only (forked workers do not inherit it), released when it dies."""
-    import errno
-    import fcntl
-    import stat
-
-    path = out / ".prep.lock"
-    try:  # never through a link, and never blocking on a FIFO put in its place
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        raise ImgnetError(f"cannot open the lock file {path} ({e.strerror}); expected a plain file that "
-                          "`imgnet prep` writes: remove it and rerun") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ImgnetError(f"{path} is not a regular file; expected the lock file `imgnet prep` writes: "
-                          "remove it and rerun")
-    with os.fdopen(fd, "r+") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise ImgnetError(f"cannot lock {path} ({e.strerror}); expected a file system with POSIX "
-                                  "record locks") from None
-            f.seek(0)
-            holder = f.read(32).strip() or "?"
-            raise ImgnetError(f"another `imgnet prep` is writing {out} (pid {holder}); wait for it "
-                              "to finish, or use another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        yield
 
 
 def _run_prep(cfg: PrepConfig, out: Path) -> dict:
@@ -282,8 +267,32 @@ def _run_prep(cfg: PrepConfig, out: Path) -> dict:
     layout = registry.by_name(source.layout)
     work = {n: (source.splits[n], source.skipped.get(n, []), source.differs.get(n, []), {},
                 functools.partial(source.locate, n), layout) for n in names}
-    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work,
-                        top={"layout": source.layout, "config": config_record(cfg)})
+    top = {"layout": source.layout, "config": config_record(cfg)}
+    note = _label_map_note(source)
+    if note:
+        top["label_map"] = note
+        if todo:
+            print(f"note: {note['note']}", file=sys.stderr)
+    return _pack_splits(cfg, out, names, todo, labels, fingerprints, work, top=top)
+
+
+def _label_map_note(source) -> dict | None:
+    """The report's `label_map` where some classes of labels.json have no train images, with its one line.
+
+    The label map holds every class the source names, each at its standard index: the train class folders and
+    the classes of the ground truth that labels a flat val (all 1000 of the devkit's, whatever train holds);
+    --classes N keeps the first N of those in label order, with or without train images."""
+    train = source.splits.get("train")
+    lm = source.label_map
+    held = len({it.label for it in train}) if train else 0
+    if not train or held == len(lm):
+        return None
+    n, full, labels_of = len(lm), len(lm.all_names), source.origin.get("val", "the class metadata")
+    kept = f" (--classes {n}: the first {n} of the source's {full} in {lm.order} label order)" if n < full else ""
+    line = (f"labels.json holds {n} classes{kept}, {n - held} of them without train images: the label map takes "
+            f"every class the source names (its train class folders and the classes of {labels_of}), each at its "
+            "standard index")
+    return {"classes": n, "with_train_images": held, "source_classes": full, "note": line}
 
 
 def _check_native_size(cfg: PrepConfig) -> None:
@@ -323,19 +332,20 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
     fingerprint is skipped (another fingerprint is refused without --force); the disk is checked before
     --force deletes anything."""
     others = [f for f in formats.registered() if f.name != cfg.format]
-    todo, freed = {}, 0
+    todo, freed, done = {}, 0, []
     for name in names:
         fp, meta = fingerprints[name], _complete_meta(out, name)
         if meta is not None and not cfg.force:
+            store.check_holds(*store.split_path(out, name), meta, name)
             old = meta.get("fingerprint") or {}
             diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
             if diff:
                 raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
                                   f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")
-            print(f"{name}: already complete in {out} ({meta['count']} images); --force redoes it", file=sys.stderr)
-            done = meta.get("format")
-            if done in formats.names() and formats.get(done).staged:  # a kill between rename and staging removal
-                _remove(formats.get(done).staging_path(out, name))
+            done.append((name, str(meta["count"])))
+            held = meta.get("format")
+            if held in formats.names() and formats.get(held).staged:  # a kill between rename and staging removal
+                _remove(formats.get(held).staging_path(out, name))
             continue
         other = next((f.name for f in others if f.staging_path(out, name).exists()), None)
         if meta is None and other is not None and not cfg.force:
@@ -344,6 +354,10 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
         freed += sum(_size(p) for p in formats.paths_of(out, name)) if cfg.force else 0
         consumed = 0 if cfg.force else store.progress_of(formats.get(cfg.format).staging_path(out, name))
         todo[name] = (fp["count"] - consumed, fp["count"])
+    if done:  # one line for them all, in place of figures of a run that did not happen now
+        split_names, counts = (" and ".join(x) for x in zip(*done))
+        print(f"{split_names}: already complete in {out} ({counts} images); --force redoes "
+              f"{'them' if len(done) > 1 else 'it'}", file=sys.stderr)
     _check_disk(out, todo, cfg, freed)
     if cfg.force:
         for name in todo:
@@ -375,7 +389,7 @@ def _pack_splits(cfg: PrepConfig, out: Path, names: list, todo: dict, labels: di
                                              differs, extra, locate, layout)
         write_json(report_path, report)
     write_json(report_path, report)
-    return report
+    return PrepReport(report, packed=todo)
 
 
 # ------------------------------------------------------------------------------- ImageNetV2

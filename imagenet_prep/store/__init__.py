@@ -13,7 +13,7 @@ from imagenet_prep.store.records import (CHECKSUM, ENCODINGS, FORMAT_VERSION, IM
                                          check_index, check_labels, check_meta, decode_image, encode_image,
                                          estimate_bytes_per_image, image_shape, index_crc, join_names, meta_size,
                                          name_bytes, parse_meta, raw_bytes, record_crc, split_names)
-from imagenet_prep.store.reader import Record, Split, open_split, split_meta, split_path
+from imagenet_prep.store.reader import Record, Split, check_holds, open_split, split_meta, split_path
 # the registry line: the built-in formats, each registered when imported, in this order (the first is the
 # default; split_path prefers the first complete one). A new format is one module here and its name on this line.
 from imagenet_prep.store import lmdb, hdf5  # isort: skip
@@ -24,8 +24,8 @@ from imagenet_prep.store.writer import LmdbWriter, parse_progress, progress_of, 
 __all__ = [
     "CHECKSUM", "ENCODINGS", "FORMAT_VERSION", "IMAGE_SHAPE", "MAX_META_BYTES", "MAX_NAME_BYTES", "MAX_SIZE",
     "MIN_SIZE", "RAW_BYTES", "READABLE_VERSIONS", "SIZE", "LmdbWriter", "Record", "Split", "check_env",
-    "check_index", "check_labels", "check_meta", "decode_image", "encode_image", "estimate_bytes_per_image",
-    "formats", "image_shape", "index_crc", "join_names", "lmdb_to_hdf5", "meta_size", "name_bytes", "open_split",
-    "parse_meta", "parse_progress", "progress_of", "raw_bytes", "record_crc", "split_meta", "split_names",
-    "split_path", "write_split",
+    "check_holds", "check_index", "check_labels", "check_meta", "decode_image", "encode_image",
+    "estimate_bytes_per_image", "formats", "image_shape", "index_crc", "join_names", "lmdb_to_hdf5", "meta_size",
+    "name_bytes", "open_split", "parse_meta", "parse_progress", "progress_of", "raw_bytes", "record_crc", "split_meta",
+    "split_names", "split_path", "write_split",
 ]

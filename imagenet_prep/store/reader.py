@@ -170,5 +170,21 @@ def open_split(data_dir, split: str, *, readahead: bool = False) -> Split:
                           f"written by `imgnet prep --out {data_dir}`")
     path, fmt = found
     opened = get_format(fmt).open(path, readahead)
+    try:
+        check_holds(path, fmt, opened.meta, split)
+    except ImgnetError:
+        opened.close()
+        raise
     check_labels(Path(data_dir), path, opened.meta, opened.labels)
     return opened
+
+
+def check_holds(path: Path, fmt: str, meta: dict, split: str) -> None:
+    """The file found for `split` holds that split, as its metadata says (train.lmdb and val.lmdb swapped by a
+    rename would train on val and test on train). Splits packed before the metadata named them pass."""
+    held = meta.get("split")
+    if held is not None and held != split:
+        shown = get_format(fmt).shown
+        raise ImgnetError(f"{path} holds the {held} split, not {split} (renamed or swapped?); expected "
+                          f"{shown(split)} packed as {split}: rename the files back ({shown(held)} for {held}) "
+                          "or rebuild with `imgnet prep --force`")

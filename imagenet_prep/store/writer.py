@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,14 @@ from imagenet_prep.store.reader import Split, open_split
 from imagenet_prep.store.records import (CHECKSUM, FORMAT_VERSION, MAX_META_BYTES, RAW_BYTES, SIZE, encode_image,
                                          estimate_bytes_per_image, image_shape, index_crc, join_names, name_bytes,
                                          pack_rec, parse_meta, record_crc, unpack_rec)
+
+
+# The report's entries of an unfinished split ({"name", "reason"} rejected, converted), one JSON line each, in
+# the writer's folder: appended and fsynced before the commit whose progress record holds the log's new length,
+# cut back to that length on resume. (Kept in the progress record, they made each commit rewrite them all: a
+# source of many rejected files took quadratic time.) Removed once the split is finished: its report holds them.
+ENTRIES = "report-entries.jsonl"
+_KINDS = ("rejected", "converted")
 
 
 def _is_disk_full(e: BaseException) -> bool:
@@ -71,11 +80,63 @@ class LmdbWriter:
         self.complete = bool(meta and parse_meta(meta, self.path).get("complete"))
         if raw is None:
             self.progress = {"fingerprint": fingerprint, "consumed": 0, "written": 0,
-                             "rejected": [], "converted": [], "format_version": FORMAT_VERSION}
+                             "rejected": [], "converted": [], "entries_bytes": 0, "format_version": FORMAT_VERSION}
         else:
             self.progress = parse_progress(raw, self.path, expected_images)
             self._check_resumable(fingerprint)
             self._check_count(meta)
+        self.rejected: list[dict] = []   # the report's entries committed so far, in commit order
+        self.converted: list[dict] = []
+        self._log = None
+        if not self.complete:
+            self._open_log()
+
+    def _open_log(self) -> None:
+        """Open the entries log at the length the progress record committed (a kill between the log's write
+        and the commit leaves more: cut off) and read it back. The lists of a run started by a version that
+        kept them in the progress record are moved into the log first."""
+        path = self.path / ENTRIES
+        committed = self.progress.get("entries_bytes", 0)
+        try:
+            self._log = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+b")
+            held = os.fstat(self._log.fileno()).st_size
+        except OSError as e:
+            raise ImgnetError(f"cannot open {path} ({e.strerror or e}); expected the file of report entries "
+                              "`imgnet prep` writes: pass --force to start the split over") from e
+        if held < committed:
+            raise ImgnetError(f"{path} holds {held} bytes, less than the {committed} its split's progress record has "
+                              "committed (damaged or replaced); pass --force to start the split over")
+        lines = self._log.read(committed).splitlines()
+        try:
+            for kind, entry in map(json.loads, lines):
+                if kind not in _KINDS or not isinstance(entry, dict):
+                    raise ValueError(f"an entry {kind!r} of neither kind")
+                getattr(self, kind).append(entry)
+        except (ValueError, TypeError) as e:
+            raise ImgnetError(f"{path} is damaged or edited ({e}); pass --force to start the split over") from None
+        old = [self.progress.get(k) or [] for k in _KINDS]
+        if any(old):
+            self._put([], self.consumed, *old, units=None)
+
+    def _append_entries(self, rejected: list, converted: list) -> int:
+        """Write entries after the committed end of the log, synced to disk; returns the log's new length."""
+        at = self.progress.get("entries_bytes", 0)
+        blob = b"".join(json.dumps([k, e]).encode() + b"\n" for k, es in zip(_KINDS, (rejected, converted))
+                        for e in es)
+        if not blob:
+            return at
+        try:
+            self._log.seek(at)
+            self._log.write(blob)
+            self._log.truncate()
+            self._log.flush()
+            os.fsync(self._log.fileno())
+        except OSError as e:
+            if _is_disk_full(e):
+                raise ImgnetError(f"disk full while writing {self.path / ENTRIES}; the records committed so far are "
+                                  "kept: free some space and rerun the same command") from e
+            raise ImgnetError(f"cannot write {self.path / ENTRIES} ({e.strerror or e})") from e
+        return at + len(blob)
 
     def _check_resumable(self, fingerprint: dict) -> None:
         """An unfinished run is continued only in this store format version and with the same settings."""
@@ -158,9 +219,9 @@ class LmdbWriter:
              units: dict | None = None) -> None:
         """The one commit: records (index, encoded image, label, name bytes) and the progress that follows from
         them (source items `consumed` in all; `units` merged in when given) in one transaction."""
-        progress = dict(self.progress)
-        progress["rejected"] = self.progress["rejected"] + rejected
-        progress["converted"] = self.progress["converted"] + list(converted)
+        rejected, converted = list(rejected), list(converted)
+        progress = dict(self.progress, rejected=[], converted=[])
+        progress["entries_bytes"] = self._append_entries(rejected, converted)
         progress["consumed"] = consumed
         progress["written"] = self.written + len(records)
         if units is not None:
@@ -174,6 +235,8 @@ class LmdbWriter:
 
         self._write_txn(fill, sum(len(r[1]) for r in records))
         self.progress = progress
+        self.rejected += rejected
+        self.converted += converted
 
     def _compact(self, batch: int = 256) -> None:
         """Renumber the records of an out-of-order run to 0..written-1, keeping their order. Each batch is one
@@ -234,6 +297,7 @@ class LmdbWriter:
 
         self._write_txn(fill)
         self.env.sync(True)
+        self._drop_log()
         if n == 0 and not meta.get("report"):  # prep warns itself, with its counts
             print(f"warning: {meta.get('split', self.path.name)} ends with 0 images", file=sys.stderr)
         return meta
@@ -263,7 +327,18 @@ class LmdbWriter:
                                       "written; rerun `imgnet prep` with --force")
                 yield data, label, name, crc
 
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _drop_log(self) -> None:
+        """The split is finished and its report written: the entries log has served."""
+        self._close_log()
+        (self.path / ENTRIES).unlink(missing_ok=True)
+
     def close(self) -> None:
+        self._close_log()
         self.env.close()
 
 
@@ -338,8 +413,8 @@ def write_split(data_dir, split: str, records: Iterable[tuple[np.ndarray, int, s
                    estimate_bytes_per_image(encoding, quality, meta["size"]))
     try:
         w.commit([(encode_image(img, encoding, quality), int(lbl), name) for img, lbl, name in records], len(records))
-        if w.progress["rejected"]:
-            bad = w.progress["rejected"][0]
+        if w.rejected:
+            bad = w.rejected[0]
             raise ImgnetError(f"record {bad['name']!r}: {bad['reason']}")
         fmt.finalize(w, final, w.finish(meta))
     finally:
