@@ -242,7 +242,7 @@ def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, su
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the ten views [default: center crop].")
-@click.option("--topk", type=click.IntRange(1), default=5, help="Classes to list per image, most probable first (at most the checkpoint's classes).")
+@click.option("--topk", type=click.IntRange(1), default=5, help="Classes to list per image, most probable first.")
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (one object per image) instead of text.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")

@@ -247,10 +247,11 @@ def test_kill_9_and_resume_with_knobs_ends_where_the_straight_run_does(data, tmp
     assert killed.wait(timeout=60) == -signal.SIGKILL and len(_log(tmp_path / "killed")) < 8
     resumed = cli("--resume", out=tmp_path / "killed")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
-    a, b = _last(tmp_path / "straight"), _last(tmp_path / "killed")
+    b_run = tmp_path / "killed"
+    a, b = _last(tmp_path / "straight"), _last(b_run)
     assert a["step"] == b["step"] == 16
     assert _weights_equal(a["model"], b["model"]) and _weights_equal(a["ema"]["model"], b["ema"]["model"])
-    assert [r["train_loss"] for r in _log(tmp_path / "straight")] == [r["train_loss"] for r in _log(tmp_path / "killed")]
+    assert [r["train_loss"] for r in _log(tmp_path / "straight")] == [r["train_loss"] for r in _log(b_run)]
 
 
 # ------------------------------------------------------------------------------- smoke runs, logs

@@ -367,14 +367,17 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
         opened.callback(split.close)
     if resume_from is not None:
         ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
-    train_loader, val_loader = (opened.enter_context(ld if cfg.limit_batches is None else LimitedLoader(ld, cfg.limit_batches))
-                                for ld in make_loaders(cfg, data, d, device))
+    loaders = make_loaders(cfg, data, d, device)
+    if cfg.limit_batches is not None:  # smoke runs: the first N batches of every epoch and validation
+        loaders = [LimitedLoader(ld, cfg.limit_batches) for ld in loaders]
+    train_loader, val_loader = (opened.enter_context(ld) for ld in loaders)
     model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None,
                                       crop=data["crop"])
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     state = ck.RunState(LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops,
-                                   warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, steps_per_epoch=len(train_loader)))
+                                   warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs,
+                                   steps_per_epoch=len(train_loader)))
     _seed_process(cfg.seed, d.rank)
     note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
