@@ -174,14 +174,18 @@ def test_cosine_warmup_smoothing_and_ema_are_their_formulas(data, runs):
     assert all({"val_ema_top1_err", "val_ema_top5_err", "val_ema_loss"} <= r.keys() for r in rows)
 
 
-def test_ema_weights_are_a_checkpoint_of_their_own_for_test_and_predict(runs):
+def test_ema_weights_are_a_checkpoint_of_their_own_for_test_and_predict(data, runs):
+    from trainer.evaluate import run_test
+
     saved = _last(runs["knobs"])
-    ema = ck.load_checkpoint(runs["knobs"] / "checkpoints" / "ema" / "last.pt")
+    path = runs["knobs"] / "checkpoints" / "ema" / "last.pt"
+    ema = ck.load_checkpoint(path)
     assert _weights_equal(ema["model"], saved["ema"]["model"]) and ema["weights"] == {"ema": 0.9, "updates": 6}
     assert "optimizer" not in ema and ema["epoch"] == 3
-    model = ck.model_from_checkpoint(ema, arch=ARCH)
-    with torch.no_grad():
-        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 2)
+    r = run_test(data, path, workers=0, device="cpu", progress=False, arch=ARCH)
+    assert r["top1_err"] == pytest.approx(_log(runs["knobs"])[-1]["val_ema_top1_err"])  # the logged EMA figure
+    assert (path.parent / "test-center.json").is_file()  # its report beside it, not over best.pt's
+    assert not (runs["knobs"] / "checkpoints" / "test-center.json").exists()
 
 
 # -------------------------------------------------------------------------------------- resume
