@@ -298,7 +298,7 @@ def test_tensorboard_writes_each_log_line_beside_log_jsonl(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "r"
-    tr.train(small(data, run, epochs=2, tensorboard=True))
+    tr.train(small(data, run, epochs=2, lr_schedule="cosine", tensorboard=True))
     assert list(run.glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run))
     events.Reload()
@@ -306,6 +306,11 @@ def test_tensorboard_writes_each_log_line_beside_log_jsonl(data, tmp_path):
     for key in ("train_loss", "val_top1_err", "lr"):
         got = [(e.step, e.value) for e in events.Scalars(key)]
         assert got == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in rows]
+    cosine = LrSchedule("cosine", 0.01, epochs=2, steps_per_epoch=2)
+    lrs = [(e.step, e.value) for e in events.Scalars("step/lr")]  # every step on the CPU
+    assert lrs == [(k, pytest.approx(cosine.lr_at(k), rel=1e-6)) for k in (1, 2, 3, 4)]
+    losses = [e.value for e in events.Scalars("step/train_loss")]
+    assert [(a + b) / 2 for a, b in (losses[:2], losses[2:])] == pytest.approx([r["train_loss"] for r in rows])
 
 
 # ------------------------------------------------------------------------------------- predict

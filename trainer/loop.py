@@ -51,10 +51,12 @@ class StopRequest:
 class HostSync:
     """The step loop's one host sync, every `every` steps (each is a GPU pipeline stall): did any process
     see a non-finite loss or a stop request (one all_reduce across ranks), and the progress bar.
-    `diverged(value, step, epoch, batch, batches, lr)` words the error a non-finite loss raises."""
+    `diverged(value, step, epoch, batch, batches, lr)` words the error a non-finite loss raises; `report(step,
+    loss)`, where given, receives the mean loss of the steps since the last sync (--tensorboard)."""
 
-    def __init__(self, device: torch.device, world: int, stop: StopRequest, every: int, diverged):
+    def __init__(self, device: torch.device, world: int, stop: StopRequest, every: int, diverged, report=None):
         self.device, self.world, self.stop, self.every, self.diverged = device, world, stop, every, diverged
+        self.report = report
 
     def begin(self, epoch: int, batches: int, lr: float, bar) -> None:
         self.epoch, self.batches, self.lr, self.bar = epoch, batches, lr, bar
@@ -92,8 +94,10 @@ class HostSync:
             raise ImgnetError(self.diverged(value, at, self.epoch, batch - (step - at), self.batches, self.lr))
         n_win = (batch - 1) % self.every + 1
         rate = images * self.world / (time.perf_counter() - self.t0)
-        self.bar.set_postfix_str(f"loss {window_sum / self.world / n_win:.3f} lr {self.lr:g} {rate:.0f} img/s",
-                                 refresh=False)
+        loss = window_sum / self.world / n_win
+        self.bar.set_postfix_str(f"loss {loss:.3f} lr {self.lr:g} {rate:.0f} img/s", refresh=False)
+        if self.report is not None:
+            self.report(step, loss)
         self.bar.update(n_win)
         return bool(stopping) and batch < self.batches
 

@@ -1,5 +1,7 @@
 """`imgnet train --tensorboard`: the numbers of each log.jsonl line, also as TensorBoard scalars in event files
-in the run folder (`tensorboard --logdir RUN`), written by rank 0. The tensorboard package is an extra
+in the run folder (`tensorboard --logdir RUN`), written by rank 0: each under its log key at step = the epoch,
+and at every host sync (every step on the CPU, every 16 on CUDA) the training loss since the last one and the
+lr, as step/train_loss and step/lr at step = the optimizer step. The tensorboard package is an extra
 (pip install 'imgnet[tensorboard]'); a run that asks for it where it is missing refuses to start."""
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ def check_available() -> None:
                           f"install it with: {INSTALL}") from None
 
 
-class EpochScalars:
+class RunScalars:
     """A SummaryWriter in RUN: `add(line)` writes every number of an epoch's log line (booleans left out) as
-    the scalar of that name at step = the epoch. A context manager: leaving it flushes and closes the files."""
+    the scalar of that name at step = the epoch; `add_step(step, loss)` the training loss and `optimizer`'s lr
+    (of a group without a multiplier) at an optimizer step. A context manager: leaving it closes the files."""
 
-    def __init__(self, run: Path):
+    def __init__(self, run: Path, optimizer):
         check_available()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run))
+        self.writer, self.optimizer = SummaryWriter(log_dir=str(run)), optimizer
+
+    def add_step(self, step: int, loss: float) -> None:
+        g = self.optimizer.param_groups[0]
+        self.writer.add_scalar("step/train_loss", loss, global_step=step)
+        self.writer.add_scalar("step/lr", g["lr"] / g.get("lr_mult", 1.0), global_step=step)
 
     def add(self, line: dict) -> None:
         for key, v in line.items():

@@ -331,7 +331,7 @@ class Session:
     val_sets: object  # trainer.labelsets.sets.LabelSets of the val split, or None
     say: object
     knobs: StepKnobs = StepKnobs()  # the knobs beside the paper's recipe (`_knobs`)
-    tb: object = None  # trainer.tensorboard.EpochScalars on rank 0 with --tensorboard
+    tb: object = None  # trainer.tensorboard.RunScalars on rank 0 with --tensorboard
 
     @property
     def ckdir(self) -> Path:
@@ -386,7 +386,7 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
              "stats": _checkpoint_stats(data["stats"]), "size": data["size"], "crop": data["crop"]}
     s = Session(cfg, d, device, run, data, train_loader, val_loader, model, net, optimizer, scaler, state, fixed,
                 _val_label_sets(data), _printer(cfg.progress and d.main))
-    s.knobs, s.tb = _knobs(cfg, model, state, resume_from), _tensorboard(cfg, run, d, opened)
+    s.knobs, s.tb = _knobs(cfg, model, state, resume_from), _tensorboard(cfg, run, d, optimizer, opened)
     _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, s.say)
     s.say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
           f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
@@ -406,12 +406,12 @@ def _knobs(cfg: TrainConfig, model, state: ck.RunState, resume_from: dict | None
                      label_smoothing=cfg.label_smoothing, ema=ema, max_steps=cfg.max_steps)
 
 
-def _tensorboard(cfg: TrainConfig, run: Path, d: Dist, opened: contextlib.ExitStack):
+def _tensorboard(cfg: TrainConfig, run: Path, d: Dist, optimizer, opened: contextlib.ExitStack):
     if not (cfg.tensorboard and d.main):
         return None
-    from trainer.tensorboard import EpochScalars
+    from trainer.tensorboard import RunScalars
 
-    return opened.enter_context(EpochScalars(run))
+    return opened.enter_context(RunScalars(run, optimizer))
 
 
 def _max_steps_reached(s: Session) -> bool:
@@ -431,7 +431,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
         sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
-                        functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg))
+                        functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg), s.tb and s.tb.add_step)
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             if _max_steps_reached(s):
                 break
