@@ -61,7 +61,9 @@ class RunSettings:
     flip: bool = setting(True, "Mirror each training crop with probability 0.5 (section 4.1); --no-flip: never.",
                          flag="--flip/--no-flip")
     lighting_std: float = setting(0.1, "Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.", low=0)
-    # knobs beside the paper's recipe: each off by default, so that the recipe above stays what runs
+    # knobs beside the paper's recipe: each off by default, so that the recipe above stays what runs. max_steps and
+    # tensorboard say how long a run goes and where it logs, not what it learns (RUNTIME: a resume may change them,
+    # imgnet compare leaves them out); limit_batches changes which images an epoch sees, so it defines the run
     warmup_epochs: float = setting(0.0, "Linear warmup over this many epochs (fractions allowed), set before every "
                                    "step: step s of the first W runs at s/W of the schedule's lr; 0: none.", low=0)
     label_smoothing: float = setting(0.0, "Label smoothing of the training loss (torch's CrossEntropyLoss "
