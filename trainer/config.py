@@ -65,7 +65,8 @@ class RunSettings:
     # tensorboard say how long a run goes and where it logs, not what it learns (RUNTIME: a resume may change them,
     # imgnet compare leaves them out); limit_batches changes which images an epoch sees, so it defines the run
     warmup_epochs: float = setting(0.0, "Linear warmup over this many epochs (fractions allowed), set before every "
-                                   "step: step s of the first W runs at s/W of the schedule's lr; 0: none.", low=0)
+                                   "step: step s of the warmup's n steps runs at s/n of the schedule's lr (any "
+                                   "schedule); 0: none.", low=0)
     label_smoothing: float = setting(0.0, "Label smoothing of the training loss (torch's CrossEntropyLoss "
                                      "label_smoothing); the logged train_loss is that loss, validation stays plain.",
                                      low=0, high=1, high_open=True)
