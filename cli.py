@@ -244,12 +244,13 @@ def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, su
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the ten views [default: center crop].")
+@click.option("--topk", type=click.IntRange(1), default=5, help="Classes to list per image, most probable first.")
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (one object per image) instead of text.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def predict(ckpt, images, ten_crop, device, as_json, arch):
-    """Top-5 classes of image files (any format Pillow reads, any size or colour mode).
+def predict(ckpt, images, ten_crop, topk, device, as_json, arch):
+    """Top-5 (--topk K: top-K) classes of image files (any format Pillow reads, any size or colour mode).
 
     Exit status: 0 when every image was classified; 1 when some could not be read or decoded (each is
     reported with its reason, the others are still classified); 2 for a bad checkpoint."""
@@ -257,7 +258,7 @@ def predict(ckpt, images, ten_crop, device, as_json, arch):
 
     from trainer.evaluate import predict as run_predict
 
-    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device, arch=arch)
+    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device, arch=arch, topk=topk)
     failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=1))

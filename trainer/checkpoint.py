@@ -41,6 +41,8 @@ BEFORE_SIZES = {"size": 256, "crop": 224}  # what a version 1 or 2 checkpoint wa
 # settings added with version 3, as every run before had them: a --resume of such a run compares equal
 V2_CONFIG = {"crop": None, "flip": True, "fc_act": "off", "norm": "on"}
 V1_CONFIG = {"arch": "alexnet", "bias_decay": True, "init": "paper"}  # what a version-1 run did (no such keys)
+# the knobs beside the paper's recipe (trainer/config.py), off in every run written before they existed
+KNOBS_OFF = {"warmup_epochs": 0.0, "label_smoothing": 0.0, "ema": 0.0, "limit_batches": None}
 
 
 def _fsync_dir(d: Path) -> None:
@@ -188,7 +190,7 @@ def model_from_checkpoint(ckpt: dict, device="cpu", arch: str | None = None) -> 
 # ------------------------------------------------------------------------------------- checks
 def saved_config(ckpt: dict) -> dict:
     """The run's settings, with what a version-1 or -2 run did for the keys it did not have yet."""
-    return {**V1_CONFIG, **V2_CONFIG, **(ckpt.get("config") or {})}
+    return {**V1_CONFIG, **V2_CONFIG, **KNOBS_OFF, **(ckpt.get("config") or {})}
 
 
 def input_geometry(ckpt: dict) -> tuple[int, int]:

@@ -39,7 +39,8 @@ class RunSettings:
     bias_decay: bool = setting(True, "Decay the biases too (the paper's rule as written); --no-bias-decay: weights "
                                "only, as Caffe and cuda-convnet.", flag="--bias-decay/--no-bias-decay")
     lr_schedule: str = setting("plateau", "plateau: divide by 10 when val top-1 error stops improving; "
-                               "step:30,60,80: after those epochs.")
+                               "step:30,60,80: after those epochs; cosine: from --lr at the first step to 0 after "
+                               "the last, set before every step.")
     lr_factor: float = setting(0.1, "Multiply the lr by this at each drop (section 5: divide by 10).", low=0, high=1,
                                low_open=True, high_open=True)
     patience: int = setting(3, "plateau: epochs without a new best val top-1 error before dividing the lr.", low=1)
@@ -60,6 +61,24 @@ class RunSettings:
     flip: bool = setting(True, "Mirror each training crop with probability 0.5 (section 4.1); --no-flip: never.",
                          flag="--flip/--no-flip")
     lighting_std: float = setting(0.1, "Sigma of the PCA lighting alphas (section 4.1); 0 turns it off.", low=0)
+    # knobs beside the paper's recipe: each off by default, so that the recipe above stays what runs. max_steps and
+    # tensorboard say how long a run goes and where it logs, not what it learns (RUNTIME: a resume may change them,
+    # imgnet compare leaves them out); limit_batches changes which images an epoch sees, so it defines the run
+    warmup_epochs: float = setting(0.0, "Linear warmup over this many epochs (fractions allowed), set before every "
+                                   "step: step s of the warmup's n steps runs at s/n of the schedule's lr (any "
+                                   "schedule); 0: none.", low=0)
+    label_smoothing: float = setting(0.0, "Label smoothing of the training loss (torch's CrossEntropyLoss "
+                                     "label_smoothing); the logged train_loss is that loss, validation stays plain.",
+                                     low=0, high=1, high_open=True)
+    ema: float = setting(0.0, "Keep an exponential moving average of the weights with this decay (e.g. 0.9998), "
+                         "updated after every step, validated each epoch beside the weights (log.jsonl val_ema_*) and "
+                         "saved as checkpoints/ema/last.pt; 0: none.", low=0, high=1, high_open=True)
+    limit_batches: int | None = setting(None, "Smoke runs: at most N batches in each train epoch and each "
+                                        "validation (a setting of the run: a resume repeats it) [default: all].", low=1)
+    max_steps: int | None = setting(None, "Smoke runs: stop the run after N optimizer steps in all, with a checkpoint "
+                                    "that --resume continues exactly [default: no limit].", low=1, **RUNTIME)
+    tensorboard: bool = setting(False, "Also write TensorBoard event files into the run folder, beside log.jsonl "
+                                "(needs the tensorboard extra: pip install 'imgnet[tensorboard]').", **RUNTIME)
     # machinery
     workers: int | None = setting(None, "Loader processes [default: the loader's choice].", low=0, **RUNTIME)
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", **RUNTIME)
@@ -127,3 +146,18 @@ def check_config(cfg) -> None:
     if cfg.model_parallel:
         registry.check_model_parallel(cfg.arch)
     parse_schedule(cfg.lr_schedule)
+    check_knobs(cfg)
+
+
+def check_knobs(cfg) -> None:
+    """ImgnetError for a knob beside the paper's recipe set to what no run can use; --tensorboard where the
+    tensorboard package is missing (the run refuses to start rather than not logging)."""
+    for name in ("limit_batches", "max_steps"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ImgnetError(f"{name}={v!r}; expected a whole number >= 1, or None for no limit")
+    settings.check(cfg, {"warmup_epochs", "label_smoothing", "ema"})
+    if cfg.tensorboard:
+        from trainer.tensorboard import check_available
+
+        check_available()

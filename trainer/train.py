@@ -41,7 +41,7 @@ from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 from trainer import runfolder
 from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
-from trainer.loop import EpochTotals, HostSync, StopRequest, train_epoch
+from trainer.loop import EpochTotals, HostSync, LimitedLoader, StepKnobs, StopRequest, set_lr, train_epoch
 from trainer.models import registry
 from trainer.schedule import LrSchedule, parse_schedule  # noqa: F401 - part of this module's interface
 
@@ -332,6 +332,8 @@ class Session:
     fixed: dict  # what every checkpoint of the run holds unchanged
     val_sets: object  # trainer.labelsets.sets.LabelSets of the val split, or None
     say: object
+    knobs: StepKnobs = StepKnobs()  # the knobs beside the paper's recipe (`_knobs`)
+    tb: object = None  # trainer.tensorboard.RunScalars on rank 0 with --tensorboard
 
     @property
     def ckdir(self) -> Path:
@@ -342,7 +344,16 @@ class Session:
         rng = _gather_rng(self.d)
         ckpt = ck.to_checkpoint(self.state, run=self.fixed, model=self.model, optimizer=self.optimizer,
                                 scaler=self.scaler, rng=rng)
-        return ck.save_checkpoint(path, ckpt) if self.d.main else None
+        if self.knobs.ema is not None:  # the average's state, so that a resume continues it
+            ckpt["ema"] = self.knobs.ema.state_dict()
+        if not self.d.main:
+            return None
+        saved = ck.save_checkpoint(path, ckpt)
+        if self.knobs.ema is not None:  # and its weights as a checkpoint of their own, for test and predict
+            from trainer.ema import ema_checkpoint
+
+            ck.save_checkpoint(self.ckdir / "ema" / "last.pt", ema_checkpoint(ckpt))
+        return saved
 
 
 def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack):
@@ -358,12 +369,17 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
         opened.callback(split.close)
     if resume_from is not None:
         ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
-    train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
+    loaders = make_loaders(cfg, data, d, device)
+    if cfg.limit_batches is not None:  # smoke runs: the first N batches of every epoch and validation
+        loaders = [LimitedLoader(ld, cfg.limit_batches) for ld in loaders]
+    train_loader, val_loader = (opened.enter_context(ld) for ld in loaders)
     model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None,
                                       crop=data["crop"])
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-    state = ck.RunState(LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops))
+    state = ck.RunState(LrSchedule(cfg.lr_schedule, cfg.lr, cfg.lr_factor, cfg.patience, cfg.max_lr_drops,
+                                   warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs,
+                                   steps_per_epoch=len(train_loader)))
     _seed_process(cfg.seed, d.rank)
     note = None if resume_from is None else ck.restore(resume_from, state, optimizer=optimizer, scaler=scaler,
                                                         rank=d.rank, world=d.world, steps_per_epoch=len(train_loader))
@@ -372,10 +388,42 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
              "stats": _checkpoint_stats(data["stats"]), "size": data["size"], "crop": data["crop"]}
     s = Session(cfg, d, device, run, data, train_loader, val_loader, model, net, optimizer, scaler, state, fixed,
                 _val_label_sets(data), _printer(cfg.progress and d.main))
+    s.knobs, s.tb = _knobs(cfg, model, state, resume_from), _tensorboard(cfg, run, d, optimizer, opened)
     _open_run_folder(cfg, run, d, device, model, model_kwargs, data, resume_from, state, s.say)
     s.say(f"train: {len(train_loader.indices)} images, {len(train_loader)} steps of {cfg.batch_size} per epoch; "
           f"{train_loader.dropped} left out by drop_last each epoch (other ones each epoch)" + (f"; {note}" * bool(note)))
     return s, note
+
+
+def _knobs(cfg: TrainConfig, model, state: ck.RunState, resume_from: dict | None) -> StepKnobs:
+    """The knobs beside the paper's recipe that act in every step; with none given, StepKnobs() (the recipe)."""
+    ema = None
+    if cfg.ema:
+        from trainer.ema import Ema
+
+        ema = Ema(model, cfg.ema)
+        if resume_from is not None:
+            ema.load_state_dict(resume_from["ema"])
+    return StepKnobs(lr_at=state.schedule.lr_at if state.schedule.per_step else None,
+                     label_smoothing=cfg.label_smoothing, ema=ema, max_steps=cfg.max_steps)
+
+
+def _tensorboard(cfg: TrainConfig, run: Path, d: Dist, optimizer, opened: contextlib.ExitStack):
+    if not (cfg.tensorboard and d.main):
+        return None
+    from trainer.tensorboard import RunScalars
+
+    return opened.enter_context(RunScalars(run, optimizer))
+
+
+def _max_steps_reached(s: Session) -> bool:
+    """Whether --max-steps has been reached (said once, on rank 0); the run then ends, its checkpoint saved."""
+    if s.cfg.max_steps is None or s.state.step < s.cfg.max_steps:
+        return False
+    if s.d.main:
+        print(f"stopped at step {s.state.step} (--max-steps {s.cfg.max_steps}): saved {s.ckdir / 'last.pt'}; "
+              "--resume with a larger --max-steps, or without it, continues exactly", file=sys.stderr)
+    return True
 
 
 def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
@@ -385,15 +433,22 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
         sync = HostSync(device, d.world, stop, SYNC_EVERY if device.type == "cuda" else 1,
-                        functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg))
+                        functools.partial(_diverged_message, ckdir=ckdir, cfg=cfg), s.tb and s.tb.add_step)
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            if _max_steps_reached(s):
+                break
             metrics = run_epoch(s, epoch, sync)
+            if metrics is None:  # --max-steps inside the epoch: its position is saved
+                _max_steps_reached(s)
+                break
             if note:
                 metrics["note"], note = note, None
             if s.save(ckdir / "last.pt") is not None:
                 if metrics["is_best"]:
                     ck.link_checkpoint(ckdir / "last.pt", ckdir / "best.pt")
                 runfolder.append_line(s.run / "log.jsonl", metrics)
+                if s.tb is not None:
+                    s.tb.add(metrics)
                 _plot(s.run)
             s.say(_epoch_line(metrics, cfg.epochs))
             if epoch < cfg.epochs and sync.stop_requested():
@@ -403,26 +458,33 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
             "seconds": time.perf_counter() - t_start, "main": d.main}
 
 
-def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict:
+def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict | None:
     """Train one epoch (from where an interrupt stopped it, on resume) and validate; returns its log line. A
-    stop request inside the epoch saves the position in it and ends the run (KeyboardInterrupt)."""
+    stop request inside the epoch saves the position in it and ends the run (KeyboardInterrupt); --max-steps
+    inside it saves the position too and returns None."""
     cfg, state, loader = s.cfg, s.state, s.train_loader
-    lr = state.schedule.lr
-    for g in s.optimizer.param_groups:  # a group's lr_mult (a recipe's per-layer multiplier) scales the schedule
-        g["lr"] = lr * g.get("lr_mult", 1.0)
     start = _epoch_start(state, epoch)
+    lr = state.schedule.lr_at(state.step - start.batch + 1)  # of the epoch's first step (all of it: the recipe)
+    set_lr(s.optimizer, lr)  # a group's lr_mult (a recipe's per-layer multiplier) scales the schedule
     loader.set_epoch(epoch, start.batch)
     t0 = time.perf_counter()
     with _bar(len(loader), f"epoch {epoch}/{cfg.epochs}", cfg.progress and s.d.main, start.batch) as bar:
         sync.begin(epoch, len(loader), lr, bar)
-        totals = train_epoch(s.net, loader, s.optimizer, s.scaler, sync, state, cfg.amp, start)
+        totals = train_epoch(s.net, loader, s.optimizer, s.scaler, sync, state, cfg.amp, start, s.knobs)
     if totals.stopped:  # the position inside the epoch goes into the checkpoint: the resume is exact
         state.inside = {"epoch": epoch, "batch": totals.batch, "step": state.step,
                         "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
-        _stopped(s.save(s.ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
+        saved = s.save(s.ckdir / "last.pt")
+        if totals.at_max_steps:
+            return None
+        _stopped(saved, f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
     t_train = time.perf_counter() - t0
     val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
-    return _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
+    metrics = _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
+    if s.knobs.ema is not None:  # the average, validated beside the weights (best.pt follows the weights)
+        ema_val = _validate(s.knobs.ema.module, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+        metrics.update({f"val_ema_{k}": v for k, v in ema_val.items() if k != "n"})
+    return metrics
 
 
 def _stopped(path: Path | None, where: str):
@@ -454,7 +516,8 @@ def _end_epoch(state: ck.RunState, epoch: int, lr: float, totals: EpochTotals, v
                **{f"val_{k}": v for k, v in val.items() if k != "n"},
                "images_per_s": (n_total - totals.seen_before * d.world) / t_train, "seconds": t_epoch,
                "train_seconds": t_train, "val_seconds": t_epoch - t_train, "step": state.step,
-               "lr_drops": state.schedule.drops, "next_lr": state.schedule.lr, "best_val_top1_err": state.best_err,
+               "lr_drops": state.schedule.drops, "next_lr": state.schedule.lr_at(state.step + 1),
+               "best_val_top1_err": state.best_err,
                "is_best": is_best, "n_train": int(n_total), "train_dropped": train_loader.dropped, "n_val": val["n"],
                "val_source": data["val_source"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     state.epoch, state.metrics = epoch, metrics
@@ -534,6 +597,7 @@ def _epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']}/{epochs}  lr {m['lr']:g}  train loss {m['train_loss']:.4f} "
             f"top-1 err {m['train_top1_err']:.4f}  |  val top-1 err {m['val_top1_err']:.4f} "
             f"top-5 err {m['val_top5_err']:.4f}  |  {m['images_per_s']:.0f} img/s  {m['seconds']:.0f} s"
+            + (f"  |  ema val top-1 err {m['val_ema_top1_err']:.4f}" if "val_ema_top1_err" in m else "")
             + ("  best" if m["is_best"] else ""))
 
 

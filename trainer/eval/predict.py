@@ -1,10 +1,11 @@
-"""`imgnet predict`: the top-5 classes of any image file, prepared with prep's resize policy."""
+"""`imgnet predict`: the top-5 (or top-k) classes of any image file, prepared with prep's resize policy."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 from trainer.amp import autocast
 from trainer.data import InputTransform
@@ -19,9 +20,12 @@ def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = Non
     policy at the size the checkpoint's model was trained on (shorter side N, central N x N, RGB; N = 256 for
     ImageNet), center crop or the ten views at the checkpoint's crop.
 
-    `ckpt`: a checkpoint path or a loaded checkpoint dict. Returns one dict per image, in input order:
+    `ckpt`: a checkpoint path or a loaded checkpoint dict; `topk`: classes per image (at most all of them).
+    Returns one dict per image, in input order:
     {"file", "from_mode", "top": [{"rank", "index", "wnid", "words", "prob"}...]} or, for a file that cannot
     be read or decoded, {"file", "error": reason}; one bad file never stops the others."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ImgnetError(f"topk={topk!r}; expected a whole number of classes >= 1")
     ckpt_path = ckpt if not isinstance(ckpt, dict) else "checkpoint"
     if not isinstance(ckpt, dict):
         ckpt = ck.load_checkpoint(ckpt, map_location="cpu")
