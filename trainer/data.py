@@ -194,7 +194,7 @@ class InputTransform:
         self.pad = self.size - self.crop  # offsets run 0..pad
         self.flip = bool(flip)
         self.mean_rgb = (255.0 * _np(stats["mean_rgb"]).astype(np.float64).reshape(3)).astype(np.float32)
-        self._on = {}  # device -> mean (3, N, N) or (3,) float32 tensor
+        self._on = {}  # device -> mean (3, N, N) or (3,) float32 tensor; ("std", device) -> (1, 3, 1, 1)
         self.std = None if std is None else np.asarray(std, np.float32).reshape(3)
 
     def draw(self, rng: np.random.Generator, n: int) -> Augment:
@@ -219,6 +219,12 @@ class InputTransform:
             self._on[key] = torch.from_numpy(np.ascontiguousarray(m)).to(device)
         return self._on[key]
 
+    def _std_on(self, device: torch.device) -> torch.Tensor:
+        key = ("std", str(device))
+        if key not in self._on:
+            self._on[key] = torch.from_numpy(self.std).to(device).view(1, 3, 1, 1)
+        return self._on[key]
+
     def __call__(self, images, tops, lefts, flips, alphas=None) -> torch.Tensor:
         """images uint8 (B, crop, crop, 3) (tensor on any device, or numpy); tops, lefts (B,) crop offsets and
         flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation)."""
@@ -230,7 +236,7 @@ class InputTransform:
         else:
             x = self._device(u8, tops, lefts, flips, off)
         if self.std is not None:
-            x.div_(torch.from_numpy(self.std).to(x.device).view(1, 3, 1, 1))
+            x.div_(self._std_on(x.device))
         if self.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x

@@ -64,6 +64,8 @@ def export(ckpt_path, to, fmt: str | None = None, arch: str | None = None) -> di
     from trainer.models.registry import checkpoint_arch
 
     fmt, to = export_format(to, fmt), Path(to)
+    if to.exists() and to.resolve() == Path(ckpt_path).resolve():
+        raise ImgnetError(f"--to {to} is the checkpoint itself; expected another file name")
     ckpt = ck.load_checkpoint(ckpt_path, map_location="cpu")
     ck.check_labels(ckpt, ckpt_path)
     name = checkpoint_arch(ckpt, arch)
