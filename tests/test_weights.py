@@ -126,9 +126,10 @@ def test_imgnet_test_with_a_torchvision_state_dict(owt):
 
 
 @pytest.mark.parametrize("case", ["wrapped", "prefixed"])
-def test_timm_and_ddp_forms_read_as_the_plain_state_dict(owt, tmp_path, case):
+def test_timm_and_ddp_forms_read_as_the_plain_state_dict(tmp_path, case):
     state = {"conv.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2, dtype=torch.float16)}
-    obj = {"state_dict": state, "epoch": 3, "arch": "x"} if case == "wrapped" else {f"module.{k}": v for k, v in state.items()}
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    obj = {"state_dict": state, "epoch": 3, "arch": "x"} if case == "wrapped" else prefixed
     torch.save(obj, tmp_path / "w.pth")
     got = wt.read_state_dict(tmp_path / "w.pth")
     assert list(got) == list(state) and got["fc.bias"].dtype == torch.float32
@@ -166,7 +167,7 @@ class _Boom:
         return (os.system, ("touch PWNED",))
 
 
-def test_a_file_with_code_is_refused_without_running_it(owt, tmp_path, monkeypatch):
+def test_a_file_with_code_is_refused_without_running_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"features.0.weight": _Boom()}, f, protocol=2)
@@ -178,7 +179,8 @@ def test_a_file_with_code_is_refused_without_running_it(owt, tmp_path, monkeypat
 def test_weights_need_arch_input_and_one_source(owt, tmp_path):
     img = str(image(tmp_path / "a.png"))
     assert "expected --arch" in _one_line_error(["predict", "--weights", str(owt["path"]), img])
-    assert "expected --input" in _one_line_error(["predict", "--weights", str(owt["path"]), "--arch", "alexnet-owt", img])
+    msg = _one_line_error(["predict", "--weights", str(owt["path"]), "--arch", "alexnet-owt", img])
+    assert "expected --input" in msg
     assert "exactly one of --ckpt" in _one_line_error(["predict", img])
 
 
@@ -186,8 +188,8 @@ def test_weights_need_arch_input_and_one_source(owt, tmp_path):
 def _train(data, out, **kw):
     from trainer.train import config_for, train
 
-    return train(config_for(data=str(data), out=str(out), arch="cifar-quick", epochs=1, batch_size=16, workers=0, device="cpu",
-                            progress=False, **kw))
+    return train(config_for(data=str(data), out=str(out), arch="cifar-quick", epochs=1, batch_size=16, workers=0,
+                            device="cpu", progress=False, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,8 @@ def run(tmp_path_factory):
 def test_best_pt_is_lean_and_last_pt_resumes(run):
     best, last = (torch.load(run["run"] / "checkpoints" / n, weights_only=True) for n in ("best.pt", "last.pt"))
     assert best["lean"] and "optimizer" not in best and last["optimizer"]["state"]
-    assert best["epoch"] == last["epoch"] == 1 and torch.equal(best["model"]["features.conv1.weight"], last["model"]["features.conv1.weight"])
+    key = "features.conv1.weight"
+    assert best["epoch"] == last["epoch"] == 1 and torch.equal(best["model"][key], last["model"][key])
     with pytest.raises(ImgnetError, match="no optimizer state"):
         ck.restore(best, ck.RunState(None), optimizer=None, scaler=None, rank=0, world=1, steps_per_epoch=1)
     r = run_test(run["data"], run["best"], workers=0, device="cpu", progress=False)
@@ -215,14 +218,16 @@ def test_export_state_dict_and_record_predict_the_same(run, tmp_path):
     meta = json.loads((tmp_path / "quick.json").read_text())
     ckpt = ck.load_checkpoint(run["best"])
     assert meta["arch"] == "cifar-quick" and meta["input"]["convention"] == "paper" and meta["input"]["mean"] == "rgb"
-    assert meta["labels"]["wnids"] == [c["wnid"] for c in ckpt["labels"]["classes"]] and len(meta["labels"]["names"]) == 4
+    assert meta["labels"]["wnids"] == [c["wnid"] for c in ckpt["labels"]["classes"]]
+    assert len(meta["labels"]["names"]) == 4
     plain = torch.load(tmp_path / "quick.pth", weights_only=True)
     assert list(plain) == list(ckpt["model"]) and all(torch.equal(plain[k], ckpt["model"][k]) for k in plain)
     assert out["sha256"] == meta["sha256"] and sorted(p.name for p in tmp_path.iterdir()) == ["quick.json", "quick.pth"]
     img = str(image(tmp_path / "a.png"))
     a = predict(run["best"], [img], device="cpu")[0]["top"]
     b = predict(wt.load_weights(tmp_path / "quick.pth"), [img], device="cpu")[0]["top"]  # arch, input: the record
-    assert [t["wnid"] for t in a] == [t["wnid"] for t in b] and [t["prob"] for t in a] == pytest.approx([t["prob"] for t in b])
+    assert [t["wnid"] for t in a] == [t["wnid"] for t in b]
+    assert [t["prob"] for t in a] == pytest.approx([t["prob"] for t in b])
     r = run_test(run["data"], tmp_path / "quick.pth", workers=0, device="cpu", progress=False,
                  weights=wt.load_weights(tmp_path / "quick.pth", data_dir=run["data"]))
     assert r["top1_err"] == run_test(run["data"], run["best"], workers=0, device="cpu", progress=False)["top1_err"]
@@ -259,7 +264,8 @@ def test_init_from_fine_tunes_with_a_new_final_layer(run, capfd):
     assert head and all(torch.equal(state[k], fresh.state_dict()[k]) for k in head)  # the new layer: fresh init
     assert all(torch.equal(state[k], src[k]) for k in state if k not in head)  # every other layer: the file's
     s = _train(data3, run["root"] / "ft", init_from=str(run["best"]))
-    assert json.loads((run["root"] / "ft" / "config.json").read_text())["init_from"] == str(run["best"])
+    rec = json.loads((run["root"] / "ft" / "config.json").read_text())
+    assert rec["init_from"] == str(run["best"]) and rec["init_from_sha256"] == wt.file_sha256(run["best"])
     assert s["epochs"] == 1
 
 
@@ -268,7 +274,8 @@ def test_init_from_a_file_that_does_not_fit(run, tmp_path):
     from trainer.train import build_model
 
     cfg = TrainConfig(data=str(run["data"]), out="x", arch="cifar-quick", init_from=str(tmp_path / "owt.pth"))
-    with pytest.raises(ImgnetError, match=r"has no features\.conv1\.weight; --arch cifar-quick expects features\.conv1\.weight of shape"):
+    key = r"features\.conv1\.weight"
+    with pytest.raises(ImgnetError, match=rf"has no {key}; --arch cifar-quick expects {key} of shape"):
         build_model(cfg, 4, torch.device("cpu"), crop=32)
     with pytest.raises(ImgnetError, match="--init-from .* not found"):
         check_config(TrainConfig(data="d", out="o", init_from=str(tmp_path / "nope.pth")))

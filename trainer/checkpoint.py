@@ -158,7 +158,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         if len(reason) > 300:  # cut at a word, and say so, rather than mid-sentence
             reason = reason[:300].rsplit(" ", 1)[0] + " ..."
         hint = (f"; the run cannot resume: start a new --out from the best weights (imgnet train --init-from "
-                f"{path.parent / 'best.pt'})" if path.name == "last.pt" else "; expected a file written by `imgnet train` (is the copy complete?)")
+                f"{path.parent / 'best.pt'})" if path.name == "last.pt"
+                else "; expected a file written by `imgnet train` (is the copy complete?)")
         raise ImgnetError(f"checkpoint {path} is corrupt or truncated: not loadable with weights_only=True "
                           f"({reason}){hint}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

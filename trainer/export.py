@@ -12,7 +12,6 @@ file's SHA-256. FILE and its record are written together atomically.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import warnings
@@ -24,7 +23,7 @@ from imagenet_prep.atomic import replacing
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 from trainer.eval.mistakes import class_names
-from trainer.weights import SIDECAR_FORMAT, sidecar_path
+from trainer.weights import SIDECAR_FORMAT, file_sha256, sidecar_path
 
 FORMATS = ("pt", "onnx")
 ONNX_OPSET = 17
@@ -76,7 +75,7 @@ def export(ckpt_path, to, fmt: str | None = None, arch: str | None = None) -> di
             torch.save(ckpt["model"], tmp)  # the one-device state dict: the model's own (torchvision's) keys
         else:
             write_onnx(ck.model_from_checkpoint(ckpt, arch=arch), ck.input_geometry(ckpt)[1], tmp)
-        meta["sha256"] = _sha256(tmp)
+        meta["sha256"] = file_sha256(tmp)
         tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return {"path": str(to), "record": str(sidecar_path(to)), "format": fmt, "bytes": to.stat().st_size,
             "sha256": meta["sha256"]}
@@ -91,10 +90,3 @@ def write_onnx(model: torch.nn.Module, crop: int, path) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
                           dynamo=False)
 
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -489,6 +489,8 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
               "val_source": data["val_source"], "input": {"size": data["size"], "crop": data["crop"]},
               "environment": runfolder.environment(device, d.world)}
+    if cfg.init_from and resume_from is None:  # which weights it started from, whatever the file is later
+        record["init_from_sha256"] = weights.file_sha256(cfg.init_from)
     runfolder.write_record(run, record, resume=resume_from is not None)
     if resume_from is None:
         return

@@ -21,6 +21,7 @@ input convention, labels; `load_weights` reads it back when it is there.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,15 @@ def check_convention(name) -> str:
     return name
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks: what the export record and the launch record keep."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _shape(t) -> tuple:
     return tuple(t.shape)
 
@@ -60,7 +70,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     is missing, not loadable as data, or holds something else."""
     path = Path(path)
     if not path.is_file():
-        raise ImgnetError(f"{path} not found (or not a file); expected a state dict file (torch.save(model.state_dict()))")
+        raise ImgnetError(f"{path} not found (or not a file); expected a state dict file "
+                          "(torch.save(model.state_dict()))")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickled code, a truncated zip, not a torch file at all
@@ -71,7 +82,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         obj = obj.get("model")  # a checkpoint of this project
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # timm's (and Lightning's) training checkpoints
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+    tensors = isinstance(obj, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    if not tensors or not obj:
         raise ImgnetError(f"{path} is not a state dict; expected a dict of parameter names to tensors, as "
                           "torch.save(model.state_dict()) writes (or such a dict under 'state_dict')")
     return {_plain(k): (v.float() if v.is_floating_point() else v) for k, v in obj.items()}
