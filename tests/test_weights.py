@@ -182,6 +182,17 @@ def test_weights_need_arch_input_and_one_source(owt, tmp_path):
     msg = _one_line_error(["predict", "--weights", str(owt["path"]), "--arch", "alexnet-owt", img])
     assert "expected --input" in msg
     assert "exactly one of --ckpt" in _one_line_error(["predict", img])
+    ckpt = str(owt["root"] / "alexnet-owt.pth")
+    assert "--input goes with --weights" in _one_line_error(["predict", "--ckpt", ckpt, "--input", "paper", img])
+
+
+def test_onnx_without_the_extra_is_one_line(run, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    msg = _one_line_error(["export", str(run["best"]), "--to", str(tmp_path / "m.onnx")])
+    assert "pip install 'imgnet[onnx]'" in msg and not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ a small run: best.pt, export, --init-from
