@@ -197,9 +197,29 @@ def _exclusion_options(fn):
     return fn
 
 
+def _weights_options(fn):
+    """--weights and --input: plain weights (trainer/weights.py) in place of --ckpt."""
+    fn = click.option("--input", "input_", type=click.Choice(["paper", "torchvision"]), default=None, help="With --weights: the input they were trained on. paper: 0-255 minus DATA's mean; torchvision: [0, 1] pixels minus mean (0.485, 0.456, 0.406) over std (0.229, 0.224, 0.225) [default: the export record's].")(fn)
+    return click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None, help="A plain state dict in place of --ckpt: torch.save(model.state_dict()), torchvision's alexnet-owt-7be5be79.pth (--arch alexnet-owt --input torchvision), a timm checkpoint's 'state_dict', or `imgnet export`'s file (its .json beside it gives --arch and --input).")(fn)
+
+
+def _model_source(ckpt, weights, input_, arch, data=None):
+    """The --ckpt path, or --weights read as trainer.weights.load_weights does; exactly one of them."""
+    if (ckpt is None) == (weights is None):
+        raise ImgnetError("expected exactly one of --ckpt (a checkpoint of `imgnet train`) and --weights (a plain state dict)")
+    if ckpt is not None:
+        if input_ is not None:
+            raise ImgnetError("--input goes with --weights; a checkpoint records its own input")
+        return ckpt
+    from trainer.weights import load_weights
+
+    return load_weights(weights, arch=arch, input=input_, data_dir=data)
+
+
 @main.command("test")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Folder written by `imgnet prep`.")
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@click.option("--ckpt", default=None, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@_weights_options
 @click.option("--views", default=None, help="center, ten-crop, or center,ten-crop: both from one ten-view pass (the center figures from its center view) [default: center].")
 @click.option("--ten-crop", is_flag=True, help="The same as --views ten-crop: the softmax averaged over the four corner and center crops (224 of 256, or the run's --crop) and their mirror images (section 4.1).")
 @click.option("--split", default=None, help="Packed split to evaluate (val, test, v2-matched-frequency, ...); it must be labelled [default: val, or test where DATA has no val (CIFAR)].")
@@ -209,17 +229,20 @@ def _exclusion_options(fn):
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
 @click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop.")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
-@click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
+@click.option("--arch", default=None, help="The network of --weights; for a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, submission, amp, arch, **excluding):
+def test_cmd(data, ckpt, weights, input_, views, ten_crop, split, batch_size, workers, device, submission, amp, arch,
+             **excluding):
     """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
     writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
     from trainer.evaluate import run_test, summary_line
     from trainer.labelsets import figure_table
 
     exclude = tuple(k[len("exclude_"):] for k, on in excluding.items() if on)
-    r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude)
+    source = _model_source(ckpt, weights, input_, arch, data)
+    r = run_test(data, ckpt or weights, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
+                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude,
+                 weights=None if ckpt else source)
     by_view = r["by_view"]
     how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
     click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")
@@ -241,15 +264,17 @@ def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, su
 
 # ------------------------------------------------------------------------------------- predict
 @main.command()
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@click.option("--ckpt", default=None, type=click.Path(exists=True, dir_okay=False), help="Checkpoint written by `imgnet train`.")
+@_weights_options
+@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False), help="With --weights: DATA's labels.json and, for --input paper, its mean (stats.json, stats.h5) [default: the export record's, else the 1000 ILSVRC2012 classes in sorted-wnid order].")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the ten views [default: center crop].")
 @click.option("--topk", type=click.IntRange(1), default=5, help="Classes to list per image, most probable first.")
 @click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (one object per image) instead of text.")
-@click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
+@click.option("--arch", default=None, help="The network of --weights; for a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def predict(ckpt, images, ten_crop, topk, device, as_json, arch):
+def predict(ckpt, weights, input_, data, images, ten_crop, topk, device, as_json, arch):
     """Top-5 (--topk K: top-K) classes of image files (any format Pillow reads, any size or colour mode).
 
     Exit status: 0 when every image was classified; 1 when some could not be read or decoded (each is
@@ -258,7 +283,8 @@ def predict(ckpt, images, ten_crop, topk, device, as_json, arch):
 
     from trainer.evaluate import predict as run_predict
 
-    results = run_predict(ckpt, list(images), ten_crop=ten_crop, device=device, arch=arch, topk=topk)
+    results = run_predict(_model_source(ckpt, weights, input_, arch, data), list(images), ten_crop=ten_crop,
+                          device=device, arch=arch, topk=topk)
     failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps(results, indent=1))
@@ -273,6 +299,22 @@ def predict(ckpt, images, ten_crop, topk, device, as_json, arch):
         click.echo(f"error: {r['file']}: {r['error']}", err=True)
     if failed:
         sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------- export
+@main.command()
+@click.argument("ckpt", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "to", required=True, type=click.Path(dir_okay=False), help="The weights file to write; its record goes beside it with the suffix .json.")
+@click.option("--format", "fmt", type=click.Choice(["pt", "onnx"]), default=None, help="pt: the plain state dict (torchvision's keys for alexnet-owt); onnx: the network (the onnx extra) [default: onnx for a .onnx name, else pt].")
+@click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
+@_friendly
+def export(ckpt, to, fmt, arch):
+    """A checkpoint's weights as a plain state dict or ONNX, with a JSON record beside them (arch, settings,
+    input convention, labels)."""
+    from trainer.export import export as run_export
+
+    r = run_export(ckpt, to, fmt=fmt, arch=arch)
+    click.echo(f"wrote {r['path']} ({r['format']}, {r['bytes']:,} bytes) and {r['record']}")
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -392,15 +392,15 @@ def test_only_rank_0_prints_the_summary(monkeypatch, tmp_path):
 def test_crash_before_best_is_linked_and_resume_records(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     opts = dict(arch="tiny_arch:make", bias_init="caffe")  # a small model: the run folder is what is tested
-    real = ck.link_checkpoint
+    real = ck.save_best
 
     def crash(*a):
         raise OSError(5, "Input/output error")  # the process dies after last.pt, before best.pt
 
-    monkeypatch.setattr(ck, "link_checkpoint", crash)
+    monkeypatch.setattr(ck, "save_best", crash)
     with pytest.raises(OSError):
         train(tiny(data, run, epochs=2, **opts))
-    monkeypatch.setattr(ck, "link_checkpoint", real)
+    monkeypatch.setattr(ck, "save_best", real)
     assert (run / "checkpoints" / "last.pt").is_file() and not (run / "checkpoints" / "best.pt").exists()
     train(tiny(data, run, epochs=2, resume=True, **opts))  # repairs best.pt, then trains epoch 2
     best, last = (ck.load_checkpoint(run / "checkpoints" / n) for n in ("best.pt", "last.pt"))

@@ -14,6 +14,9 @@ A checkpoint is one dict that `torch.load(path, weights_only=True)` reads:
      "scheduler", "metrics" (the epoch's log.jsonl line), "interrupted" (None, or where inside an epoch a
      stop request saved it), "rng" ([per-rank {"torch", "cuda", "numpy", "python"}])}
 
+last.pt holds all of it, for --resume; best.pt is its lean form (`lean`: no optimizer, scaler, RNG states or
+interrupt position; "lean": True), half the size for AlexNet, which is all test, predict and export read.
+
 Only plain containers, numbers, strings and tensors go in, so loading never runs pickled code. Version 1
 (written before `arch`, `step` and the bias-decay switch existed) loads as arch alexnet with weight decay on
 every parameter, the rule it was trained with; versions 1 and 2 (written before sizes other than 256) load as
@@ -43,6 +46,7 @@ V2_CONFIG = {"crop": None, "flip": True, "fc_act": "off", "norm": "on"}
 V1_CONFIG = {"arch": "alexnet", "bias_decay": True, "init": "paper"}  # what a version-1 run did (no such keys)
 # the knobs beside the paper's recipe (trainer/config.py), off in every run written before they existed
 KNOBS_OFF = {"warmup_epochs": 0.0, "label_smoothing": 0.0, "ema": 0.0, "limit_batches": None}
+RESUME_ONLY = ("optimizer", "scaler", "rng", "interrupted", "ema")  # what best.pt leaves out (`lean`)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -104,6 +108,25 @@ def save_checkpoint(path, ckpt: dict) -> Path:
     return path
 
 
+def lean(ckpt: dict) -> dict:
+    """What `imgnet test`, `predict`, `export` and `train --init-from` read of a checkpoint: everything but the
+    state only a resume needs (RESUME_ONLY; the optimizer's momentum is as large as the weights)."""
+    return {**{k: v for k, v in ckpt.items() if k not in RESUME_ONLY}, "lean": True}
+
+
+def save_best(ckdir, ckpt: dict) -> Path:
+    """Write the lean form of `ckpt` as ckdir/best.pt, atomically (last.pt keeps the full state for --resume)."""
+    return save_checkpoint(Path(ckdir) / "best.pt", lean(ckpt))
+
+
+def _epoch_of(path: Path):
+    """The "epoch" entry of a checkpoint file (read lazily: the tensors stay on disk), or None when unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:  # missing, truncated, foreign: not the current best in any case
+        return None
+
+
 def link_checkpoint(src, dst) -> Path:
     """Make `dst` the same checkpoint as `src` atomically; a hard link costs no copy (a later
     `save_checkpoint(src)` replaces src's name with a new file, so dst keeps the old content)."""
@@ -136,8 +159,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if len(reason) > 300:  # cut at a word, and say so, rather than mid-sentence
             reason = reason[:300].rsplit(" ", 1)[0] + " ..."
-        hint = (f"; resume from a sibling checkpoint (cp {path.parent / 'best.pt'} {path}) or start a new --out"
-                if path.name == "last.pt" else "; expected a file written by `imgnet train` (is the copy complete?)")
+        hint = (f"; the run cannot resume: start a new --out from the best weights (imgnet train --init-from "
+                f"{path.parent / 'best.pt'})" if path.name == "last.pt"
+                else "; expected a file written by `imgnet train` (is the copy complete?)")
         raise ImgnetError(f"checkpoint {path} is corrupt or truncated: not loadable with weights_only=True "
                           f"({reason}){hint}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -264,6 +288,9 @@ def restore(ckpt: dict, state: RunState, *, optimizer, scaler, rank: int, world:
             steps_per_epoch: int) -> str | None:
     """Load a checkpoint's optimizer, scaler, schedule, counters and this rank's RNG streams into the run;
     returns a note for the log when the resume is not bit-exact (or starts inside an epoch)."""
+    if ckpt.get("optimizer") is None:
+        raise ImgnetError("the checkpoint to resume from holds no optimizer state (a best.pt keeps the weights "
+                          "only); expected the run's last.pt, or start a new --out with --init-from")
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
@@ -284,17 +311,17 @@ def restore(ckpt: dict, state: RunState, *, optimizer, scaler, rank: int, world:
 
 
 def repair_best(ckdir, ckpt: dict) -> str | None:
-    """Make best.pt agree with last.pt's record after a crash between saving last.pt and linking best.pt
-    (best.pt missing, or an older one). Returns what was done, or None when nothing needed doing."""
-    ckdir = Path(ckdir)
-    last, best = ckdir / "last.pt", ckdir / "best.pt"
+    """Make best.pt agree with `ckpt`, last.pt's record, after a crash between saving last.pt and writing best.pt
+    (best.pt missing, unreadable or an older one): the lean form of last.pt. Returns what was done, or None when
+    nothing needed doing."""
+    best = Path(ckdir) / "best.pt"
     if ckpt.get("best_epoch") is None:
         return None
     if ckpt["best_epoch"] == ckpt["epoch"] and not ckpt.get("interrupted"):  # last.pt is the best one
-        if best.is_file() and os.path.samefile(last, best):
+        if best.is_file() and _epoch_of(best) == ckpt["epoch"]:
             return None
         was = "stale" if best.exists() else "missing"
-        link_checkpoint(last, best)
+        save_best(ckdir, ckpt)
         return f"repaired {best}: it was {was} (epoch {ckpt['epoch']} is the best)"
     if not best.is_file():
         return (f"warning: {best} is missing and cannot be rebuilt (the best epoch {ckpt['best_epoch']} is not "

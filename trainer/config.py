@@ -10,6 +10,7 @@ the registered models' settings dataclasses (trainer/models/registry.py), added 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, make_dataclass
 
 from imagenet_prep.errors import ImgnetError
@@ -53,6 +54,12 @@ class RunSettings:
                         "or module:callable, your factory called with num_classes.")
     init: str = setting("paper", "For a module:callable model: paper gives it section 5's init, module keeps its "
                         "own (the registered models always take their published init).", choices=("paper", "module"))
+    # weights in (trainer/weights.py)
+    init_from: str | None = setting(None, "Start from these weights: a state dict (what torch.save(model.state_dict()) "
+                                    "writes, or one under 'state_dict' as timm saves it; torchvision's alexnet for "
+                                    "--arch alexnet-owt) or a checkpoint of this project; "
+                                    "a final layer of another class count is re-initialised. Epochs, lr schedule "
+                                    "and optimizer start fresh; read once, not on --resume.", resume_may_change=True)
     # input, section 4.1
     mean: str = setting("image", "Subtract the mean image or the mean RGB.", choices=("image", "rgb"))
     crop: int | None = setting(None, "Side of the square crops the network sees; random crops are uniform over all "
@@ -143,6 +150,8 @@ def check_config(cfg) -> None:
             raise ImgnetError(f"{name}={getattr(cfg, name)}; expected a number >= 0")
     if not 0 < cfg.lr_factor < 1:
         raise ImgnetError(f"lr_factor={cfg.lr_factor}; expected a factor in (0, 1) such as 0.1")
+    if cfg.init_from and not cfg.resume and not os.path.isfile(cfg.init_from):
+        raise ImgnetError(f"--init-from {cfg.init_from} not found; expected a state dict or checkpoint file")
     if cfg.model_parallel:
         registry.check_model_parallel(cfg.arch)
     parse_schedule(cfg.lr_schedule)

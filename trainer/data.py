@@ -167,10 +167,12 @@ class InputTransform:
     with it; mean="rgb" the mean RGB. `lighting_std` is the sigma of the lighting alphas (section 4.1: 0.1;
     0 for evaluation). channels_last: the output in NHWC memory format (same values). The images are N x N as
     the statistics' mean image (`size`); `crop` is the side of the crops (None: `resolve_crop`'s default) and
-    `pad` = size - crop the range of the offsets; flip=False: training crops are never mirrored."""
+    `pad` = size - crop the range of the offsets; flip=False: training crops are never mirrored. `std`: None, or
+    per-channel divisors (3,) on the 0-255 scale applied last (255 * torchvision's std for its weights'
+    input, trainer/weights.py)."""
 
     def __init__(self, stats: dict, mean: str = "image", lighting_std: float = 0.1, channels_last: bool = False,
-                 crop: int | None = None, flip: bool = True):
+                 crop: int | None = None, flip: bool = True, std=None):
         if mean not in ("image", "rgb"):
             raise ImgnetError(f"mean={mean!r}; expected 'image' or 'rgb'")
         if lighting_std < 0 or not math.isfinite(lighting_std):
@@ -192,7 +194,8 @@ class InputTransform:
         self.pad = self.size - self.crop  # offsets run 0..pad
         self.flip = bool(flip)
         self.mean_rgb = (255.0 * _np(stats["mean_rgb"]).astype(np.float64).reshape(3)).astype(np.float32)
-        self._on = {}  # device -> mean (3, N, N) or (3,) float32 tensor
+        self._on = {}  # device -> mean (3, N, N) or (3,) float32 tensor; ("std", device) -> (1, 3, 1, 1)
+        self.std = None if std is None else np.asarray(std, np.float32).reshape(3)
 
     def draw(self, rng: np.random.Generator, n: int) -> Augment:
         return draw_augment(rng, n, self.lighting_std, self.pad, self.flip)
@@ -216,6 +219,12 @@ class InputTransform:
             self._on[key] = torch.from_numpy(np.ascontiguousarray(m)).to(device)
         return self._on[key]
 
+    def _std_on(self, device: torch.device) -> torch.Tensor:
+        key = ("std", str(device))
+        if key not in self._on:
+            self._on[key] = torch.from_numpy(self.std).to(device).view(1, 3, 1, 1)
+        return self._on[key]
+
     def __call__(self, images, tops, lefts, flips, alphas=None) -> torch.Tensor:
         """images uint8 (B, crop, crop, 3) (tensor on any device, or numpy); tops, lefts (B,) crop offsets and
         flips (B,) bool the images were cut with; alphas (B, 3) or None for none (evaluation)."""
@@ -226,6 +235,8 @@ class InputTransform:
             x = torch.from_numpy(self._cpu(u8.numpy(), tops, lefts, flips, off))
         else:
             x = self._device(u8, tops, lefts, flips, off)
+        if self.std is not None:
+            x.div_(self._std_on(x.device))
         if self.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x

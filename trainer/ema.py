@@ -13,10 +13,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 
-# what a checkpoint of the averaged weights leaves out: the training state of the raw weights
-_TRAINING_ONLY = ("optimizer", "scaler", "rng", "interrupted", "ema")
-
-
 class Ema:
     """The moving average of `model`'s parameters (a copy of the model, on the same devices; `model` is the plain
     one, not a DistributedDataParallel or compiled wrapper)."""
@@ -50,5 +46,5 @@ class Ema:
 def ema_checkpoint(ckpt: dict) -> dict:
     """The checkpoint `ckpt` (with an "ema" entry) with the averaged weights as its model and without the
     training state: what `imgnet test --ckpt RUN/checkpoints/ema/last.pt` reads."""
-    return {**{k: v for k, v in ckpt.items() if k not in _TRAINING_ONLY}, "model": ckpt["ema"]["model"],
+    return {**ck.lean(ckpt), "model": ckpt["ema"]["model"],
             "weights": {"ema": ckpt["ema"]["decay"], "updates": ckpt["ema"]["updates"]}}

@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
-from trainer import runfolder
+from trainer import runfolder, weights
 from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
 from trainer.loop import EpochTotals, HostSync, LimitedLoader, StepKnobs, StopRequest, set_lr, train_epoch
 from trainer.models import registry
@@ -183,12 +183,17 @@ def make_loaders(cfg: TrainConfig, data: dict, d: Dist, device: torch.device):
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, state: dict | None = None,
                 crop: int | None = None):
     """(the model of `cfg.arch` on `device`, or AlexNet split over cuda:0 and cuda:1 with model_parallel;
-    the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them.
+    the kwargs that rebuild it). `state`: grouped (one-device) weights to start from, as checkpoints hold them;
+    None: `cfg.init_from`'s where given (not on --resume), else the model's own init.
     `crop`: the input side, for a model whose settings take it (`side`: the CIFAR nets)."""
     taken = {"num_classes": num_classes, **({} if crop is None else {"side": crop})}
     settings = registry.settings_of(cfg.arch, {**asdict(cfg), **taken})
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model, kwargs = registry.build(cfg.arch, settings, init=cfg.init)
+    if state is None and cfg.init_from and not cfg.resume:  # fine-tuning: trainer/weights.py
+        state, note = weights.init_state(cfg.init_from, cfg.arch, model)
+        if note and os.environ.get("RANK", "0") == "0":  # one line, from rank 0 under torchrun
+            print(note, file=sys.stderr)
     if state is not None:
         model.load_state_dict(state)
     if cfg.model_parallel:
@@ -339,8 +344,9 @@ class Session:
     def ckdir(self) -> Path:
         return self.run / "checkpoints"
 
-    def save(self, path: Path) -> Path | None:
-        """Every process takes part (RNG gather); rank 0 writes the checkpoint."""
+    def save(self, path: Path, best: bool = False) -> Path | None:
+        """Every process takes part (RNG gather); rank 0 writes the checkpoint and, when `best`, its lean form
+        as best.pt."""
         rng = _gather_rng(self.d)
         ckpt = ck.to_checkpoint(self.state, run=self.fixed, model=self.model, optimizer=self.optimizer,
                                 scaler=self.scaler, rng=rng)
@@ -348,12 +354,14 @@ class Session:
             ckpt["ema"] = self.knobs.ema.state_dict()
         if not self.d.main:
             return None
-        saved = ck.save_checkpoint(path, ckpt)
+        ck.save_checkpoint(path, ckpt)
+        if best:
+            ck.save_best(self.ckdir, ckpt)
         if self.knobs.ema is not None:  # and its weights as a checkpoint of their own, for test and predict
             from trainer.ema import ema_checkpoint
 
             ck.save_checkpoint(self.ckdir / "ema" / "last.pt", ema_checkpoint(ckpt))
-        return saved
+        return path
 
 
 def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack):
@@ -443,9 +451,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.E
                 break
             if note:
                 metrics["note"], note = note, None
-            if s.save(ckdir / "last.pt") is not None:
-                if metrics["is_best"]:
-                    ck.link_checkpoint(ckdir / "last.pt", ckdir / "best.pt")
+            if s.save(ckdir / "last.pt", best=metrics["is_best"]) is not None:
                 runfolder.append_line(s.run / "log.jsonl", metrics)
                 if s.tb is not None:
                     s.tb.add(metrics)
@@ -545,6 +551,8 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
               "val_source": data["val_source"], "input": {"size": data["size"], "crop": data["crop"]},
               "environment": runfolder.environment(device, d.world)}
+    if cfg.init_from and resume_from is None:  # which weights it started from, whatever the file is later
+        record["init_from_sha256"] = weights.file_sha256(cfg.init_from)
     runfolder.write_record(run, record, resume=resume_from is not None)
     if resume_from is None:
         return

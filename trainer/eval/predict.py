@@ -8,10 +8,10 @@ import torch
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 from trainer.amp import autocast
-from trainer.data import InputTransform
 from trainer.eval.mistakes import class_names
 from trainer.eval.report import default_device
 from trainer.eval.views import VIEWS, average_views, eval_views
+from trainer.weights import eval_transform
 
 
 def predict(ckpt, images: list, ten_crop: bool = False, device: str | None = None, topk: int = 5,
@@ -68,8 +68,7 @@ class _Classifier:
         self.wnids, self.words = class_names(ckpt["labels"])
         self.device = device
         self.model = ck.model_from_checkpoint(ckpt, device=str(device), arch=arch)
-        self.transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0,
-                                        crop=ck.input_geometry(ckpt)[1])
+        self.transform = eval_transform(ckpt)  # the checkpoint's input convention (trainer/weights.py)
         self.k = min(topk, len(self.wnids))
 
     def __call__(self, pending: list, results: list) -> None:

@@ -61,7 +61,7 @@ def _check_labelled(s, split: str, data_dir) -> None:
 def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = None, batch_size: int = 128,
              workers: int | None = None, device: str | None = None, submission=None,
              progress: bool = True, amp: str = "off", arch: str | None = None, views=None,
-             exclude_blacklist: bool = False, exclude=()) -> dict:
+             exclude_blacklist: bool = False, exclude=(), weights: dict | None = None) -> dict:
     """`imgnet test`: evaluate a checkpoint on a whole packed split in each of `views` (`parse_views`; with
     center and ten-crop, one ten-view pass gives both: the center figures come from its center crops,
     `center_view`, scored as a center run scores them). The label lists that apply (ReaL, on the ILSVRC2012
@@ -71,7 +71,8 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = No
     checkpoint (`report_name`) and, when asked, the devkit submission file, made with the last view asked
     (ten-crop when asked) over every record. Returns the last view's report plus "by_view": {view: report}.
     `arch`: the user's --arch, needed only for a checkpoint of a module:callable model. `split` None: val
-    where DATA holds it, else test (a CIFAR download's test batch)."""
+    where DATA holds it, else test (a CIFAR download's test batch). `weights`: plain weights as
+    `trainer.weights.load_weights` reads them, scored in place of the checkpoint at `ckpt_path` (their file)."""
     from imagenet_prep.labels import read_labels_json
     from trainer.data import held_out_split
 
@@ -79,7 +80,7 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = No
     views = parse_views(views, ten_crop)
     exclude = tuple(exclude) + (("blacklist",) if exclude_blacklist else ())
     ckpt_path = Path(ckpt_path)
-    ckpt = ck.load_checkpoint(ckpt_path, map_location="cpu")
+    ckpt = ck.load_checkpoint(ckpt_path, map_location="cpu") if weights is None else weights
     data_labels = read_labels_json(data_dir)
     ck.check_labels(ckpt, ckpt_path, data_labels, data_dir)
     labels = ckpt["labels"]
@@ -111,8 +112,9 @@ def score_split(data_dir, split: str, ckpt: dict, data_labels: dict, views: tupl
     """One evaluation pass of a checkpoint's model over the packed split (ten views when asked): {"result"
     (evaluate's, with predictions), "sets" (the LabelSets), "names", "records", "seconds"}."""
     from imagenet_prep import open_split
-    from trainer.data import InputTransform, check_split
+    from trainer.data import check_split
     from trainer.loader import Loader
+    from trainer.weights import eval_transform
 
     labels, ten = ckpt["labels"], "ten-crop" in views
     s = open_split(data_dir, split)
@@ -122,8 +124,7 @@ def score_split(data_dir, split: str, ckpt: dict, data_labels: dict, views: tupl
         sets = label_sets(names, data_labels, exclude=exclude)  # refusals before the model
         model = ck.model_from_checkpoint(ckpt, device=str(device), arch=arch)
         check_split(s, ckpt["stats"], len(labels["classes"]), labels)
-        transform = InputTransform(ckpt["stats"], mean=ck.mean_mode(ckpt), lighting_std=0.0,
-                                   crop=ck.input_geometry(ckpt)[1])
+        transform = eval_transform(ckpt)  # the checkpoint's input convention
         with Loader(s, transform, batch_size, train=False, views="ten" if ten else "center",
                     workers=loader_workers(workers, device), device=str(device)) as loader:
             t0 = time.perf_counter()

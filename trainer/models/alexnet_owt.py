@@ -33,7 +33,8 @@ class AlexNetOWT(nn.Module):
     """torchvision's `alexnet` ("one weird trick", Krizhevsky 2014): 64-192-384-256-256 kernels, no LRN, no
     groups, adaptive 6x6 average pooling; 61,100,840 parameters at 1000 classes, with torchvision's
     state_dict keys and shapes. Takes this project's input (224 crops, 0-255 scale, mean subtracted) and the
-    paper's init, so torchvision's pretrained weights (which expect [0, 1] inputs divided by a std) do not apply."""
+    paper's init; torchvision's pretrained weights (which expect [0, 1] inputs divided by a std) load as they are
+    with their own input (`--weights FILE --input torchvision`, trainer/weights.py)."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, bias_init: str = "paper"):
         super().__init__()
