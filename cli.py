@@ -139,9 +139,10 @@ def _click_type(f):
     return {"int": click.INT, "float": click.FLOAT}.get(kind, click.STRING)
 
 
-def options_from(settings_fields):
+def options_from(settings_fields, optional=()):
     """Decorator: one click option per field with option metadata (trainer/settings.py), in field order, each
-    with the field's name, default, type and help: the settings dataclass is the one definition."""
+    with the field's name, default, type and help: the settings dataclass is the one definition. The
+    `optional` fields are required by the command itself where it needs them."""
 
     def decorate(fn):
         for f in reversed([f for f in settings_fields if f.metadata.get("option")]):
@@ -150,7 +151,8 @@ def options_from(settings_fields):
                 flag = {"is_flag": True} if m["flag"] is None else {}  # "--x/--no-x" makes its own pair
                 fn = click.option(m["flag"] or name, f.name, **flag, default=f.default, help=m["help"])(fn)
             else:
-                fn = click.option(name, f.name, type=_click_type(f), required=m.get("required", False),
+                fn = click.option(name, f.name, type=_click_type(f),
+                                  required=m.get("required", False) and f.name not in optional,
                                   default=None if m.get("required") else f.default, help=m["help"])(fn)
         return fn
     return decorate
@@ -165,19 +167,29 @@ def _train_fields():
 
 
 @main.command()
-@options_from(_train_fields())
+@options_from(_train_fields(), optional=("data",))  # --resume takes it from RUN
 @click.pass_context
 @_friendly
 def train(ctx, **options):
-    """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ..."""
+    """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ...
+    `--out RUN --resume` alone continues RUN with the settings it was started with."""
     from click.core import ParameterSource
 
+    from trainer.runfolder import launch_settings
     from trainer.train import config_for, train as run_train
 
-    # the options the user gave; the model's recipe (trainer/models) and the defaults fill in the rest
+    # the options the user gave; the model's recipe (trainer/models) and the defaults fill in the rest, or
+    # with --resume the run's launch record (the options given are then checked against its checkpoint)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    if options["resume"]:
+        given = {**launch_settings(options["out"], {f.name for f in _train_fields()}), **given}
+    elif options["data"] is None:
+        raise click.MissingParameter(ctx=ctx, param_hint="'--data'", param_type="option")
     s = run_train(config_for(**given))
     if not s["main"]:  # under torchrun rank 0 alone reports
+        return
+    if s.get("finished"):
+        click.echo(s["finished"])
         return
     if s["best_epoch"] is not None:
         click.echo(f"best val top-1 error {s['best_val_top1_err']:.4f} at epoch {s['best_epoch']} of {s['epochs']}: "

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.inuse import hold_data
 from trainer import checkpoint as ck
 from trainer import runfolder
 from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
@@ -299,7 +300,8 @@ def _val_label_sets(data: dict):
 
 def train(cfg: TrainConfig) -> dict:
     """Train the model `cfg` names; returns a summary {"run", "epochs", "best_val_top1_err", "best_epoch",
-    "last", "checkpoint", "seconds", "main"} ("main": this is rank 0, the process that reports). Raises
+    "last", "checkpoint", "seconds", "main"} ("main": this is rank 0, the process that reports), or {"run",
+    "finished", "main"} for a --resume of a run that has trained its --epochs ("finished": saying so). Raises
     ImgnetError for bad input (before any work where possible)."""
     check_config(cfg)
     d, device = init_distributed(cfg.device)
@@ -350,7 +352,13 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: time the convolution algorithms once
     run = Path(cfg.out)
+    if d.main:  # one train per run folder, for the whole run; DATA marked as read (imagenet_prep.inuse)
+        opened.enter_context(runfolder.hold_run(run))
+    opened.enter_context(hold_data(cfg.data))
     resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
+    if resume_from is not None and resume_from["epoch"] >= cfg.epochs:
+        return None, (f"{run} has already trained {resume_from['epoch']} epochs (--epochs {cfg.epochs}); nothing "
+                      f"to do (pass a larger --epochs to train on)")
     data = open_data(cfg)
     for split in (data["train"], data["val"]):
         opened.callback(split.close)
@@ -379,6 +387,8 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
 def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     s, note = open_session(cfg, d, device, opened)
+    if s is None:  # finished already: nothing written
+        return {"run": cfg.out, "finished": note, "main": d.main}
     state, ckdir = s.state, s.ckdir
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
@@ -473,8 +483,6 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
         dist.barrier()
     if not d.main:
         return
-    if state.epoch >= cfg.epochs:
-        say(f"{run} has already trained {state.epoch} epochs (--epochs {cfg.epochs}); nothing to do")
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
