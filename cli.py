@@ -217,19 +217,23 @@ def _exclusion_options(fn):
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
-@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop.")
+@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop. The val split only (the devkit scores the ILSVRC2012 val images, not ImageNetV2's).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="Folder for the test JSONs (made where missing) [default: the checkpoint's folder].")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @click.option("--arch", default=None, help="For a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, submission, amp, arch, **excluding):
+def test_cmd(data, ckpt, views, ten_crop, split, batch_size, workers, device, submission, report_dir, amp, arch,
+             **excluding):
     """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
-    writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
+    writes test-<checkpoint>-<view>.json beside it, e.g. test-best-center.json (test-best-<split>-<view>.json
+    for a split other than val), or in --report-dir."""
     from trainer.evaluate import run_test, summary_line
     from trainer.labelsets import figure_table
 
     exclude = tuple(k[len("exclude_"):] for k, on in excluding.items() if on)
     r = run_test(data, ckpt, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
-                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude)
+                 device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude,
+                 report_dir=report_dir)
     by_view = r["by_view"]
     how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
     click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")

@@ -272,7 +272,7 @@ def _seed_process(seed: int, rank: int) -> None:
     random.seed(int(s[1]))
 
 
-def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None) -> dict:
+def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None, progress: bool = False) -> dict:
     """{metric name: mean over the val images of all processes} for every metric of trainer.eval.metrics.METRICS,
     and "n"; with `sets` (`_val_label_sets`) the figures of its label lists too (ReaL's)."""
     from trainer.eval.metrics import METRICS, figures, label_set_figures
@@ -280,7 +280,7 @@ def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", se
 
     keys = list(METRICS) + (list(label_set_figures(sets.lists)) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
-    m = evaluate(model, loader, amp=amp, label_sets=sets) if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
+    m = evaluate(model, loader, amp=amp, label_sets=sets, progress=progress and "val") if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
     *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
     if n == 0:
         raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
@@ -429,7 +429,7 @@ def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict:
                         "loss_sum": totals.loss_sum, "wrong": totals.wrong, "seen": totals.seen}
         _stopped(s.save(s.ckdir / "last.pt"), f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
     t_train = time.perf_counter() - t0
-    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets, cfg.progress and s.d.main)
     return _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
 
 
