@@ -142,7 +142,8 @@ def test_a_subset_of_the_val_images_gets_real_over_the_images_present(oracle_dat
     some = NUMBERS[3:17:2]  # as --per-class or rejected files leave it: some val images, any numbers
     write_split(tmp_path, "val", [(write_class(w["shown"][n]), w["y"][n], val(n)) for n in some],
                 labels_json=w["labels"])
-    r = run_test(tmp_path, w["ckpt"], workers=0, device="cpu", batch_size=4, progress=False, arch="oracle_arch:make")
+    r = run_test(tmp_path, w["ckpt"], workers=0, device="cpu", batch_size=4, progress=False, arch="oracle_arch:make",
+                 report_dir=tmp_path / "reports")  # beside the checkpoint lies the report of the whole val
     want = expected(w, some)
     assert {k: r[k] for k in want} == pytest.approx(want)
 
@@ -200,7 +201,7 @@ def test_every_image_of_the_blacklist_left_out_is_an_error(oracle_data, tmp_path
     write_split(tmp_path, "val", [(write_class(1), 1, val(n)) for n in BLACKLISTED], labels_json=w["labels"])
     with pytest.raises(ImgnetError, match="every one of the 3 images was left out"):
         run_test(tmp_path, w["ckpt"], workers=0, device="cpu", progress=False, arch="oracle_arch:make",
-                 exclude_blacklist=True)
+                 exclude_blacklist=True, report_dir=tmp_path / "reports")
 
 
 # ---------------------------------------------------------------------------- one pass, two views
