@@ -360,7 +360,7 @@ def test_imgnet_test_ten_crop_end_to_end(world):
     r = cli("test", "--data", w["data"], "--ckpt", w["ckpt"], "--ten-crop", "--split", "tiny", "--workers", 0,
             "--device", "cpu", "--batch-size", 2)
     assert r.exit_code == 0, r.output
-    rep = json.loads((w["ckpt"].parent / "test-tiny-ten-crop.json").read_text())  # not val: the split in the name
+    rep = json.loads((w["ckpt"].parent / "test-best-tiny-ten-crop.json").read_text())  # not val: the split in the name
     assert rep["n"] == len(TINY) and rep["view"] == "ten-crop" and rep["split"] == "tiny"
     assert (rep["top1_err"], rep["top5_err"]) == pytest.approx(expected_errors(w, TINY))
     ref_ten = np.mean([-w["ten"][n][w["y"][n]] for n in TINY])
