@@ -359,6 +359,8 @@ def compare(runs, as_json, markdown, plot):
     if as_json and markdown:
         raise ImgnetError("--json and --markdown exclude each other; expected at most one of them")
     result = compare_runs(runs)
+    for line in result["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result, markdown=markdown), nl=as_json)
     if plot:
         click.echo(f"wrote {plot_compare(result, plot)}", err=as_json)  # stdout stays pure JSON

@@ -487,6 +487,8 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
     ckdir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
               "val_source": data["val_source"], "input": {"size": data["size"], "crop": data["crop"]},
+              "data_identity": {"labels_sha256": data["train"].meta.get("labels_sha256"),
+                                "train_records": len(data["train"])},
               "environment": runfolder.environment(device, d.world)}
     runfolder.write_record(run, record, resume=resume_from is not None)
     if resume_from is None:
