@@ -195,6 +195,24 @@ def test_a_finished_run_says_so_once_and_writes_nothing(trained):
     assert {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file() and p.name != ".run.lock"} == before
 
 
+def test_a_finished_run_killed_before_best_pt_is_repaired_by_its_resume(data, tmp_path, monkeypatch):
+    from trainer import checkpoint as ck
+
+    def crash(*a):
+        raise OSError(5, "Input/output error")  # dies after the last epoch's last.pt, before best.pt
+
+    run = tmp_path / "run"
+    real = ck.link_checkpoint
+    monkeypatch.setattr(ck, "link_checkpoint", crash)
+    assert cli("train", "--data", data, "--out", run, "--epochs", "1", *TRAIN).exit_code == 2
+    monkeypatch.setattr(ck, "link_checkpoint", real)
+    assert not (run / "checkpoints" / "best.pt").exists() and not (run / "log.jsonl").exists()
+    r = cli("train", "--out", run, "--resume")
+    assert r.exit_code == 0 and "has already trained 1 epochs" in r.stdout, r.stderr
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert [json.loads(s)["epoch"] for s in (run / "log.jsonl").read_text().splitlines()] == [1]
+
+
 # --------------------------------------------------------------------------- reports and names
 def test_testing_last_pt_never_takes_best_pts_report_and_compare_reads_best_only(data, trained, tmp_path):
     from trainer.compare import compare_runs

@@ -142,7 +142,13 @@ def trim_log(path: Path, epochs: int, metrics: dict | None) -> None:
     rows = [r for r in read_log(path) if r["epoch"] <= epochs]
     if metrics and not any(r["epoch"] == epochs for r in rows):
         rows.append(metrics)
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    try:
+        if read_bounded(path, MAX_LOG_BYTES, "the log.jsonl that `imgnet train` writes") == text.encode():
+            return  # as it should be: left untouched
+    except FileNotFoundError:
+        pass
+    write_text(path, text)
 
 
 def environment(device: torch.device, world: int) -> dict:

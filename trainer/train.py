@@ -356,14 +356,17 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
         opened.enter_context(runfolder.hold_run(run))
     opened.enter_context(hold_data(cfg.data))
     resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
-    if resume_from is not None and resume_from["epoch"] >= cfg.epochs:
-        return None, (f"{run} has already trained {resume_from['epoch']} epochs (--epochs {cfg.epochs}); nothing "
-                      f"to do (pass a larger --epochs to train on)")
     data = open_data(cfg)
     for split in (data["train"], data["val"]):
         opened.callback(split.close)
     if resume_from is not None:
         ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
+        if resume_from["epoch"] >= cfg.epochs:  # no record, no training: only a killed save's repairs
+            if d.main:
+                _repair_run_folder(run, resume_from, resume_from["epoch"], resume_from.get("metrics"),
+                                   _printer(cfg.progress))
+            return None, (f"{run} has already trained {resume_from['epoch']} epochs (--epochs {cfg.epochs}); "
+                          "nothing to do (pass a larger --epochs to train on)")
     train_loader, val_loader = (opened.enter_context(ld) for ld in make_loaders(cfg, data, d, device))
     model, model_kwargs = build_model(cfg, data["num_classes"], device, resume_from["model"] if resume_from else None,
                                       crop=data["crop"])
@@ -491,9 +494,14 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
                                 "train_records": len(data["train"])},
               "environment": runfolder.environment(device, d.world)}
     runfolder.write_record(run, record, resume=resume_from is not None)
-    if resume_from is None:
-        return
-    runfolder.trim_log(run / "log.jsonl", state.epoch, state.metrics)
+    if resume_from is not None:
+        _repair_run_folder(run, resume_from, state.epoch, state.metrics, say)
+
+
+def _repair_run_folder(run: Path, resume_from: dict, epochs: int, metrics: dict | None, say) -> None:
+    """On resume: the log trimmed to the checkpoint, best.pt repaired, a killed save's temporary files gone."""
+    ckdir = run / "checkpoints"
+    runfolder.trim_log(run / "log.jsonl", epochs, metrics)
     for tmp in ck.remove_stale_temps(ckdir):
         say(f"removed {tmp}, left by a save that did not finish")
     fixed = ck.repair_best(ckdir, resume_from)
