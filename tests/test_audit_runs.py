@@ -418,3 +418,21 @@ def test_compare_plot_into_an_unwritable_place_names_the_target(tmp_path):
     r = imgnet("compare", run, "--plot", blocker / "c.png")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert f"cannot write {blocker / 'c.png'} (" in r.stderr and ".tmp" not in r.stderr
+
+
+def test_validation_in_training_shows_an_image_bar(data, tmp_path, monkeypatch):
+    from trainer.eval import scoring
+    from trainer.train import TrainConfig, train
+
+    asked = []
+    real = scoring.evaluate
+
+    def spy(*a, **kw):
+        asked.append(kw.get("progress"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(scoring, "evaluate", spy)
+    base = dict(data=str(data), epochs=1, arch="cifar-quick", batch_size=4, workers=0, device="cpu")
+    train(TrainConfig(out=str(tmp_path / "a"), progress=True, **base))
+    train(TrainConfig(out=str(tmp_path / "b"), progress=False, **base))
+    assert asked == ["val", False]

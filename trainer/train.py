@@ -272,7 +272,8 @@ def _seed_process(seed: int, rank: int) -> None:
     random.seed(int(s[1]))
 
 
-def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None, progress: bool = False) -> dict:
+def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None,
+              progress: bool = False) -> dict:
     """{metric name: mean over the val images of all processes} for every metric of trainer.eval.metrics.METRICS,
     and "n"; with `sets` (`_val_label_sets`) the figures of its label lists too (ReaL's)."""
     from trainer.eval.metrics import METRICS, figures, label_set_figures
@@ -280,7 +281,8 @@ def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", se
 
     keys = list(METRICS) + (list(label_set_figures(sets.lists)) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
-    m = evaluate(model, loader, amp=amp, label_sets=sets, progress=progress and "val") if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
+    m = (evaluate(model, loader, amp=amp, label_sets=sets, progress=progress and "val") if len(loader)
+         else {"sums": dict.fromkeys(keys, 0.0), "n": 0})
     *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
     if n == 0:
         raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
