@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,27 @@ def test_a_second_train_on_a_live_run_is_refused_naming_the_pid_and_a_dead_holde
     assert r.exit_code == 0, r.stderr
     assert (run / "checkpoints" / "best.pt").is_file()
     assert not [p.name for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_two_real_trains_into_one_out_and_a_kill_9(data, tmp_path):
+    """A live `imgnet train` (its own process) keeps a second one out; killed with SIGKILL, it blocks nothing."""
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "cli", "train", "--data", str(data), "--out", str(run),
+                              "--epochs", "100000", *TRAIN], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (run / "log.jsonl").is_file() or not (run / "log.jsonl").read_text():
+            assert first.poll() is None, "the first train ended early"
+            time.sleep(0.2)
+        r = cli("train", "--data", data, "--out", run, "--epochs", "1", *TRAIN)
+        assert r.exit_code == 2 and f"another `imgnet train` (pid {first.pid}) is running in {run}" in r.stderr
+        r = cli("train", "--out", run, "--resume")
+        assert r.exit_code == 2 and f"(pid {first.pid})" in r.stderr
+    finally:
+        first.kill()
+        first.wait()
+    r = cli("train", "--out", run, "--resume", "--epochs", "1")
+    assert r.exit_code == 0 and "has already trained" in r.stdout, r.stderr
 
 
 def test_the_run_lock_is_held_for_the_run_and_released_after(data, tmp_path, monkeypatch):
