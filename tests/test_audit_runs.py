@@ -255,7 +255,11 @@ def test_testing_last_pt_never_takes_best_pts_report_and_compare_reads_best_only
     assert f["val/center/top1_err"] == best["top1_err"] and "val/ten-crop/top1_err" not in f
     newer = {**best, "top1_err": 0.5}
     (ckdir / "test-best-center.json").write_text(json.dumps(newer))  # beside the old name: the new one wins
-    assert compare_runs([trained])["runs"][0]["figures"]["val/center/top1_err"] == 0.5
+    r = compare_runs([trained])
+    assert r["runs"][0]["figures"]["val/center/top1_err"] == 0.5 and r["warnings"] == []
+    (ckdir / "test-best-center.json").write_text(json.dumps({**newer, "epoch": 7}))  # best.pt has moved on since
+    (warning,) = compare_runs([trained])["warnings"]
+    assert "test-best-center.json scores best.pt of epoch 7, but best.pt now holds epoch 1" in warning
 
 
 def test_report_dir_and_reports_of_another_data_are_never_replaced(data, trained, tmp_path):

@@ -97,10 +97,11 @@ def _split_of(name_split: str | None) -> str | None:
     return name_split[len("best-"):] if name_split.startswith("best-") else name_split
 
 
-def read_tests(ckdir: Path, warn=None) -> dict[str, dict]:
+def read_tests(ckdir: Path, warn=None, best_epoch: int | None = None) -> dict[str, dict]:
     """{"<split>/<view>": figures} of the test JSONs of best.pt in RUN/checkpoints (test-best-*.json, and the
     test-<view>.json, test-<split>-<view>.json of older runs; a newer name wins). A report that cannot be read
-    is left out, with a line to `warn`."""
+    is left out, and one of another epoch than `best_epoch` (best.pt moved on since) is kept, each with a line
+    to `warn`."""
     tests = {}
     files = sorted(ckdir.glob("test-*.json")) if ckdir.is_dir() else []
     for f in sorted(files, key=lambda f: f.name.startswith("test-best-")):  # older names first: newer win
@@ -114,6 +115,10 @@ def read_tests(ckdir: Path, warn=None) -> dict[str, dict]:
             continue
         if not _scores_best(f, report):
             continue  # another checkpoint's (last.pt): not the epoch the table shows
+        scored = report.get("epoch")
+        if type(scored) is int and best_epoch is not None and scored != best_epoch:
+            (warn or _ignore)(f"{f} scores best.pt of epoch {scored}, but best.pt now holds epoch {best_epoch}: "
+                              "run `imgnet test` again")
         split = _word(report.get("split")) or _split_of(m["split"]) or "val"
         view = _word(report.get("view")) or m["view"]
         for e in labelsets.exclusions():  # other images than a full-split report: its own columns
@@ -149,7 +154,7 @@ def read_run(path, warn=None) -> dict:
     speeds = [finite(r.get("images_per_s")) for r in rows if finite(r.get("images_per_s")) is not None]
     figures = {"best_val_top1_err": finite(best["val_top1_err"]) if best else None,
                "best_val_top5_err": finite(best.get("val_top5_err")) if best else None}
-    tests = read_tests(run / "checkpoints", warn)
+    tests = read_tests(run / "checkpoints", warn, best["epoch"] if best else None)
     for key, figs in tests.items():
         figures.update({f"{key}/{k}": v for k, v in figs.items()})
     return {"run": os.path.normpath(str(path)), "path": str(run.resolve()), "settings": run_settings(config),
