@@ -299,7 +299,12 @@ def test_two_writers_of_one_report_leave_one_whole_report(tmp_path):
     assert json.loads(path.read_text())["w"] in "ab" and seen <= {"a", "b"}
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     write_shared(path, {"w": "c"})
+    plain = tmp_path / "plain"
+    plain.write_text("")
     assert json.loads(path.read_text()) == {"w": "c"}
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the umask's mode, as any file
+    with pytest.raises(ImgnetError, match=f"cannot write {tmp_path / 'no' / path.name}"):
+        write_shared(tmp_path / "no" / path.name, {})
 
 
 def test_submission_is_refused_for_a_split_other_than_val(trained, tmp_path):

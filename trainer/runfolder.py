@@ -9,9 +9,9 @@ import math
 import os
 import platform
 import socket
+import secrets
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,18 +62,17 @@ def write_shared(path, obj) -> None:
     """Write a JSON file that several processes may write at once (two `imgnet test` of one checkpoint): each
     through its own temporary file, fsynced and renamed, so the file is always one writer's whole report."""
     path = Path(path)
-    tmp = None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj, indent=1) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise ImgnetError(f"cannot write {path} ({os_reason(e)}); expected a writable folder with free space") from e
 
 
