@@ -421,32 +421,32 @@ def test_compare_on_hand_edited_logs_and_reports(tmp_path):
     (warning,) = r["warnings"]
     assert "test-best-ten-crop.json is JSON nested too deeply" in warning
     assert "40.00 (-10.00)" in format_table(r)
-    res = imgnet("compare", base, run, "--plot", tmp_path / "c.png")
-    assert res.returncode == 0 and "Traceback" not in res.stderr and (tmp_path / "c.png").is_file()
+    res = cli("compare", base, run, "--plot", tmp_path / "c.png")
+    assert res.exit_code == 0 and res.exception is None and (tmp_path / "c.png").is_file()
     deep = write_run(tmp_path / "deep")
     (deep / "config.json").write_text("[" * 100000 + "]" * 100000)
-    res = imgnet("compare", base, deep)
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nested too deeply" in res.stderr
+    res = cli("compare", base, deep)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "nested too deeply" in res.stderr
 
 
 def test_compare_warns_once_for_runs_on_different_data(tmp_path):
     a = write_run(tmp_path / "a", log=line())
     b = write_run(tmp_path / "b", {"data": "/data/y", "model_kwargs": {"num_classes": 1000}}, line())
     c = write_run(tmp_path / "c", {"data": "/copy/of/x"}, line())  # the same DATA elsewhere: no warning
-    r = imgnet("compare", a, b)
-    assert r.returncode == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("warning: the runs were trained "
+    r = cli("compare", a, b)
+    assert r.exit_code == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("warning: the runs were trained "
                                                                                      "on different DATA")
     assert "/data/x, 10 classes" in r.stderr and "/data/y, 1000 classes" in r.stderr
-    r = imgnet("compare", a, c)
-    assert r.returncode == 0 and r.stderr == ""
+    r = cli("compare", a, c)
+    assert r.exit_code == 0 and r.stderr == ""
 
 
 def test_compare_plot_into_an_unwritable_place_names_the_target(tmp_path):
     run = write_run(tmp_path / "a", log=line())
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = imgnet("compare", run, "--plot", blocker / "c.png")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    r = cli("compare", run, "--plot", blocker / "c.png")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
     assert f"cannot write {blocker / 'c.png'} (" in r.stderr and ".tmp" not in r.stderr
 
 
@@ -466,3 +466,15 @@ def test_validation_in_training_shows_an_image_bar(data, tmp_path, monkeypatch):
     train(TrainConfig(out=str(tmp_path / "a"), progress=True, **base))
     train(TrainConfig(out=str(tmp_path / "b"), progress=False, **base))
     assert asked == ["val", False]
+
+
+def test_test_runs_beside_a_live_train(data, trained):
+    """`imgnet test` takes no run lock: a checkpoint is tested while its run trains on."""
+    holder = _hold(trained / ".run.lock")
+    try:
+        r = cli("test", "--data", data, "--ckpt", trained / "checkpoints" / "last.pt", "--device", "cpu")
+        assert r.exit_code == 0, r.stderr
+        assert (trained / "checkpoints" / "test-last-center.json").is_file()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -301,6 +301,7 @@ def plot_compare(result: dict, out) -> Path:
         color = f"C{i % 10}"
         label = r["run"] + ("" if i == 0 else " (" + (", ".join(f"{k}={_setting(v)}" for k, v in
                                                                  r["differs"].items()) or "same") + ")")
+        label = label if len(label) <= 100 else label[:99] + "…"  # a legend line, not a page
         for key, style, suffix in (("val_top1_err", "-", "top-1"), ("val_top5_err", "--", "top-5")):
             pts = [(c["epoch"], 100 * c[key]) for c in r["curve"] if c.get(key) is not None]
             if pts:
