@@ -182,7 +182,8 @@ def train(ctx, **options):
     # with --resume the run's launch record (the options given are then checked against its checkpoint)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if options["resume"]:
-        given = {**launch_settings(options["out"], {f.name for f in _train_fields()}), **given}
+        recorded = launch_settings(options["out"], {f.name for f in _train_fields()}, data_given="data" in given)
+        given = {**recorded, **given}
     elif options["data"] is None:
         raise click.MissingParameter(ctx=ctx, param_hint="'--data'", param_type="option")
     s = run_train(config_for(**given))

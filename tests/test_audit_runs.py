@@ -201,6 +201,12 @@ def test_resume_by_run_folder_takes_every_setting_and_checks_the_ones_given(data
     assert [json.loads(s)["epoch"] for s in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
     r = cli("train", "--out", run, "--resume", "--lr", "0.01")  # given options are still checked
     assert r.exit_code == 2 and "lr 0.002 -> 0.01" in r.stderr
+    record = run / "config.json"  # as if DATA had moved since
+    record.write_text(record.read_text().replace(str(data), str(tmp_path / "gone")))
+    r = cli("train", "--out", run, "--resume", "--epochs", "2")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "pass --data DATA" in r.stderr
+    r = cli("train", "--out", run, "--resume", "--epochs", "2", "--data", data)  # the run's DATA, moved
+    assert r.exit_code == 0 and "has already trained 2 epochs" in r.stdout, r.stderr
     r = cli("train", "--out", tmp_path / "none", "--resume")
     assert r.exit_code == 2 and "config.json not found" in r.stderr and r.stderr.count("\n") == 1
     r = cli("train", "--out", tmp_path / "fresh", "--epochs", "1")

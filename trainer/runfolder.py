@@ -200,13 +200,16 @@ def describe(run: Path) -> str:
     return f"{state}: {done} of {epochs if epochs else '?'} epochs"
 
 
-def launch_settings(run, names) -> dict:
+def launch_settings(run, names, data_given: bool = False) -> dict:
     """The settings `--resume` takes from RUN (`imgnet train --out RUN --resume` alone): those of the launch
     record among `names` (the TrainConfig fields), with --epochs the most any launch or resume asked for.
-    ImgnetError where RUN holds no readable record."""
+    ImgnetError where RUN holds no readable record, or one whose DATA is no folder here (moved: --data)."""
     what = "the config.json that `imgnet train` writes (its settings are what --resume continues with)"
     rec = read_record(Path(run) / "config.json", what)
     out = {k: v for k, v in rec.items() if k in names and k not in ("out", "resume")}
+    if not data_given and (not isinstance(out.get("data"), str) or not os.path.isdir(out["data"])):
+        raise ImgnetError(f"the DATA that {run}/config.json names ({out.get('data')!r}) is not a folder here; "
+                          "pass --data DATA to continue the run on it")
     epochs = target_epochs(Path(run))
     if epochs:
         out["epochs"] = epochs
