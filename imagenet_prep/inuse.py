@@ -1,5 +1,5 @@
 """DATA in use: every `imgnet train` and `imgnet test` holds a shared lock on DATA/.in-use.lock while it reads
-DATA, so that a tool about to rewrite or delete DATA can see that it is read (`data_in_use`). A POSIX flock:
+DATA, so that a tool about to rewrite or delete DATA can see that it is read (`data_in_use`). An flock(2) lock:
 released when the holder exits or dies, so a killed run never leaves DATA marked as in use."""
 
 from __future__ import annotations
