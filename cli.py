@@ -141,9 +141,10 @@ def _click_type(f):
     return {"int": click.INT, "float": click.FLOAT}.get(kind, click.STRING)
 
 
-def options_from(settings_fields):
+def options_from(settings_fields, optional=()):
     """Decorator: one click option per field with option metadata (trainer/settings.py), in field order, each
-    with the field's name, default, type and help: the settings dataclass is the one definition."""
+    with the field's name, default, type and help: the settings dataclass is the one definition. The
+    `optional` fields are required by the command itself where it needs them."""
 
     def decorate(fn):
         for f in reversed([f for f in settings_fields if f.metadata.get("option")]):
@@ -152,7 +153,8 @@ def options_from(settings_fields):
                 flag = {"is_flag": True} if m["flag"] is None else {}  # "--x/--no-x" makes its own pair
                 fn = click.option(m["flag"] or name, f.name, **flag, default=f.default, help=m["help"])(fn)
             else:
-                fn = click.option(name, f.name, type=_click_type(f), required=m.get("required", False),
+                fn = click.option(name, f.name, type=_click_type(f),
+                                  required=m.get("required", False) and f.name not in optional,
                                   default=None if m.get("required") else f.default, help=m["help"])(fn)
         return fn
     return decorate
@@ -167,19 +169,30 @@ def _train_fields():
 
 
 @main.command()
-@options_from(_train_fields())
+@options_from(_train_fields(), optional=("data",))  # --resume takes it from RUN
 @click.pass_context
 @_friendly
 def train(ctx, **options):
-    """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ..."""
+    """Train AlexNet with the paper's recipe. Many GPUs: torchrun --nproc_per_node N -m cli train ...
+    `--out RUN --resume` alone continues RUN with the settings it was started with."""
     from click.core import ParameterSource
 
+    from trainer.runfolder import launch_settings
     from trainer.train import config_for, train as run_train
 
-    # the options the user gave; the model's recipe (trainer/models) and the defaults fill in the rest
+    # the options the user gave; the model's recipe (trainer/models) and the defaults fill in the rest, or
+    # with --resume the run's launch record (the options given are then checked against its checkpoint)
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    if options["resume"]:
+        recorded = launch_settings(options["out"], {f.name for f in _train_fields()}, data_given="data" in given)
+        given = {**recorded, **given}
+    elif options["data"] is None:
+        raise click.MissingParameter(ctx=ctx, param_hint="'--data'", param_type="option")
     s = run_train(config_for(**given))
     if not s["main"]:  # under torchrun rank 0 alone reports
+        return
+    if s.get("finished"):
+        click.echo(s["finished"])
         return
     if s["best_epoch"] is not None:
         click.echo(f"best val top-1 error {s['best_val_top1_err']:.4f} at epoch {s['best_epoch']} of {s['epochs']}: "
@@ -227,14 +240,16 @@ def _model_source(ckpt, weights, input_, arch, data=None):
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per batch (ten-crop runs 10 inputs per image).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes [default: none on the CPU, all cores but one on CUDA].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available].")
-@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop.")
+@click.option("--submission", type=click.Path(dir_okay=False), default=None, help="Also write the devkit's submission file (5 ILSVRC2012_IDs per image, file-name order, every image); with two views, from ten-crop. The val split only (the devkit scores the ILSVRC2012 val images, not ImageNetV2's).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None, help="Folder for the test JSONs (made where missing) [default: the checkpoint's folder].")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", help="bf16: autocast the forward pass on the device.")
 @click.option("--arch", default=None, help="The network of --weights; for a checkpoint of a module:callable model: that name again, to allow importing it.")
 @_friendly
-def test_cmd(data, ckpt, weights, input_, views, ten_crop, split, batch_size, workers, device, submission, amp, arch,
-             **excluding):
+def test_cmd(data, ckpt, weights, input_, views, ten_crop, split, batch_size, workers, device, submission, report_dir,
+             amp, arch, **excluding):
     """Top-1/top-5 error of a checkpoint on a whole split, on the 2012 labels and (ILSVRC2012 val) ReaL;
-    writes test-<view>.json beside it (test-<split>-<view>.json for a split other than val)."""
+    writes test-<checkpoint>-<view>.json beside it, e.g. test-best-center.json (test-best-<split>-<view>.json
+    for a split other than val), or in --report-dir."""
     from trainer.evaluate import run_test, summary_line
     from trainer.labelsets import figure_table
 
@@ -242,7 +257,7 @@ def test_cmd(data, ckpt, weights, input_, views, ten_crop, split, batch_size, wo
     source = _model_source(ckpt, weights, input_, arch, data)
     r = run_test(data, ckpt or weights, ten_crop=ten_crop, split=split, batch_size=batch_size, workers=workers,
                  device=device, submission=submission, amp=amp, arch=arch, views=views, exclude=exclude,
-                 weights=None if ckpt else source)
+                 weights=None if ckpt else source, report_dir=report_dir)
     by_view = r["by_view"]
     how = r["view"] if len(by_view) == 1 else f"{' and '.join(by_view)} from one {r['pass']} pass"
     click.echo(f"{r['split']}: {r['n']:,} images, {how}, {r['device']}, {r['images_per_s']:.0f} images/s")
@@ -388,6 +403,8 @@ def compare(runs, as_json, markdown, plot):
     if as_json and markdown:
         raise ImgnetError("--json and --markdown exclude each other; expected at most one of them")
     result = compare_runs(runs)
+    for line in result["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     click.echo(json.dumps(result, indent=1) if as_json else format_table(result, markdown=markdown), nl=as_json)
     if plot:
         click.echo(f"wrote {plot_compare(result, plot)}", err=as_json)  # stdout stays pure JSON

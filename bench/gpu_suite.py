@@ -319,7 +319,7 @@ def part_test(work: Path, dry: bool) -> dict:
                "--workers", str(s["workers"]), *flag]
         cmd += ["--device", "cpu"] if dry else ["--device", "cuda", "--amp", "bf16"]
         cli(cmd)
-        report = json.loads((ckpt.parent / f"test-{view.replace('_', '-')}.json").read_text())
+        report = json.loads((ckpt.parent / f"test-{ckpt.stem}-{view.replace('_', '-')}.json").read_text())
         out[f"test_{view}_img_s"] = round(report["images_per_s"], 1)
         out[f"test_{view}_n"] = report["n"]
     return out

@@ -1,6 +1,7 @@
 """Lock files in a DATA folder: who may write it while who reads it.
 
-    DATA/.prep.lock     one `imgnet prep` at a time (POSIX record lock, exclusive; holds the pid)
+    DATA/.prep.lock     one `imgnet prep` at a time (`pid_lock`: a POSIX record lock, exclusive; holds the pid;
+                        RUN/.run.lock, one `imgnet train` per run folder, is the same kind)
     DATA/.in-use.lock   a train or test run reading DATA holds it shared (`hold_data`); `imgnet prep --force`,
                         which deletes and rewrites splits, holds it exclusive (`claim_data`) and is refused
                         while any run holds it; `data_in_use` asks without holding it
@@ -45,6 +46,9 @@ def _open(path: Path, writer: str, create: bool = True) -> int | None:
     except OSError as e:
         if e.errno == errno.ENOENT and not create:
             return None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ImgnetError(f"cannot create the lock file {path} ({e.strerror}); expected a folder this user "
+                              "can write in") from None
         raise ImgnetError(f"cannot open the lock file {path} ({e.strerror}); expected a plain file that {writer} "
                           "writes: remove it and rerun") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -105,22 +109,25 @@ def _held(path: Path, lock, op: int, writer: str, busy: Callable[[int], ImgnetEr
             _let_go(fd, path, lock)
 
 
-# ------------------------------------------------------------------------------------ imgnet prep
+# ------------------------------------------------------------------------------- one writer at a time
 @contextlib.contextmanager
-def prep_lock(out: Path):
-    """One prep at a time per DATA folder: two would race on labels.json, the report and --force. A POSIX
-    record lock: held by this process only (forked workers do not inherit it), released when it dies; the
-    file holds the pid for the message of the prep refused, and is removed when the prep ends."""
+def pid_lock(path, writer: str, refused: Callable[[str], str]):
+    """One process at a time holds `path` (an exclusive POSIX record lock: held by this process only, forked
+    workers do not inherit it; released when it dies). The file holds the pid, for `refused(pid)`, the message
+    of the one refused; it is removed when the holder lets go. `writer`: who writes the file, for messages."""
     def busy(fd: int) -> ImgnetError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        return ImgnetError(f"another `imgnet prep` is writing {out} (pid {holder}); wait for it to finish, or use "
-                           "another --out")
+        return ImgnetError(refused(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"))
 
-    path = Path(out) / PREP_LOCK
-    with _held(path, fcntl.lockf, fcntl.LOCK_EX, "`imgnet prep`", busy) as fd:
+    with _held(Path(path), fcntl.lockf, fcntl.LOCK_EX, writer, busy) as fd:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+
+
+def prep_lock(out: Path):
+    """One prep at a time per DATA folder: two would race on labels.json, the report and --force."""
+    return pid_lock(Path(out) / PREP_LOCK, "`imgnet prep`", lambda pid: (
+        f"another `imgnet prep` is writing {out} (pid {pid}); wait for it to finish, or use another --out"))
 
 
 @contextlib.contextmanager

@@ -157,7 +157,7 @@ def test_cifar_quick_learns_through_imgnet_train_then_test_and_predict(data32, t
     t = _run(["test", "--data", str(data32), "--ckpt", str(run / "checkpoints" / "best.pt"), "--views",
               "center,ten-crop", "--workers", "0", "--device", "cpu"])
     assert t.exit_code == 0, t.output
-    rep = json.loads((run / "checkpoints" / "test-test-center.json").read_text())
+    rep = json.loads((run / "checkpoints" / "test-best-center.json").read_text())
     assert rep["split"] == "test" and rep["n"] == 16 and rep["top1_err"] < 0.5
 
     from PIL import Image

@@ -47,7 +47,7 @@ def test_prep_stats_train_test_predict_on_real_images(ilsvrc_once, tmp_path):
 
     ckpt = run / "checkpoints" / "best.pt"
     r = imgnet("test", "--data", str(data), "--ckpt", str(ckpt), "--ten-crop", "--device", "cpu")
-    report = json.loads((run / "checkpoints" / "test-ten-crop.json").read_text())
+    report = json.loads((run / "checkpoints" / "test-best-ten-crop.json").read_text())
     assert report["n"] == 15 and 0 <= report["top1_err"] <= 1 and report["top5_err"] == 0.0  # 3 classes
     assert f"{report['top1_err']:.4f}"[:4] in r.stdout
 

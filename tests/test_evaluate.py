@@ -326,7 +326,7 @@ def test_imgnet_test_center_end_to_end(world):
             "--batch-size", 4, "--submission", sub)
     assert r.exit_code == 0, r.output
     assert "top-1 err" in r.stdout and "top-5 err" in r.stdout and "mistake severity" in r.stdout
-    rep = json.loads((w["ckpt"].parent / "test-center.json").read_text())
+    rep = json.loads((w["ckpt"].parent / "test-best-center.json").read_text())
     top1, top5 = expected_errors(w, VAL)
     assert rep["n"] == len(VAL) and rep["view"] == "center" and rep["split"] == "val"
     assert rep["top1_err"] == pytest.approx(top1) and rep["top5_err"] == pytest.approx(top5)
@@ -360,7 +360,7 @@ def test_imgnet_test_ten_crop_end_to_end(world):
     r = cli("test", "--data", w["data"], "--ckpt", w["ckpt"], "--ten-crop", "--split", "tiny", "--workers", 0,
             "--device", "cpu", "--batch-size", 2)
     assert r.exit_code == 0, r.output
-    rep = json.loads((w["ckpt"].parent / "test-tiny-ten-crop.json").read_text())  # not val: the split in the name
+    rep = json.loads((w["ckpt"].parent / "test-best-tiny-ten-crop.json").read_text())  # not val: the split in the name
     assert rep["n"] == len(TINY) and rep["view"] == "ten-crop" and rep["split"] == "tiny"
     assert (rep["top1_err"], rep["top5_err"]) == pytest.approx(expected_errors(w, TINY))
     ref_ten = np.mean([-w["ten"][n][w["y"][n]] for n in TINY])

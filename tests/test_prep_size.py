@@ -73,7 +73,7 @@ def _train_a_step_and_test(data, run, size: int) -> None:
                            "center,ten-crop", "--workers", 0, "--device", "cpu")
     assert code == 0, output
     for view in ("center", "ten-crop"):
-        report = json.loads((run / "checkpoints" / f"test-{view}.json").read_text())
+        report = json.loads((run / "checkpoints" / f"test-last-{view}.json").read_text())
         assert report["split"] == "val" and report["n"] == 4 and 0 <= report["top1_err"] <= 1
 
 

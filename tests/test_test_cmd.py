@@ -133,7 +133,7 @@ def test_real_figures_end_to_end_next_to_the_original(oracle_data):
     assert {k: r[k] for k in want} == pytest.approx(want)
     assert r["real_n"] == want["real_n"] < len(NUMBERS) and r["n"] == len(NUMBERS)
     assert r["real"] is True and r["real_reason"] is None and r["exclude_blacklist"] is False and r["excluded"] == 0
-    saved = json.loads((w["ckpt"].parent / "test-center.json").read_text())
+    saved = json.loads((w["ckpt"].parent / "test-best-center.json").read_text())
     assert {k: saved[k] for k in want} == pytest.approx(want) and saved["split"] == "val"
 
 
@@ -142,7 +142,8 @@ def test_a_subset_of_the_val_images_gets_real_over_the_images_present(oracle_dat
     some = NUMBERS[3:17:2]  # as --per-class or rejected files leave it: some val images, any numbers
     write_split(tmp_path, "val", [(write_class(w["shown"][n]), w["y"][n], val(n)) for n in some],
                 labels_json=w["labels"])
-    r = run_test(tmp_path, w["ckpt"], workers=0, device="cpu", batch_size=4, progress=False, arch="oracle_arch:make")
+    r = run_test(tmp_path, w["ckpt"], workers=0, device="cpu", batch_size=4, progress=False, arch="oracle_arch:make",
+                 report_dir=tmp_path / "reports")  # beside the checkpoint lies the report of the whole val
     want = expected(w, some)
     assert {k: r[k] for k in want} == pytest.approx(want)
 
@@ -163,12 +164,12 @@ def test_real_is_absent_with_its_reason_on_a_classes_subset_or_another_dataset(t
     line = json.loads(out.stdout.splitlines()[-1])
     assert "real_top1_err" not in line and "10 classes" in line["real_reason"]
     # the blacklist numbers val images: a split of other images is refused in one line, before any work
-    before = (ckpt.parent / "test-v2-top-images-center.json").read_text()
+    before = (ckpt.parent / "test-best-v2-top-images-center.json").read_text()
     out = cli("test", "--data", tmp_path / "data", "--ckpt", ckpt, "--device", "cpu", "--arch", "tiny_arch:make",
               "--split", "v2-top-images", "--exclude-blacklist")
     assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "'0/0a.jpeg' is not an ILSVRC2012 val image" in out.stderr and "--exclude-blacklist" in out.stderr
-    assert (ckpt.parent / "test-v2-top-images-center.json").read_text() == before
+    assert (ckpt.parent / "test-best-v2-top-images-center.json").read_text() == before
 
 
 # ------------------------------------------------------------------------------------ blacklist
@@ -185,9 +186,9 @@ def test_exclude_blacklist_leaves_its_images_out_of_every_figure(oracle_data):
     # the effect: the three left out change the figures (they are not all scored alike)
     assert (r["top1_err"], r["real_top1_err"]) != pytest.approx((full["top1_err"], full["real_top1_err"]))
     assert sum(c["n"] for c in r["per_class"]) == r["n"] and sum(c["n"] for c in full["per_class"]) == full["n"]
-    saved = json.loads((w["ckpt"].parent / "test-val-no-blacklist-center.json").read_text())
+    saved = json.loads((w["ckpt"].parent / "test-best-val-no-blacklist-center.json").read_text())
     assert saved["exclude_blacklist"] is True and saved["excluded"] == 3 and saved["n"] == len(kept)
-    kept_full = json.loads((w["ckpt"].parent / "test-center.json").read_text())  # the full run's stays
+    kept_full = json.loads((w["ckpt"].parent / "test-best-center.json").read_text())  # the full run's stays
     assert kept_full["n"] == full["n"] and not kept_full.get("exclude_blacklist")
     from trainer.compare import read_tests
 
@@ -200,7 +201,7 @@ def test_every_image_of_the_blacklist_left_out_is_an_error(oracle_data, tmp_path
     write_split(tmp_path, "val", [(write_class(1), 1, val(n)) for n in BLACKLISTED], labels_json=w["labels"])
     with pytest.raises(ImgnetError, match="every one of the 3 images was left out"):
         run_test(tmp_path, w["ckpt"], workers=0, device="cpu", progress=False, arch="oracle_arch:make",
-                 exclude_blacklist=True)
+                 exclude_blacklist=True, report_dir=tmp_path / "reports")
 
 
 # ---------------------------------------------------------------------------- one pass, two views
@@ -304,10 +305,11 @@ def test_views_and_report_names():
             parse_views(bad)
     with pytest.raises(ImgnetError, match="--ten-crop asks for the ten-crop view"):
         parse_views("center", ten_crop=True)
-    assert report_name("val", "center") == "test-center.json"
-    assert report_name("val", "ten-crop") == "test-ten-crop.json"
-    assert report_name("v2-matched-frequency", "center") == "test-v2-matched-frequency-center.json"
-    assert report_name("val", "center", exclude_blacklist=True) == "test-val-no-blacklist-center.json"
+    assert report_name("val", "center") == "test-best-center.json"
+    assert report_name("val", "ten-crop", checkpoint="RUN/checkpoints/last.pt") == "test-last-ten-crop.json"
+    assert report_name("test", "center", held_out="test") == "test-best-center.json"  # a CIFAR download's
+    assert report_name("v2-matched-frequency", "center") == "test-best-v2-matched-frequency-center.json"
+    assert report_name("val", "center", exclude_blacklist=True) == "test-best-val-no-blacklist-center.json"
 
 
 def test_another_split_writes_its_own_reports_and_leaves_val_alone(oracle_data, tmp_path):
@@ -320,16 +322,16 @@ def test_another_split_writes_its_own_reports_and_leaves_val_alone(oracle_data, 
     ckpt = save_ckpt(tmp_path / "run" / "checkpoints" / "best.pt", "oracle_arch:make", w["labels"])
     kw = dict(workers=0, device="cpu", progress=False, arch="oracle_arch:make")
     run_test(data, ckpt, views="center,ten-crop", **kw)
-    val_reports = {v: (ckpt.parent / f"test-{v}.json").read_text() for v in ("center", "ten-crop")}
+    val_reports = {v: (ckpt.parent / f"test-best-{v}.json").read_text() for v in ("center", "ten-crop")}
     r = run_test(data, ckpt, split="v2-matched-frequency", views="center,ten-crop", **kw)
     names = sorted(p.name for p in ckpt.parent.glob("test-*.json"))
-    assert names == ["test-center.json", "test-ten-crop.json", "test-v2-matched-frequency-center.json",
-                     "test-v2-matched-frequency-ten-crop.json"]
-    assert {v: (ckpt.parent / f"test-{v}.json").read_text() for v in ("center", "ten-crop")} == val_reports
-    v2_center = json.loads((ckpt.parent / "test-v2-matched-frequency-center.json").read_text())
+    assert names == ["test-best-center.json", "test-best-ten-crop.json", "test-best-v2-matched-frequency-center.json",
+                     "test-best-v2-matched-frequency-ten-crop.json"]
+    assert {v: (ckpt.parent / f"test-best-{v}.json").read_text() for v in ("center", "ten-crop")} == val_reports
+    v2_center = json.loads((ckpt.parent / "test-best-v2-matched-frequency-center.json").read_text())
     assert v2_center["split"] == "v2-matched-frequency" and v2_center["n"] == 5 and v2_center["top1_err"] == 0
     assert "not an ILSVRC2012 val image" in v2_center["real_reason"] and "real_n" not in v2_center
-    assert r["report_path"].endswith("test-v2-matched-frequency-ten-crop.json")
+    assert r["report_path"].endswith("test-best-v2-matched-frequency-ten-crop.json")
 
 
 def test_cli_prints_one_table_and_one_json_line(oracle_data, tmp_path):

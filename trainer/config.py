@@ -27,7 +27,8 @@ class RunSettings:
     """TrainConfig's own fields (the model switches come from the registry). Units and paper sections in the
     help texts; every default is the paper's recipe (section 5)."""
 
-    data: str = setting("", "Folder written by `imgnet prep` and `imgnet pca-stats`.", required=True, folder="existing",
+    data: str = setting("", "Folder written by `imgnet prep` and `imgnet pca-stats` [with --resume: the run's].",
+                        required=True, folder="existing",
                         **RUNTIME)
     out: str = setting("", "Run folder: config.json, log.jsonl, checkpoints/, curves.png.", required=True,
                        folder="any", **RUNTIME)
@@ -87,7 +88,7 @@ class RunSettings:
     tensorboard: bool = setting(False, "Also write TensorBoard event files into the run folder, beside log.jsonl "
                                 "(needs the tensorboard extra: pip install 'imgnet[tensorboard]').", **RUNTIME)
     # machinery
-    workers: int | None = setting(None, "Loader processes [default: the loader's choice].", low=0, **RUNTIME)
+    workers: int | None = setting(None, "Loader processes [default: all cores but one].", low=0, **RUNTIME)
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...", **RUNTIME)
     amp: str = setting("off", "Mixed precision: bf16 autocast (CUDA, or a CPU with bf16 such as avx512_bf16: "
                        "bench/cpu_amp.py measured 1.0x for cifar-quick and 1.1x for AlexNet on a 2-core EPYC, "
@@ -101,8 +102,9 @@ class RunSettings:
     model_parallel: bool = setting(False, "One tower per GPU on cuda:0 and cuda:1, as in the paper.",
                                    defines_run=False)  # the same function as groups=2 (DESIGN.md); kept on resume
     seed: int = setting(0, "Weights, loader order, augmentation, dropout.")
-    resume: bool = setting(False, "Continue the run in --out from checkpoints/last.pt (same options; --epochs may "
-                           "grow).", **RUNTIME)
+    resume: bool = setting(False, "Continue the run in --out from checkpoints/last.pt with the settings in its "
+                           "config.json, --data included; options given must match them (--epochs may grow).",
+                           **RUNTIME)
     progress: bool = setting(True, "Progress bar and per-epoch lines on stderr.", option=False, **RUNTIME)
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from imagenet_prep.errors import ImgnetError
+from imagenet_prep.inuse import hold_data
 from trainer import checkpoint as ck
 from trainer import runfolder, weights
 from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
@@ -276,7 +277,8 @@ def _seed_process(seed: int, rank: int) -> None:
     random.seed(int(s[1]))
 
 
-def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None) -> dict:
+def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", sets=None,
+              progress: bool = False) -> dict:
     """{metric name: mean over the val images of all processes} for every metric of trainer.eval.metrics.METRICS,
     and "n"; with `sets` (`_val_label_sets`) the figures of its label lists too (ReaL's)."""
     from trainer.eval.metrics import METRICS, figures, label_set_figures
@@ -284,7 +286,8 @@ def _validate(model, loader, d: Dist, device: torch.device, amp: str = "off", se
 
     keys = list(METRICS) + (list(label_set_figures(sets.lists)) if sets is not None else [])
     # a process whose share of a small val split is empty still joins the sums (or the others would wait)
-    m = evaluate(model, loader, amp=amp, label_sets=sets) if len(loader) else {"sums": dict.fromkeys(keys, 0.0), "n": 0}
+    m = (evaluate(model, loader, amp=amp, label_sets=sets, progress=progress and "val") if len(loader)
+         else {"sums": dict.fromkeys(keys, 0.0), "n": 0})
     *sums, n = _all_sum([m["sums"][k] for k in keys] + [m["n"]], d, device)
     if n == 0:
         raise ImgnetError("the validation split yielded no images; expected a non-empty labelled split")
@@ -304,7 +307,8 @@ def _val_label_sets(data: dict):
 
 def train(cfg: TrainConfig) -> dict:
     """Train the model `cfg` names; returns a summary {"run", "epochs", "best_val_top1_err", "best_epoch",
-    "last", "checkpoint", "seconds", "main"} ("main": this is rank 0, the process that reports). Raises
+    "last", "checkpoint", "seconds", "main"} ("main": this is rank 0, the process that reports), or {"run",
+    "finished", "main"} for a --resume of a run that has trained its --epochs ("finished": saying so). Raises
     ImgnetError for bad input (before any work where possible)."""
     check_config(cfg)
     d, device = init_distributed(cfg.device)
@@ -371,12 +375,21 @@ def open_session(cfg: TrainConfig, d: Dist, device: torch.device, opened: contex
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: time the convolution algorithms once
     run = Path(cfg.out)
+    if d.main:  # one train per run folder, for the whole run; DATA marked as read (imagenet_prep.inuse)
+        opened.enter_context(runfolder.hold_run(run))
+    opened.enter_context(hold_data(cfg.data))
     resume_from = runfolder.prepare(run, cfg.resume, asdict(cfg), RUNTIME_FIELDS)
     data = open_data(cfg)
     for split in (data["train"], data["val"]):
         opened.callback(split.close)
     if resume_from is not None:
         ck.check_labels(resume_from, run / "checkpoints" / "last.pt", data["labels"], cfg.data)
+        if resume_from["epoch"] >= cfg.epochs:  # no record, no training: only a killed save's repairs
+            if d.main:
+                _repair_run_folder(run, resume_from, resume_from["epoch"], resume_from.get("metrics"),
+                                   _printer(cfg.progress))
+            return None, (f"{run} has already trained {resume_from['epoch']} epochs (--epochs {cfg.epochs}); "
+                          "nothing to do (pass a larger --epochs to train on)")
     loaders = make_loaders(cfg, data, d, device)
     if cfg.limit_batches is not None:  # smoke runs: the first N batches of every epoch and validation
         loaders = [LimitedLoader(ld, cfg.limit_batches) for ld in loaders]
@@ -437,6 +450,8 @@ def _max_steps_reached(s: Session) -> bool:
 def _train(cfg: TrainConfig, d: Dist, device: torch.device, opened: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     s, note = open_session(cfg, d, device, opened)
+    if s is None:  # finished already: nothing written
+        return {"run": cfg.out, "finished": note, "main": d.main}
     state, ckdir = s.state, s.ckdir
     with StopRequest() as stop:
         # one host sync (NaN check, stop request, bar) every SYNC_EVERY steps on CUDA: each is a pipeline stall
@@ -485,10 +500,11 @@ def run_epoch(s: Session, epoch: int, sync: HostSync) -> dict | None:
             return None
         _stopped(saved, f"in epoch {epoch} after batch {totals.batch}/{len(loader)}")
     t_train = time.perf_counter() - t0
-    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+    val = _validate(s.model, s.val_loader, s.d, s.device, cfg.amp, s.val_sets, cfg.progress and s.d.main)
     metrics = _end_epoch(state, epoch, lr, totals, val, s.d, s.device, t0, t_train, loader, s.data)
     if s.knobs.ema is not None:  # the average, validated beside the weights (best.pt follows the weights)
-        ema_val = _validate(s.knobs.ema.module, s.val_loader, s.d, s.device, cfg.amp, s.val_sets)
+        ema_val = _validate(s.knobs.ema.module, s.val_loader, s.d, s.device, cfg.amp, s.val_sets,
+                            cfg.progress and s.d.main)
         metrics.update({f"val_ema_{k}": v for k, v in ema_val.items() if k != "n"})
     return metrics
 
@@ -544,19 +560,24 @@ def _open_run_folder(cfg: TrainConfig, run: Path, d: Dist, device: torch.device,
         dist.barrier()
     if not d.main:
         return
-    if state.epoch >= cfg.epochs:
-        say(f"{run} has already trained {state.epoch} epochs (--epochs {cfg.epochs}); nothing to do")
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(cfg), "model_kwargs": model_kwargs, "parameters": sum(p.numel() for p in model.parameters()),
               "val_source": data["val_source"], "input": {"size": data["size"], "crop": data["crop"]},
+              "data_identity": {"labels_sha256": data["train"].meta.get("labels_sha256"),
+                                "train_records": len(data["train"])},
               "environment": runfolder.environment(device, d.world)}
     if cfg.init_from and resume_from is None:  # which weights it started from, whatever the file is later
         record["init_from_sha256"] = weights.file_sha256(cfg.init_from)
     runfolder.write_record(run, record, resume=resume_from is not None)
-    if resume_from is None:
-        return
-    runfolder.trim_log(run / "log.jsonl", state.epoch, state.metrics)
+    if resume_from is not None:
+        _repair_run_folder(run, resume_from, state.epoch, state.metrics, say)
+
+
+def _repair_run_folder(run: Path, resume_from: dict, epochs: int, metrics: dict | None, say) -> None:
+    """On resume: the log trimmed to the checkpoint, best.pt repaired, a killed save's temporary files gone."""
+    ckdir = run / "checkpoints"
+    runfolder.trim_log(run / "log.jsonl", epochs, metrics)
     for tmp in ck.remove_stale_temps(ckdir):
         say(f"removed {tmp}, left by a save that did not finish")
     fixed = ck.repair_best(ckdir, resume_from)

@@ -1,5 +1,6 @@
 """`imgnet test`: a checkpoint over a whole packed split, in one or both views, with the label sets of
-trainer/labelsets; one JSON per view beside the checkpoint and, when asked, the devkit submission file.
+trainer/labelsets; one JSON per view named after the checkpoint (beside it, or in --report-dir) and, when
+asked, the devkit submission file.
 
 Network input at test time is the training input with alpha = 0 (no PCA lighting): x = crop(P - M), the
 mean image (or mean RGB) M taken from the checkpoint, cropped and mirrored together with the image.
@@ -7,12 +8,13 @@ mean image (or mean RGB) M taken from the checkpoint, cropped and mirrored toget
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import torch
 
-from imagenet_prep.atomic import write_json
+from imagenet_prep.atomic import check_writable, os_reason
 from imagenet_prep.errors import ImgnetError
 from trainer import checkpoint as ck
 from trainer.eval.metrics import METRICS, label_set_figures
@@ -22,6 +24,7 @@ from trainer.eval.submission import submission_ids, write_submission
 from trainer.eval.views import parse_views
 from trainer.labelsets import registry as labelsets
 from trainer.labelsets.sets import label_sets
+from trainer.runfolder import read_record, write_shared
 
 
 def default_device() -> str:
@@ -38,14 +41,70 @@ def loader_workers(workers: int | None, device) -> int | None:
 
 
 
-def report_name(split: str, view: str, exclude_blacklist: bool = False, exclude=()) -> str:
-    """test-<view>.json for the val split (the names scripts and `imgnet compare` know), test-<split>-<view>.json
-    for any other split, test-<split>-no-<exclusion>-<view>.json with records left out (`exclude`, names of
-    trainer/labelsets exclusions; `exclude_blacklist` adds the blacklist): no result overwrites another's."""
+def report_name(split: str, view: str, exclude_blacklist: bool = False, exclude=(), checkpoint="best.pt",
+                held_out: str = "val") -> str:
+    """The test JSON of a checkpoint, named after it (its stem) so that testing last.pt never takes best.pt's
+    name: test-<stem>-<view>.json for the split DATA holds out (`held_out`: val, or test for a CIFAR download),
+    test-<stem>-<split>-<view>.json for any other split, test-<stem>-<split>-no-<exclusion>-<view>.json with
+    records left out (`exclude`, names of trainer/labelsets exclusions; `exclude_blacklist` adds the
+    blacklist): no result overwrites another's."""
+    stem = Path(checkpoint).stem
     exclude = tuple(exclude) + (("blacklist",) if exclude_blacklist else ())
     if exclude:
-        return f"test-{split}-{''.join(f'no-{e}-' for e in exclude)}{view}.json"
-    return f"test-{view}.json" if split == "val" else f"test-{split}-{view}.json"
+        return f"test-{stem}-{split}-{''.join(f'no-{e}-' for e in exclude)}{view}.json"
+    return f"test-{stem}-{view}.json" if split == held_out else f"test-{stem}-{split}-{view}.json"
+
+
+def data_identity(split: str, names: list[str], labels: dict) -> dict:
+    """What a report was computed on, whatever DATA's path: the label map's digest and the split's records."""
+    from imagenet_prep.labels import labels_sha256
+
+    digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"labels_sha256": labels_sha256(labels), "split": split, "records": len(names), "names_sha256": digest}
+
+
+def _split_names(data_dir, split: str) -> list[str]:
+    from imagenet_prep import open_split
+
+    s = open_split(data_dir, split)
+    try:
+        return list(s.names)
+    finally:
+        s.close()
+
+
+def check_report_dir(folder: Path) -> None:
+    """The report folder, made where missing; ImgnetError before any scoring where it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImgnetError(f"cannot make the report folder {folder} ({os_reason(e)}); pass --report-dir DIR "
+                          "(a folder you can write)") from None
+    check_writable(folder, "for the test reports (pass --report-dir DIR to write them elsewhere)")
+
+
+def check_overwrite(path: Path, identity: dict) -> None:
+    """Refuse to replace a report of other data (another DATA, or another copy of this split) with this one."""
+    try:
+        old = read_record(path, "a test report")
+    except ImgnetError:
+        return  # none, or one that is no report: replaced
+    held = old.get("data_identity")
+    if isinstance(held, dict) and held != identity:
+        raise ImgnetError(f"{path} holds a report on other data ({old.get('data')}: another label map or other "
+                          "images than this DATA's); pass --report-dir DIR to keep both, or remove it")
+
+
+def _check_submission(submission, split: str, labels: dict) -> None:
+    """The devkit's format lists the ILSVRC2012 val images: refused for any other split (an ImageNetV2 one
+    above all, whose 10,000 images the devkit would score against the val ground truth) before the run."""
+    if submission is None:
+        return
+    if split != "val":
+        raise ImgnetError(f"--submission writes the devkit's ILSVRC2012 val format, which split {split!r} is not "
+                          "(its images are not the val images the devkit scores); leave out --submission, or "
+                          "test --split val")
+    submission_ids(labels, submission)
 
 
 def _check_labelled(s, split: str, data_dir) -> None:
@@ -61,22 +120,26 @@ def _check_labelled(s, split: str, data_dir) -> None:
 def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = None, batch_size: int = 128,
              workers: int | None = None, device: str | None = None, submission=None,
              progress: bool = True, amp: str = "off", arch: str | None = None, views=None,
-             exclude_blacklist: bool = False, exclude=(), weights: dict | None = None) -> dict:
+             exclude_blacklist: bool = False, exclude=(), weights: dict | None = None, report_dir=None) -> dict:
     """`imgnet test`: evaluate a checkpoint on a whole packed split in each of `views` (`parse_views`; with
     center and ten-crop, one ten-view pass gives both: the center figures come from its center crops,
     `center_view`, scored as a center run scores them). The label lists that apply (ReaL, on the ILSVRC2012
     val or any subset of its images) add their figures; elsewhere `<name>_reason` says why not. `exclude`
     (names of trainer/labelsets exclusions; `exclude_blacklist` adds the blacklist) leaves their records out
-    of every figure (ImgnetError where one does not apply to the split). Writes one JSON per view beside the
-    checkpoint (`report_name`) and, when asked, the devkit submission file, made with the last view asked
-    (ten-crop when asked) over every record. Returns the last view's report plus "by_view": {view: report}.
-    `arch`: the user's --arch, needed only for a checkpoint of a module:callable model. `split` None: val
-    where DATA holds it, else test (a CIFAR download's test batch). `weights`: plain weights as
+    of every figure (ImgnetError where one does not apply to the split). Writes one JSON per view in
+    `report_dir` (default: beside the checkpoint; `report_name`), recording the DATA it came from
+    (`data_identity`: a report of other data is never replaced), and, when asked, the devkit submission
+    file, made with the last view asked (ten-crop when asked) over every record; only for the val split.
+    Returns the last view's report plus "by_view": {view: report}. DATA is held (imagenet_prep.inuse) while
+    it is read. `arch`: the user's --arch, needed only for a checkpoint of a module:callable model. `split`
+    None: val where DATA holds it, else test (a CIFAR download's test batch). `weights`: plain weights as
     `trainer.weights.load_weights` reads them, scored in place of the checkpoint at `ckpt_path` (their file)."""
+    from imagenet_prep.inuse import hold_data
     from imagenet_prep.labels import read_labels_json
     from trainer.data import held_out_split
 
-    split = split or held_out_split(data_dir)
+    held_out = held_out_split(data_dir)
+    split = split or held_out
     views = parse_views(views, ten_crop)
     exclude = tuple(exclude) + (("blacklist",) if exclude_blacklist else ())
     ckpt_path = Path(ckpt_path)
@@ -84,22 +147,27 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = No
     data_labels = read_labels_json(data_dir)
     ck.check_labels(ckpt, ckpt_path, data_labels, data_dir)
     labels = ckpt["labels"]
-    if submission is not None:
-        submission_ids(labels, submission)  # refuse before the long run, not after it
+    _check_submission(submission, split, labels)  # refuse before the long run, not after it
+    folder = Path(report_dir) if report_dir is not None else ckpt_path.parent
+    outs = {v: folder / report_name(split, v, exclude=exclude, checkpoint=ckpt_path, held_out=held_out) for v in views}
     device = torch.device(device or default_device())
-    run = score_split(data_dir, split, ckpt, data_labels, views, batch_size=batch_size, workers=workers,
-                      device=device, progress=progress, amp=amp, arch=arch, exclude=exclude)
+    with hold_data(data_dir):
+        identity = data_identity(split, _split_names(data_dir, split), data_labels)
+        check_report_dir(folder)
+        for out in outs.values():
+            check_overwrite(out, identity)
+        run = score_split(data_dir, split, ckpt, data_labels, views, batch_size=batch_size, workers=workers,
+                          device=device, progress=progress, amp=amp, arch=arch, exclude=exclude)
     r, ten = run["result"], "ten-crop" in views
     results = {"ten-crop": r, "center": r.get("center")} if ten else {"center": r}
-    common = {"checkpoint": str(ckpt_path), "data": str(data_dir), "epoch": ckpt.get("epoch"), "device": str(device),
-              "pass": "ten-crop" if ten else "center", "seconds": run["seconds"],
-              "images_per_s": run["records"] / run["seconds"]}
+    common = {"checkpoint": str(ckpt_path), "data": str(data_dir), "data_identity": identity,
+              "epoch": ckpt.get("epoch"), "device": str(device), "pass": "ten-crop" if ten else "center",
+              "seconds": run["seconds"], "images_per_s": run["records"] / run["seconds"]}
     by_view = {}
     for view in views:
         report = view_report(results[view], labels, {"split": split, "view": view}, run["sets"].info(), common)
-        out = ckpt_path.parent / report_name(split, view, exclude=exclude)
-        write_json(out, report)
-        by_view[view] = {**report, "report_path": str(out)}
+        write_shared(outs[view], report)  # two tests of one checkpoint at once: one whole report wins
+        by_view[view] = {**report, "report_path": str(outs[view])}
     main = dict(by_view[views[-1]])
     if submission is not None:
         main.update(submission_lines=write_submission(submission, run["names"], results[views[-1]]["top5"], labels),

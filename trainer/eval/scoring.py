@@ -23,6 +23,8 @@ batch shapes, `ten_crop=True` only asserts it.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -128,7 +130,7 @@ def _views_of(x: torch.Tensor, y: torch.Tensor, views: int | None, ten_crop: boo
 
 
 def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, device=None,
-             progress: bool = False, return_predictions: bool = False, amp: str = "off",
+             progress: bool | str = False, return_predictions: bool = False, amp: str = "off",
              label_sets=None, center_of_ten: bool = False) -> dict:
     """Top-1/top-5 error and mean loss of `model` over every batch of `loader` (yielding (x, y)).
 
@@ -139,7 +141,8 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
     same result for the plain center crop alone (`center_view`) from the same batches, equal bit for bit to
     a center-crop run's (`_center_logp`). With return_predictions also "y" (int64 (N,)), "top5" (int64
     (N, min(5, C)), best first), "counted" (bool (N,)) and, where known, "index" (split indices) for every
-    delivered record, in loader order. `device` defaults to the model's."""
+    delivered record, in loader order. `device` defaults to the model's. `progress`: a bar counting the images
+    on stderr where it is a terminal (a string: the bar's name)."""
     from tqdm import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -150,7 +153,11 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
     if center_of_ten:
         tallies["center"] = _Tally(device, records.lists, return_predictions)
     n, delivered, views, ys = 0, 0, None, []
-    bar = tqdm(total=len(loader), unit="batch", desc="test", dynamic_ncols=True, disable=None if progress else True)
+    # a bar of images on stderr (one update per batch: a ten-crop batch is ten forward passes' worth), off where
+    # stderr is no terminal; `progress` a string names it ("val" in training)
+    bar = tqdm(total=len(records.order) if records.order is not None else None, unit="img",
+               desc=progress if isinstance(progress, str) else "test", dynamic_ncols=True, file=sys.stderr,
+               disable=None if progress else True)
     try:
         with torch.inference_mode():
             for x, y in loader:
@@ -166,7 +173,7 @@ def evaluate(model: torch.nn.Module, loader, ten_crop: bool | None = None, devic
                 n, delivered = n + take[3], delivered + y.shape[0]
                 if return_predictions:
                     ys.append(y)
-                bar.update(1)
+                bar.update(y.shape[0])
     finally:
         bar.close()
         model.train(was_training)
