@@ -241,7 +241,7 @@ def test_devkit_gzip_bomb_is_one_line(ilsvrc, tmp_path, monkeypatch):
 
 
 def test_zip_member_that_inflates_past_the_bound_is_rejected(ilsvrc, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(zipscan, "MAX_MEMBER_BYTES", 8 << 20)  # over the label files
+    monkeypatch.setattr(base, "MAX_IMAGE_BYTES", 8 << 20)  # over the label files
     train, val = images
     path = layouts.kaggle(tmp_path / "k", train, val, ilsvrc)
     with __import__("zipfile").ZipFile(path, "a", compression=8) as z:
