@@ -105,6 +105,7 @@ class Layout:
     native_size: int | None = None  # every image is native_size x native_size: prep never upscales them
     options: tuple[str, ...] = ()  # keyword options `list` takes (e.g. "coarse"), passed only when asked for
     names_identify: bool = True  # a record name names one image (ILSVRC's): one in train and in val is a leak
+    sharded: bool = False  # streamed from shards whose progress is kept by file name: which holds what is fingerprinted
 
     def detect(self, src: Path) -> bool:
         """Whether SRC (an absolute folder) holds this layout; cheap: no listing."""

@@ -34,14 +34,16 @@ def _parquet_file(path: Path):
 
 
 def _check_schema(pf, path: Path) -> None:
+    """Columns image: struct<bytes: binary, path: string> and label: an integer, field types included (a path
+    typed binary or int would fail later, deep in the listing)."""
     import pyarrow as pa
 
     schema = pf.schema_arrow
     image = schema.field("image").type if "image" in schema.names else None
-    fields = {image.field(i).name: image.field(i).type for i in range(image.num_fields)} if pa.types.is_struct(image) else {}
+    fields = {f.name: f.type for f in image} if pa.types.is_struct(image) else {}
     ok = (sorted(schema.names) == ["image", "label"] and pa.types.is_integer(schema.field("label").type)
-          and sorted(fields) == ["bytes", "path"] and (pa.types.is_binary(fields["bytes"]) or
-                                                       pa.types.is_large_binary(fields["bytes"]))
+          and sorted(fields) == ["bytes", "path"]
+          and (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"]))
           and (pa.types.is_string(fields["path"]) or pa.types.is_large_string(fields["path"])))
     if not ok:
         raise ImgnetError(f"{path} has columns {', '.join(f'{f.name}: {f.type}' for f in schema)}; expected "
@@ -129,6 +131,7 @@ class HfParquet(Layout):
     name = "hf-parquet"
     description = ("Hugging Face parquet shards ({train,validation}-NNNNN-of-NNNNN.parquet, in SRC or SRC/data/)")
     streamed = True
+    sharded = True
     unit_in_worker = True
 
     def detect(self, src: Path) -> bool:

@@ -124,6 +124,7 @@ class HfTargz(Layout):
     name = "hf-targz"
     description = "Hugging Face tar.gz shards (train_images_{0..4}.tar.gz, val_images.tar.gz, in SRC or SRC/data/)"
     streamed = True
+    sharded = True
     unit_in_worker = False  # a unit is a whole shard (about 30 GB): streamed once, decoded by windows
 
     def detect(self, src: Path) -> bool:

@@ -34,6 +34,15 @@ def by_name(name: str) -> Layout:
     raise ImgnetError(f"layout {name!r} is not known; expected one of {', '.join(x.name for x in LAYOUTS)}")
 
 
+def unit_key(layout: str, item) -> str:
+    """What a split's fingerprint records of where an item is, beyond its name, label and size: for a sharded
+    layout, its shard's file name and unit ("\t<shard>:<unit>"), since a resumed run finds the units it has done
+    by those (two shards that swapped names between a kill and the rerun must not pass for the same source);
+    "" for any other layout (its fingerprint as before)."""
+    known = next((x for x in LAYOUTS if x.name == layout), None)
+    return f"\t{Path(item.path).name}:{item.offset}" if known is not None and known.sharded else ""
+
+
 def detect(src: Path) -> Layout:
     """The first layout that SRC (an absolute folder) holds; an error listing what SRC holds and every layout."""
     for layout in LAYOUTS:
