@@ -8,6 +8,9 @@ folders, val shards) must agree with the shipped ground truth: a disagreement is
 Classes: a source with a flat val has the classes of the ground truth that labels it (the 1000 of the
 devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; the shards carry the
 1000; any other source has the class folders (or class tars, or listed classes) it holds, as ImageFolder does.
+
+Leaks: where both splits are listed, an image in train and in val (checks.check_no_leak: the same name without
+its extension) is an error, in every layout whose names identify images (all but ImageFolder).
 """
 
 from __future__ import annotations
