@@ -440,3 +440,23 @@ def test_sharded_fingerprint_covers_which_shard_holds_each_image(tmp_path):
 
     assert registry.unit_key("archives", base.Item("a.JPEG", 0, "/x/t.tar", 512, 10)) == ""
     assert registry.unit_key("hf-parquet", base.Item("a.JPEG", 0, "/x/t.parquet", 3, 10)) == "\tt.parquet:3"
+
+
+def test_wds_shard_not_listed_in_info_is_an_error(images, tmp_path):
+    train, val = images
+    src = layouts.timm_wds(tmp_path / "wds", train, val, shards=(2, 1))
+    shutil.copy(src / "imagenet1k-train-0001.tar", src / "imagenet1k-train-0007.tar")
+    with pytest.raises(ImgnetError, match="imagenet1k-train-0007.tar not among the 2 train shards listed in "
+                                          "_info.json") as e:
+        discover(src)
+    _one_line(e)
+
+
+def test_parquet_row_over_the_bound_is_rejected_by_name(tmp_path, monkeypatch):
+    from imagenet_prep.sources import hf_parquet
+
+    path = _parquet(tmp_path / "train-00000-of-00001.parquet", [(p, b"x" * (50 + k), lbl) for k, (p, _, lbl)
+                                                               in enumerate(_rows(3))])
+    monkeypatch.setattr(base, "MAX_IMAGE_BYTES", 51)
+    got = list(hf_parquet.LAYOUT.read_unit(str(path), 0, {k: f"{W0}_{k}.JPEG" for k in range(3)}))
+    assert [d is None for _, d, _ in got] == [False, False, True] and "over the 51" in got[2][2]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import sorted_wnids
+from imagenet_prep.sources import base
 from imagenet_prep.sources.base import Entry, Layout, Listing, os_failure
 from imagenet_prep.sources.checks import check_count
 from imagenet_prep.sources.hf import check_name, download_folder, original_name, parquet_shards, shard_split
@@ -153,7 +154,10 @@ class HfParquet(Layout):
                                   "it was listed: rerun with --force")
             ipath, data = table[row]
             check_name(ipath, want[row], where)
-            yield row, data, "no image bytes in the row" if data is None else None
+            if data is not None and len(data) > base.MAX_IMAGE_BYTES:
+                yield row, None, str(base.too_large(len(data)))
+            else:
+                yield row, data, "no image bytes in the row" if data is None else None
 
 
 LAYOUT = HfParquet()

@@ -90,6 +90,11 @@ def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path
     if missing:
         raise ImgnetError(f"{src}: {len(missing)} of the {len(files)} {name} shards listed in {INFO} are missing "
                           f"(e.g. {Path(missing[0]).name}); expected all of them (finish the download)")
+    extra = sorted(have - {Path(f).name for f in files}) if files else []
+    if extra:
+        raise ImgnetError(f"{src}: {extra[0]}{f' and {len(extra) - 1} more' if len(extra) > 1 else ''} not among the "
+                          f"{len(files)} {name} shards listed in {INFO}; expected only the shards it lists (a shard of "
+                          "another download? move it out)")
     if lengths and files:
         check_count(f"{src / INFO} ({name})", "shard_lengths", len(lengths), len(files), "expected one per shard")
     if lengths and total is not None:
