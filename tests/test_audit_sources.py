@@ -460,3 +460,41 @@ def test_parquet_row_over_the_bound_is_rejected_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "MAX_IMAGE_BYTES", 51)
     got = list(hf_parquet.LAYOUT.read_unit(str(path), 0, {k: f"{W0}_{k}.JPEG" for k in range(3)}))
     assert [d is None for _, d, _ in got] == [False, False, True] and "over the 51" in got[2][2]
+
+
+def test_resume_after_two_parquet_shards_swapped_names_is_one_line_then_force_completes(images, tmp_path,
+                                                                                          monkeypatch):
+    from imagenet_prep.prep import PrepConfig, run_prep
+    from imagenet_prep.sources import hf_parquet
+
+    train, _ = images
+    wnids = layouts.sorted_wnids()
+    rows = [(_hf_name(n, w), d, wnids.index(w)) for w, n, d in train]
+    a, b = tmp_path / "src" / "train-00000-of-00002.parquet", tmp_path / "src" / "train-00001-of-00002.parquet"
+    _parquet(a, rows[0::2], row_group_size=1)  # the same shape: 3 row groups of one row each
+    _parquet(b, rows[1::2], row_group_size=1)
+    cfg = PrepConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), workers=1, split="train")
+    real, calls = hf_parquet.HfParquet.read_unit, []
+
+    def killed_after_two_units(self, path, unit, want):
+        calls.append(unit)
+        if len(calls) > 2:
+            raise ImgnetError("killed")
+        yield from real(self, path, unit, want)
+    monkeypatch.setattr(hf_parquet.HfParquet, "read_unit", killed_after_two_units)
+    with pytest.raises(ImgnetError, match="killed"):
+        run_prep(cfg)
+    monkeypatch.setattr(hf_parquet.HfParquet, "read_unit", real)
+    a.rename(tmp_path / "x")
+    b.rename(a)
+    (tmp_path / "x").rename(b)
+    with pytest.raises(ImgnetError, match=r"unfinished run with different settings \(items_sha256\)") as e:
+        run_prep(cfg)
+    _one_line(e)
+    from dataclasses import replace
+
+    report = run_prep(replace(cfg, force=True))
+    clean = run_prep(replace(cfg, out=str(tmp_path / "clean")))
+    assert report["splits"]["train"]["written"] == len(train)
+    assert layouts.content(tmp_path / "out", "train") == layouts.content(tmp_path / "clean", "train")
+    assert clean["splits"]["train"]["written"] == len(train)

@@ -64,11 +64,12 @@ def _check_rows(pf, path: Path) -> None:
             for rg in range(md.num_row_groups):
                 g, where = md.row_group(rg), f"{path} row group {rg}"
                 if g.num_rows > size:
-                    raise ImgnetError(f"{where} declares {g.num_rows:,} rows, more than the file's {size:,} bytes can "
-                                      "hold; expected a complete shard of ILSVRC/imagenet-1k (a damaged or crafted file)")
+                    raise ImgnetError(f"{where} declares {g.num_rows:,} rows, more than the file's {size:,} bytes "
+                                      "can hold; expected a complete shard of ILSVRC/imagenet-1k (a damaged or "
+                                      "crafted file)")
                 for c in (g.column(i) for i in range(g.num_columns)):
                     if c.path_in_schema in ("label", "image.path"):
-                        start = min(o for o in (c.dictionary_page_offset, c.data_page_offset) if o)
+                        start = min((o for o in (c.dictionary_page_offset, c.data_page_offset) if o), default=0)
                         check_count(f"{where} column {c.path_in_schema}", "values in its pages",
                                     chunk_rows(f, start, c.total_compressed_size, where), g.num_rows)
     except OSError as e:

@@ -191,14 +191,15 @@ def _csv_rows(rows, origin: str) -> dict[str, str]:
     """{ImageId: wnid} of the rows of a csv.reader after the header, which is checked."""
     header = next(rows, None)
     if [h.strip() for h in header or ()] != ["ImageId", "PredictionString"]:
-        raise ImgnetError(f"{origin} line 1 is {_shown_row(header or [])}; expected the header ImageId,PredictionString of "
-                          "Kaggle's LOC_val_solution.csv")
+        raise ImgnetError(f"{origin} line 1 is {_shown_row(header or [])}; expected the header "
+                          "ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
     by_name = {}
     for row in rows:
         if not row or not "".join(row).strip():  # blank lines (at the end, or a spreadsheet's)
             continue
         if len(row) != 2 or not row[0].strip() or not is_wnid(row[1].strip().split(" ", 1)[0]):
-            raise ImgnetError(f"{origin} line {rows.line_num}: {_shown_row(row)}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
+            raise ImgnetError(f"{origin} line {rows.line_num}: {_shown_row(row)}; expected ImageId,<wnid> x0 y0 "
+                              "x1 y1 ...")
         by_name[row[0].strip()] = row[1].strip().split(" ", 1)[0]
     return by_name
 

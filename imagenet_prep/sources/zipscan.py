@@ -86,7 +86,7 @@ def _damaged(where: str, what: str) -> ImgnetError:
 def central_directory(path: Path, keep: Callable[[bytes], bool] = lambda raw: True):
     """Yield (name, local header offset, compressed size, method, crc, flags) for every member whose raw name
     `keep` accepts; others are passed over unparsed. The whole directory is read: its entries must fill its
-    declared size, be as many as the end record declares, and name each member once."""
+    declared size and be as many as the end record declares, and the members kept must be named once each."""
     where = str(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -106,10 +106,11 @@ def central_directory(path: Path, keep: Callable[[bytes], bool] = lambda raw: Tr
             if sig != _CENTRAL:
                 raise _damaged(where, f"entry {seen + 1} of the central directory is damaged")
             raw = buf[i + 46:i + 46 + nlen]
-            if raw in names:
-                raise _damaged(where, f"member {shown(_decode(raw, flags))} is listed twice in the central directory")
-            names.add(raw)
             if keep(raw):
+                if raw in names:  # (the kept ones only: Kaggle's 0.6M annotations need not be held in memory)
+                    raise _damaged(where, f"member {shown(_decode(raw, flags))} is listed twice in the central "
+                                   "directory")
+                names.add(raw)
                 name = _decode(raw, flags)
                 if 0xFFFFFFFF in (csize, usize, offset):
                     csize, offset = _zip64(buf[i + 46 + nlen:i + 46 + nlen + elen], usize, csize, offset,
