@@ -41,7 +41,7 @@ def _check_schema(pf, path: Path) -> None:
 
     schema = pf.schema_arrow
     image = schema.field("image").type if "image" in schema.names else None
-    fields = {f.name: f.type for f in image} if pa.types.is_struct(image) else {}
+    fields = {f.name: f.type for f in image} if image is not None and pa.types.is_struct(image) else {}
     ok = (sorted(schema.names) == ["image", "label"] and pa.types.is_integer(schema.field("label").type)
           and sorted(fields) == ["bytes", "path"]
           and (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"]))
