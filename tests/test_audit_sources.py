@@ -498,3 +498,13 @@ def test_resume_after_two_parquet_shards_swapped_names_is_one_line_then_force_co
     assert report["splits"]["train"]["written"] == len(train)
     assert layouts.content(tmp_path / "out", "train") == layouts.content(tmp_path / "clean", "train")
     assert clean["splits"]["train"]["written"] == len(train)
+
+
+@pytest.mark.parametrize("header", [b"\x1c" * 5000, b"\x15", b"\x15\x00\x15\x10\x15" + b"\xff" * 11],
+                         ids=["nested", "cut-short", "long-varint"])
+def test_damaged_parquet_page_headers_are_one_line(header):
+    from imagenet_prep.sources.parquet_pages import chunk_rows
+
+    with pytest.raises(ImgnetError, match="x.parquet row group 0: .*page header at byte 0") as e:
+        chunk_rows(io.BytesIO(header), 0, len(header), "x.parquet row group 0")
+    _one_line(e)

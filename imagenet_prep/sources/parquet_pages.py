@@ -50,9 +50,11 @@ class _Reader:
             last = last + delta if delta else self.zigzag()
             yield last, kind
 
-    def skip(self, kind: int) -> None:
+    def skip(self, kind: int, depth: int = 0) -> None:
         if self.i > len(self.data):
             raise _Short
+        if depth > 32:  # a page header nests three deep; a crafted one could nest past the stack
+            raise ValueError("structs nested over 32 deep")
         if kind in (1, 2):        # bool true / false: in the field header
             return
         if kind == 3:             # byte
@@ -68,17 +70,20 @@ class _Reader:
             head = self.byte()
             n = head >> 4 if head >> 4 != 15 else self.varint()
             for _ in range(n):
-                self.skip(head & 0x0F) if head & 0x0F not in (1, 2) else self.byte()
+                if head & 0x0F in (1, 2):  # a bool element is a byte of its own
+                    self.byte()
+                else:
+                    self.skip(head & 0x0F, depth + 1)
         elif kind == 11:          # map
             n = self.varint()
             if n:
                 types = self.byte()
                 for _ in range(n):
-                    self.skip(types >> 4)
-                    self.skip(types & 0x0F)
+                    self.skip(types >> 4, depth + 1)
+                    self.skip(types & 0x0F, depth + 1)
         elif kind == 12:          # struct
             for _, k in self.fields():
-                self.skip(k)
+                self.skip(k, depth + 1)
         else:
             raise ValueError(f"thrift type {kind}")
         if self.i > len(self.data):
