@@ -18,7 +18,7 @@ from PIL import Image
 import layouts
 from imagenet_prep import ImgnetError
 from imagenet_prep import sources
-from imagenet_prep.sources import base, zipscan
+from imagenet_prep.sources import base
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.stats import compute_stats, load_stats
 from imagenet_prep.store import LmdbWriter, progress_of, write_split
