@@ -68,9 +68,9 @@ def _zip_train(images) -> list[tuple[str, bytes]]:
 
 
 def _entry(images, src: Path, k: int):
-    train, _ = images
-    w, n, _ = train[k]
-    return next(i for i in discover(src).splits["train"] if i.name == n)
+    """The listed item of train image k."""
+    name = images[0][k][1]
+    return next(i for i in discover(src).splits["train"] if i.name == name)
 
 
 def test_zip_entry_pointing_at_another_members_header_is_rejected(images, tmp_path):
