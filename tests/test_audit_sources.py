@@ -197,7 +197,7 @@ def _info(src: Path, change) -> None:
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.update(num_samples=t["num_samples"] + 1), r"holds 6 samples in its shard_lengths but declares 7"),
-    (lambda t: t.update(shard_lengths=t["shard_lengths"][:-1]), r"holds 2 shard_lengths but declares 3"),
+    (lambda t: t.update(shard_lengths=t["shard_lengths"][:-1]), r"the train entry has 2 shard_lengths for 3 filenames"),
     (lambda t: t.update(num_samples=t["num_samples"] + 1, shard_lengths=None),
      r"\(train shards, per _info.json\) holds 6 samples but declares 7"),
 ], ids=["num-samples", "shard-lengths-count", "num-samples-alone"])

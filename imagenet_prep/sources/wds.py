@@ -95,8 +95,9 @@ def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path
         raise ImgnetError(f"{src}: {extra[0]}{f' and {len(extra) - 1} more' if len(extra) > 1 else ''} not among the "
                           f"{len(files)} {name} shards listed in {INFO}; expected only the shards it lists (a shard of "
                           "another download? move it out)")
-    if lengths and files:
-        check_count(f"{src / INFO} ({name})", "shard_lengths", len(lengths), len(files), "expected one per shard")
+    if lengths and len(lengths) != len(files):
+        raise ImgnetError(f"{src / INFO}: the {name} entry has {len(lengths)} shard_lengths for {len(files)} filenames; "
+                          "expected one count per shard (a damaged or edited _info.json)")
     if lengths and total is not None:
         check_count(f"{src / INFO} ({name})", "samples in its shard_lengths", sum(lengths), total,
                     "expected them to add up to num_samples")
