@@ -168,14 +168,12 @@ def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], exp
 
 def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: tuple[dict, int | None]):
     """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json;
-    `expected`: the samples _info.json declares per shard and in all."""
+    `expected`: the samples _info.json declares per shard (checked here) and in all."""
     entries, skipped = [], []
     for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
         members, sk = list_tar(p)
         skipped += sk
         entries += list_shard(p, members, wnids, expected[0].get(p.name))
-    if expected[1] is not None:
-        check_count(f"{src} ({split} shards, per {INFO})", "samples", len(entries), expected[1], "finish the download")
     check_unique((e.name for e in entries), f"the {split} shards of {src}")
     return wnids, entries, skipped
 
@@ -204,6 +202,9 @@ class TimmShards(Layout):
                 part = f"wds-{split}"
                 listed = cached_parts(cache_dir, paths, [part],
                                       lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
+                if expected[1] is not None:  # checked on a cached listing too: _info.json is not in its key
+                    check_count(f"{src} ({split} shards, per {INFO})", "samples", len(listed[1]), expected[1],
+                                "finish the download")
                 return listed[1], list(listed[2])
             where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
             splits[split] = ListedSplit(where, wnids, entries, "the shards' .cls", relabel=split == "val",
