@@ -18,7 +18,7 @@ from PIL import Image
 import layouts
 from imagenet_prep import ImgnetError
 from imagenet_prep import sources
-from imagenet_prep.sources import base, zipscan
+from imagenet_prep.sources import base
 from imagenet_prep.prep import PrepConfig, run_prep
 from imagenet_prep.stats import compute_stats, load_stats
 from imagenet_prep.store import LmdbWriter, progress_of, write_split
@@ -241,7 +241,7 @@ def test_devkit_gzip_bomb_is_one_line(ilsvrc, tmp_path, monkeypatch):
 
 
 def test_zip_member_that_inflates_past_the_bound_is_rejected(ilsvrc, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(zipscan, "MAX_MEMBER_BYTES", 8 << 20)  # over the label files
+    monkeypatch.setattr(base, "MAX_IMAGE_BYTES", 8 << 20)  # over the label files
     train, val = images
     path = layouts.kaggle(tmp_path / "k", train, val, ilsvrc)
     with __import__("zipfile").ZipFile(path, "a", compression=8) as z:

@@ -232,6 +232,8 @@ def test_disk_that_fills_anyway_is_an_error_and_resumable(tmp_path, monkeypatch)
 def test_settings_changes_are_refused_with_what_differs(messy_src, tmp_path):
     out = tmp_path / "data"
     shutil.copytree(messy_src / "train", messy_src / "val")  # class folders: an ImageFolder val
+    for f in (messy_src / "val").rglob("n*.JPEG"):  # other names than train's: an image in both is a leak
+        f.rename(f.with_name("v" + f.name))
     run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, encoding="jpeg", quality=50))
     with pytest.raises(ImgnetError, match=r"quality 50 \(this run: 90\)"):
         run_prep(PrepConfig(src=str(messy_src), out=str(out), workers=1, encoding="jpeg", quality=90))

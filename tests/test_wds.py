@@ -94,7 +94,7 @@ def _rewrite(shard, change):
     ("no-image", r"sample \S+ has no image"),
     ("truncated", r"imagenet1k-train-0000.tar: (member .* ends at byte|not a readable tar)"),
     ("missing-shard", r"1 of the 3 train shards listed in _info.json are missing .*imagenet1k-train-0002.tar"),
-    ("short-shard", r"imagenet1k-train-0001.tar holds \d+ samples but _info.json says \d+"),
+    ("short-shard", r"imagenet1k-train-0001.tar \(per _info.json\) holds \d+ samples but declares \d+"),
     ("info", r"_info.json is not readable"),
 ])
 def test_bad_shards_are_one_line_errors(ilsvrc, images, tmp_path, damage, message):

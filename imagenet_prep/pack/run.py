@@ -86,7 +86,7 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
     """What the content of a split depends on: a resumed run must match it exactly."""
     h = hashlib.sha256()
     for it in items:
-        h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode("utf-8", "surrogateescape"))  # undecodable bytes
+        h.update(f"{it.name}\t{it.label}\t{it.size}{registry.unit_key(layout, it)}\n".encode("utf-8", "surrogateescape"))
     return {"layout": layout, "items_sha256": h.hexdigest(), "count": len(items), "encoding": cfg.encoding,
             "quality": cfg.quality if cfg.encoding == "jpeg" else None, "format": cfg.format,
             "labels_sha256": labels_sha, **({"size": cfg.size} if cfg.size != store.SIZE else {})}  # 256: as before

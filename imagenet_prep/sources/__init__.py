@@ -6,6 +6,8 @@ reading or extracting them.
     discover.py   discover(): detect, list, label (Source)
     truth.py      the labels of a flat val (devkit, Kaggle CSV, --val-labels, the shipped ground truth)
     cache.py      listings kept in DATA; tarscan.py, zipscan.py, folders.py: reading tars, zips, folders in place
+    checks.py     declared counts against what is there, names listed twice, train/val leaks (every reader alike)
+    parquet_pages.py  the rows a parquet column chunk holds, from its page headers (a footer's counts are claims)
     one module per layout: archives, extracted, kaggle, kaggle_zip, wds, hf_parquet, hf_targz, imagefolder, caffe;
     cifar (the four CIFAR downloads, one Layout each: splits train and test)
 

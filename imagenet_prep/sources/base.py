@@ -21,9 +21,13 @@ from imagenet_prep.errors import ImgnetError
 SPLITS = ("train", "val")  # ImageNet's splits
 # every split a layout may list: test is the held-out split of a download that has one (CIFAR), not ImageNet's val
 LAYOUT_SPLITS = (*SPLITS, "test")
-# the largest source image read: a 179-megapixel (twice Pillow's limit) 16-bit RGBA TIFF is ~1.4 GB; a zip
-# member inflates to at most zipscan.MAX_MEMBER_BYTES, the same bound
-MAX_IMAGE_BYTES = 2 << 30
+# the largest source image read, the one bound on what a declared size (a file, a tar or zip member, a shard's
+# row) may cost before it is read: an 8-bit RGB bitmap at twice Pillow's pixel limit (the largest the resize
+# decodes) is 537 MB; ImageNet's largest JPEG is under 20 MB. A zip member inflates to at most this too.
+MAX_IMAGE_BYTES = 640 << 20
+# the extensions of image files: a file in a flat val with another one that the ground truth cannot label is a
+# stray file (notes.txt), skipped; webdataset: the member of a sample that holds its image
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "pbm", "tif", "tiff", "gif"})
 MAX_SMALL_FILE_BYTES = 256 << 20  # labels, devkit and its contents: LOC_val_solution.csv is the largest, ~10 MB
 
 # Files that operating systems and file managers leave in image folders; anything else is an image
@@ -100,6 +104,8 @@ class Layout:
     in_listed_order: bool = False  # records in the listing's order (the download's), not sorted by class and name
     native_size: int | None = None  # every image is native_size x native_size: prep never upscales them
     options: tuple[str, ...] = ()  # keyword options `list` takes (e.g. "coarse"), passed only when asked for
+    names_identify: bool = True  # a record name names one image (ILSVRC's): one in train and in val is a leak
+    sharded: bool = False  # streamed from shards whose progress is kept by file name: which holds what is fingerprinted
 
     def detect(self, src: Path) -> bool:
         """Whether SRC (an absolute folder) holds this layout; cheap: no listing."""
@@ -181,6 +187,22 @@ def read_item(item: Item) -> bytes:
         raise ImgnetError(f"{item.path}: {item.name} should be {item.size} bytes at offset {item.offset}, "
                           f"read {len(data)}; the file changed or is truncated since it was listed")
     return data
+
+
+def read_capped(f, size: int, what: str) -> bytes:
+    """`size` bytes of a stream (a member of a compressed tar) read in chunks of at most 1 MB: a size over
+    MAX_IMAGE_BYTES is refused before anything is read (too_large), and no more than `size` is ever read."""
+    if size > MAX_IMAGE_BYTES:
+        raise too_large(size)
+    chunks, got = [], 0
+    while got < size:
+        chunk = f.read(min(1 << 20, size - got))
+        if not chunk:
+            raise ImgnetError(f"{shown(what)} ends after {got:,} of its {size:,} bytes; expected a complete archive "
+                              "(re-download it)")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def relative(src, where: str) -> str:

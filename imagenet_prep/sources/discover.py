@@ -8,6 +8,9 @@ folders, val shards) must agree with the shipped ground truth: a disagreement is
 Classes: a source with a flat val has the classes of the ground truth that labels it (the 1000 of the
 devkit or of LOC_synset_mapping.txt), so that its indices are the standard ones; the shards carry the
 1000; any other source has the class folders (or class tars, or listed classes) it holds, as ImageFolder does.
+
+Leaks: where both splits are listed, an image in train and in val (checks.check_no_leak: the same name without
+its extension) is an error, in every layout whose names identify images (all but ImageFolder).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from imagenet_prep.labels import LabelMap, build_label_map, load_class_meta
 from imagenet_prep.sources import registry, truth
 from imagenet_prep.sources.base import (LAYOUT_SPLITS, Entry, Item, Layout, ListedSplit, locate_entry, os_failure,
                                         relative, skip)
+from imagenet_prep.sources.checks import check_no_leak
 from imagenet_prep.sources.folders import check_class_names, folder_classes
 
 
@@ -106,6 +110,8 @@ def _discover(src, label_order, classes, per_class, splits, cache_dir, val_label
                                                       per_class, layout.in_listed_order)
         skipped[s] = sorted((skip(relative(src, d["name"]), d["reason"]) for d in skipped[s]), key=lambda d: d["name"])
     source = Source(src, layout.name, label_map, items, skipped, origin, {}, {s: found[s].locate for s in wanted})
+    if layout.names_identify and "train" in items and "val" in items:
+        check_no_leak(items["train"], items["val"], source.locate)
     for s in wanted:
         source.differs[s] = [{"name": source.locate(s, i), "reason": why} for i in items[s]
                              if (why := layout.differs(i)) is not None]
@@ -186,9 +192,13 @@ def _first_per_class(items: list[Item], n: int) -> list[Item]:
 
 def _label_flat(entries: list[Entry], labels: truth.Truth, label_map: LabelMap, skipped: list[dict],
                 locate: Callable[[Entry], str]) -> list[Entry]:
-    """Entries labelled by the ground truth; an image whose class the source lacks is skipped (with the reason)."""
+    """Entries labelled by the ground truth; an image whose class the source lacks, and a stray file that the
+    ground truth does not label (notes.txt), are skipped (with the reason)."""
     labelled = []
     for e in entries:
+        if why := labels.stray(e.name):
+            skipped.append(skip(locate(e), why))
+            continue
         wnid = labels.wnid(e.name)
         if wnid in label_map:
             labelled.append(Entry(e.name, wnid, e.path, e.offset, e.size, e.method, e.crc))

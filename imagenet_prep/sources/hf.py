@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import is_wnid
-from imagenet_prep.sources.base import Entry, ListedSplit, shown
+from imagenet_prep.sources.base import Entry, ListedSplit
+from imagenet_prep.sources.checks import check_unique
 from imagenet_prep.sources.cache import listing_file, load_listing, save_listing
 
 Shards = dict[str, tuple[list[Path], str | None]]  # {split: (shard paths in shard order, why incomplete or None)}
@@ -61,11 +62,14 @@ def parquet_shards(folder: Path) -> Shards:
     for hf_split, shards in found.items():
         n = counts[hf_split]
         missing = [f"{hf_split}-{i:05d}-of-{max(n):05d}.parquet" for i in range(max(n)) if i not in shards]
+        past = [shards[i].name for i in sorted(shards) if i >= max(n)]  # numbered past the count they declare
         problem = None
-        if len(n) > 1 or missing:
+        if len(n) > 1 or missing or past:
             problem = (f"{folder}: the {hf_split} shards are incomplete or mixed (counts {sorted(n)}, missing "
-                       f"{', '.join(missing[:3]) or 'none'}{' ...' * (len(missing) > 3)}); expected all "
-                       f"{hf_split}-NNNNN-of-{max(n):05d}.parquet of one revision (re-download the missing ones)")
+                       f"{', '.join(missing[:3]) or 'none'}{' ...' * (len(missing) > 3)}"
+                       f"{f', numbered past their count: {past[0]}' if past else ''}); expected all "
+                       f"{hf_split}-NNNNN-of-{max(n):05d}.parquet of one revision, numbered from 00000 "
+                       "(re-download the missing ones)")
         out[_SPLIT_OF[hf_split]] = ([shards[i] for i in sorted(shards)], problem)
     return out
 
@@ -130,18 +134,10 @@ def shard_split(split: str, shards: list[Path], problem: str | None, cache_dir, 
                 save_listing(cache, [p], wnids, e, s)
                 out += e
                 skipped += s
-        _check_unique(out, shards)
+        check_unique((e.name for e in out), f"the {split} shards of {shards[0].parent}")
         return out, skipped
     where = f"{shards[0].parent}/{shards[0].name}" + (f" and {len(shards) - 1} more" if len(shards) > 1 else "")
     return ListedSplit(where, wnids, entries, "the wnid in each image's name", locate=in_shard)
-
-
-def _check_unique(entries: list[Entry], shards: list[Path]) -> None:
-    names = sorted(e.name for e in entries)
-    dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
-    if dup:
-        raise ImgnetError(f"image {shown(dup)} appears twice in the shards of {shards[0].parent}; expected each "
-                          "image once (shards of two revisions mixed?)")
 
 
 def _scan_all(paths: list[Path], scan, bar, parallel: bool):

@@ -12,8 +12,11 @@ from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import sorted_wnids
+from imagenet_prep.sources import base
 from imagenet_prep.sources.base import Entry, Layout, Listing, os_failure
+from imagenet_prep.sources.checks import check_count
 from imagenet_prep.sources.hf import check_name, download_folder, original_name, parquet_shards, shard_split
+from imagenet_prep.sources.parquet_pages import chunk_rows
 
 
 def _parquet_file(path: Path):
@@ -32,15 +35,45 @@ def _parquet_file(path: Path):
 
 
 def _check_schema(pf, path: Path) -> None:
+    """Columns image: struct<bytes: binary, path: string> and label: an integer, field types included (a path
+    typed binary or int would fail later, deep in the listing)."""
     import pyarrow as pa
 
     schema = pf.schema_arrow
     image = schema.field("image").type if "image" in schema.names else None
+    fields = {f.name: f.type for f in image} if image is not None and pa.types.is_struct(image) else {}
     ok = (sorted(schema.names) == ["image", "label"] and pa.types.is_integer(schema.field("label").type)
-          and pa.types.is_struct(image) and sorted(image.field(i).name for i in range(image.num_fields)) == ["bytes", "path"])
+          and sorted(fields) == ["bytes", "path"]
+          and (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"]))
+          and (pa.types.is_string(fields["path"]) or pa.types.is_large_string(fields["path"])))
     if not ok:
         raise ImgnetError(f"{path} has columns {', '.join(f'{f.name}: {f.type}' for f in schema)}; expected "
                           "image: struct<bytes: binary, path: string> and label: int64 (ILSVRC/imagenet-1k)")
+
+
+def _check_rows(pf, path: Path) -> None:
+    """The rows the footer declares are those the pages hold, counted before anything is read: the footer's
+    total against its row groups', each row group's against the values the pages of its label and image.path
+    columns hold. A row group that declares more rows than the file has bytes is refused first (it would only
+    exhaust the memory: each row holds an image)."""
+    md, size = pf.metadata, path.stat().st_size
+    check_count(str(path), "rows in its row groups", sum(md.row_group(i).num_rows for i in range(md.num_row_groups)),
+                md.num_rows)
+    try:
+        with open(path, "rb") as f:
+            for rg in range(md.num_row_groups):
+                g, where = md.row_group(rg), f"{path} row group {rg}"
+                if g.num_rows > size:
+                    raise ImgnetError(f"{where} declares {g.num_rows:,} rows, more than the file's {size:,} bytes "
+                                      "can hold; expected a complete shard of ILSVRC/imagenet-1k (a damaged or "
+                                      "crafted file)")
+                for c in (g.column(i) for i in range(g.num_columns)):
+                    if c.path_in_schema in ("label", "image.path"):
+                        start = min((o for o in (c.dictionary_page_offset, c.data_page_offset) if o), default=0)
+                        check_count(f"{where} column {c.path_in_schema}", "values in its pages",
+                                    chunk_rows(f, start, c.total_compressed_size, where), g.num_rows)
+    except OSError as e:
+        raise os_failure(str(path), e) from e
 
 
 def _fields(table) -> dict:
@@ -53,6 +86,7 @@ def _list_parquet(path: Path, wnids: list[str]) -> list[Entry]:
     """Entries (name, wnid, path, row group, row) of every row, from the path and label columns only."""
     pf = _parquet_file(path)
     _check_schema(pf, path)
+    _check_rows(pf, path)
     entries, p = [], str(path)
     for rg in range(pf.num_row_groups):
         try:
@@ -99,6 +133,7 @@ class HfParquet(Layout):
     name = "hf-parquet"
     description = ("Hugging Face parquet shards ({train,validation}-NNNNN-of-NNNNN.parquet, in SRC or SRC/data/)")
     streamed = True
+    sharded = True
     unit_in_worker = True
 
     def detect(self, src: Path) -> bool:
@@ -120,7 +155,10 @@ class HfParquet(Layout):
                                   "it was listed: rerun with --force")
             ipath, data = table[row]
             check_name(ipath, want[row], where)
-            yield row, data, "no image bytes in the row" if data is None else None
+            if data is not None and len(data) > base.MAX_IMAGE_BYTES:
+                yield row, None, str(base.too_large(len(data)))
+            else:
+                yield row, data, "no image bytes in the row" if data is None else None
 
 
 LAYOUT = HfParquet()

@@ -95,10 +95,10 @@ def _unreadable(path: Path, e: Exception) -> ImgnetError:
 def stream_targz(path: Path, want=None):
     """Yield (position, member name, bytes) over the shard, reading it once; bytes only for the positions
     in `want` (default all) that are regular files and at most base.MAX_IMAGE_BYTES, else None (a larger
-    member, from a crafted shard, would only exhaust the memory)."""
+    member, from a crafted shard, would only exhaust the memory), read in bounded chunks."""
     for pos, m, tf in _stream(path):
         read = m.isreg() and (want is None or pos in want) and m.size <= base.MAX_IMAGE_BYTES
-        yield pos, m.name, (tf.extractfile(m).read() if read else None)
+        yield pos, m.name, (base.read_capped(tf.extractfile(m), m.size, f"{path}:{m.name}") if read else None)
 
 
 def _list_targz(path: Path, bar=None) -> tuple[list[Entry], list[dict]]:
@@ -124,6 +124,7 @@ class HfTargz(Layout):
     name = "hf-targz"
     description = "Hugging Face tar.gz shards (train_images_{0..4}.tar.gz, val_images.tar.gz, in SRC or SRC/data/)"
     streamed = True
+    sharded = True
     unit_in_worker = False  # a unit is a whole shard (about 30 GB): streamed once, decoded by windows
 
     def detect(self, src: Path) -> bool:

@@ -12,6 +12,7 @@ from imagenet_prep.sources.folders import split_folders
 class ImageFolder(Layout):
     name = "imagefolder"
     description = "an ImageFolder tree (train/<class>/..., val/<class>/...)"
+    names_identify = False  # train/cat/1.jpg and val/cat/1.jpg are two images
 
     def detect(self, src: Path) -> bool:
         return (src / "train").is_dir() or (src / "val").is_dir()

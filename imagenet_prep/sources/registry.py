@@ -4,6 +4,7 @@ before any layout that would also claim its sources (the more specific first).""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from imagenet_prep.errors import ImgnetError
@@ -25,6 +26,8 @@ LAYOUTS: list[Layout] = [
     *cifar.LAYOUTS,      # cifar-{10,100}-{python,binary}.tar.gz or their extracted folders
 ]
 
+_SHARDED = {x.name: x.sharded for x in LAYOUTS}  # unit_key, once per item: a dict, not a search
+
 
 def by_name(name: str) -> Layout:
     """The layout recorded as `name` (a split's fingerprint and metadata)."""
@@ -32,6 +35,15 @@ def by_name(name: str) -> Layout:
         if layout.name == name:
             return layout
     raise ImgnetError(f"layout {name!r} is not known; expected one of {', '.join(x.name for x in LAYOUTS)}")
+
+
+def unit_key(layout: str, item) -> str:
+    """What a split's fingerprint records of where an item is, beyond its name, label and size: for a sharded
+    layout, its shard's file name and unit ("\t<shard>:<unit>"), since a resumed run finds the units it has done
+    by those (two shards that swapped names between a kill and the rerun must not pass for the same source);
+    "" for any other layout (its fingerprint as before)."""
+    sharded = _SHARDED.get(layout, False)  # a name not in LAYOUTS (imagenetv2): not sharded
+    return f"\t{os.path.basename(item.path)}:{item.offset}" if sharded else ""
 
 
 def detect(src: Path) -> Layout:

@@ -106,21 +106,34 @@ class Truth:
         self.origin, self.wnids, self.by_number, self.by_name = origin, wnids, by_number, by_name
 
     def wnid(self, name: str) -> str:
+        wnid, why = self._label(name)
+        if wnid is None:
+            raise ImgnetError(why)
+        return wnid
+
+    def stray(self, name: str) -> str | None:
+        """Why a file of a flat val is passed over, or None: one named like no image (notes.txt: its extension is
+        none of base.IMAGE_EXTS) that this truth does not label. An image that it does not label is an error."""
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if ext in base.IMAGE_EXTS or self._label(name)[0] is not None:
+            return None
+        return f"not an image file (by its name) and not labelled by {self.origin}"
+
+    def _label(self, name: str) -> tuple[str | None, str]:
+        """(wnid, "") of an image, or (None, why it has no label)."""
         if self.by_name is not None:
             wnid = self.by_name.get(name) or self.by_name.get(name.rsplit(".", 1)[0])
-            if wnid is None:
-                raise ImgnetError(f"val image {name!r} has no row {name.rsplit('.', 1)[0]!r} in {self.origin}; "
-                                  "expected every val image listed there")
-            return wnid
+            return (wnid, "") if wnid else (None, f"val image {name!r} has no row {name.rsplit('.', 1)[0]!r} in "
+                                                  f"{self.origin}; expected every val image listed there")
         m = VAL_NAME.fullmatch(name)
         if not m:
-            raise ImgnetError(f"val image {name!r} does not match ILSVRC2012_val_%08d.JPEG; expected the "
-                              f"official val file names, whose number is their line in {self.origin}")
+            return None, (f"val image {name!r} does not match ILSVRC2012_val_%08d.JPEG; expected the official val "
+                          f"file names, whose number is their line in {self.origin}")
         n = int(m[1])
         if not 1 <= n <= len(self.by_number):
-            raise ImgnetError(f"val image {name} has number {n}, past the end of {self.origin} "
-                              f"({len(self.by_number)} lines); expected numbers 1 to {len(self.by_number)}")
-        return self.by_number[n - 1]
+            return None, (f"val image {name} has number {n}, past the end of {self.origin} ({len(self.by_number)} "
+                          f"lines); expected numbers 1 to {len(self.by_number)}")
+        return self.by_number[n - 1], ""
 
 
 def shipped_truth() -> Truth:
@@ -162,22 +175,39 @@ def csv_truth(data: bytes, origin: str, synsets: bytes | None) -> Truth:
     the classes are LOC_synset_mapping.txt's (else the 1000 of the shipped metadata)."""
     text = data.decode("utf-8-sig", "replace")  # -sig: a byte-order mark that a spreadsheet saved in front
     rows = csv.reader(io.StringIO(text, newline=""))
-    header = next(rows, None)
-    if [h.strip() for h in header or ()] != ["ImageId", "PredictionString"]:
-        raise ImgnetError(f"{origin} line 1 is {header!r}; expected the header ImageId,PredictionString of "
-                          "Kaggle's LOC_val_solution.csv")
-    by_name = {}
-    for row in rows:
-        if not row or not "".join(row).strip():  # blank lines (at the end, or a spreadsheet's)
-            continue
-        if len(row) != 2 or not row[0].strip() or not is_wnid(row[1].strip().split(" ", 1)[0]):
-            raise ImgnetError(f"{origin} line {rows.line_num}: {row!r}; expected ImageId,<wnid> x0 y0 x1 y1 ...")
-        by_name[row[0].strip()] = row[1].strip().split(" ", 1)[0]
+    try:
+        by_name = _csv_rows(rows, origin)
+    except csv.Error as e:  # a field over csv's limit (128 KB), a NUL byte ...
+        raise ImgnetError(f"{origin} line {rows.line_num}: not a readable CSV row ({e}); expected ImageId,<wnid> "
+                          "x0 y0 x1 y1 ... rows of Kaggle's LOC_val_solution.csv") from e
     if synsets is not None:
         wnids = [ln.split(" ", 1)[0] for ln in synsets.decode("utf-8", "replace").splitlines() if ln.strip()]
     else:
         wnids = [c["wnid"] for c in load_class_meta().classes]
     return Truth(origin, wnids, by_name=by_name)
+
+
+def _csv_rows(rows, origin: str) -> dict[str, str]:
+    """{ImageId: wnid} of the rows of a csv.reader after the header, which is checked."""
+    header = next(rows, None)
+    if [h.strip() for h in header or ()] != ["ImageId", "PredictionString"]:
+        raise ImgnetError(f"{origin} line 1 is {_shown_row(header or [])}; expected the header "
+                          "ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
+    by_name = {}
+    for row in rows:
+        if not row or not "".join(row).strip():  # blank lines (at the end, or a spreadsheet's)
+            continue
+        if len(row) != 2 or not row[0].strip() or not is_wnid(row[1].strip().split(" ", 1)[0]):
+            raise ImgnetError(f"{origin} line {rows.line_num}: {_shown_row(row)}; expected ImageId,<wnid> x0 y0 "
+                              "x1 y1 ...")
+        by_name[row[0].strip()] = row[1].strip().split(" ", 1)[0]
+    return by_name
+
+
+def _shown_row(row: list[str]) -> str:
+    """A CSV row for a one-line message, cut to 200 characters."""
+    text = repr(row)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def devkit_truth(devkit: Devkit, meta: ClassMeta) -> Truth:

@@ -16,15 +16,14 @@ import re
 import tarfile
 from pathlib import Path
 
-from collections import Counter
-
 from tqdm import tqdm
 
 from imagenet_prep.atomic import parse_json, read_json
 from imagenet_prep.errors import ImgnetError
 from imagenet_prep.labels import sorted_wnids
-from imagenet_prep.sources.base import Entry, Item, Layout, ListedSplit, Listing, shown
+from imagenet_prep.sources.base import IMAGE_EXTS, Entry, Item, Layout, ListedSplit, Listing
 from imagenet_prep.sources.cache import cached_parts
+from imagenet_prep.sources.checks import check_count, check_unique
 from imagenet_prep.sources.tarscan import list_tar
 
 SPLIT_OF = {"train": "train", "validation": "val"}
@@ -32,7 +31,6 @@ SHARD = re.compile(r"imagenet1k-(train|validation)-(\d+)\.tar")
 INFO = "_info.json"
 MAX_INFO_BYTES = 16 << 20    # timm's _info.json lists 1,088 shards: about 100 KB
 MAX_SAMPLE_META = 64 << 10   # a sample's .cls (a number) or .json (filename, label, size): under 200 bytes
-IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif"}
 
 # The train images whose bytes the shards do not keep: 22 CMYK JPEGs and one PNG under a .JPEG name that
 # the shard writer re-encoded as RGB JPEGs (the widely used list of TensorFlow's build_imagenet_data.py).
@@ -72,26 +70,38 @@ def read_info(src: Path) -> dict | None:
                           '{"name", "splits": {split: {"num_samples", "filenames", "shard_lengths"}}}') from e
 
 
-def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path]) -> dict[str, int]:
-    """{shard name: samples} from _info.json for the shards of `split`; a listed shard missing from SRC
-    is an error (a partial download must not pass for the whole split)."""
+def expected_lengths(src: Path, info: dict | None, split: str, shards: list[Path]) -> tuple[dict[str, int], int | None]:
+    """({shard name: samples}, the split's samples) that _info.json declares for the shards of `split`; a listed
+    shard missing from SRC is an error (a partial download must not pass for the whole split), and so are
+    shard_lengths that are not one count per shard or do not add up to num_samples."""
     if info is None:
-        return {}
+        return {}, None
     name = {v: k for k, v in SPLIT_OF.items()}[split]
     entry = info["splits"].get(name)
     if not isinstance(entry, dict):
-        return {}
-    files, lengths = entry.get("filenames") or [], entry.get("shard_lengths") or []
+        return {}, None
+    files, lengths, total = entry.get("filenames") or [], entry.get("shard_lengths") or [], entry.get("num_samples")
     if not (isinstance(files, list) and all(isinstance(f, str) for f in files) and isinstance(lengths, list)
-            and all(type(n) is int and n >= 0 for n in lengths)):
-        raise ImgnetError(f"{src / INFO}: the {name} entry's filenames or shard_lengths are not a list of names and a "
-                          "list of counts; expected timm's _info.json")
+            and all(type(n) is int and n >= 0 for n in lengths) and (total is None or type(total) is int)):
+        raise ImgnetError(f"{src / INFO}: the {name} entry's filenames, shard_lengths or num_samples are not a list of "
+                          "names, a list of counts and a count; expected timm's _info.json")
     have = {p.name for p in shards}
     missing = [f for f in files if Path(f).name not in have]
     if missing:
         raise ImgnetError(f"{src}: {len(missing)} of the {len(files)} {name} shards listed in {INFO} are missing "
                           f"(e.g. {Path(missing[0]).name}); expected all of them (finish the download)")
-    return {Path(f).name: int(n) for f, n in zip(files, lengths)} if len(lengths) == len(files) else {}
+    extra = sorted(have - {Path(f).name for f in files}) if files else []
+    if extra:
+        raise ImgnetError(f"{src}: {extra[0]}{f' and {len(extra) - 1} more' if len(extra) > 1 else ''} not among the "
+                          f"{len(files)} {name} shards listed in {INFO}; expected only the shards it lists (a shard of "
+                          "another download? move it out)")
+    if lengths and len(lengths) != len(files):
+        raise ImgnetError(f"{src / INFO}: the {name} entry has {len(lengths)} shard_lengths for {len(files)} filenames; "
+                          "expected one count per shard (a damaged or edited _info.json)")
+    if lengths and total is not None:
+        check_count(f"{src / INFO} ({name})", "samples in its shard_lengths", sum(lengths), total,
+                    "expected them to add up to num_samples")
+    return {Path(f).name: int(n) for f, n in zip(files, lengths)}, total
 
 
 def _label(shard: str, key: str, cls: bytes | None, meta: bytes | None, wnids: list[str]) -> tuple[str, str]:
@@ -100,7 +110,7 @@ def _label(shard: str, key: str, cls: bytes | None, meta: bytes | None, wnids: l
     index = None
     if cls is not None:
         text = cls.decode("ascii", "replace").strip()
-        if not text.isdigit():
+        if not text.isdigit() or len(text) > 9:  # an index of the 1000; longer, int() would refuse or take long
             raise ImgnetError(f"{where}: .cls holds {text[:20]!r}; expected a sorted-wnid index (a damaged shard?)")
         index = int(text)
     filename = None
@@ -132,9 +142,8 @@ def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], exp
         base = m.name.rsplit("/", 1)[-1]
         key, dot, ext = base.partition(".")  # webdataset: the key ends at the first dot of the base name
         samples.setdefault(m.name[:len(m.name) - len(base)] + key, {})[ext.lower() if dot else ""] = m
-    if expected is not None and len(samples) != expected:
-        raise ImgnetError(f"{path} holds {len(samples)} samples but {INFO} says {expected}; expected the complete "
-                          "shard (re-download it)")
+    if expected is not None:
+        check_count(f"{path} (per {INFO})", "samples", len(samples), expected, "re-download the shard")
     out, p = [], str(path)
     with open(path, "rb") as f:
         def read(m):
@@ -157,18 +166,15 @@ def list_shard(path: Path, members: list[tarfile.TarInfo], wnids: list[str], exp
     return out
 
 
-def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: dict[str, int]) -> tuple:
-    """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json."""
+def _list_shards(src: Path, split: str, paths: list[Path], wnids: list[str], expected: tuple[dict, int | None]):
+    """(classes, entries, skipped) of one split's shards: every tar header, and each sample's .cls and .json;
+    `expected`: the samples _info.json declares per shard (checked here) and in all."""
     entries, skipped = [], []
     for p in tqdm(paths, desc=f"list {split} shards", unit="shard", disable=None, leave=False):
         members, sk = list_tar(p)
         skipped += sk
-        entries += list_shard(p, members, wnids, expected.get(p.name))
-    names = Counter(e.name for e in entries)
-    if len(names) != len(entries):
-        dup = next(n for n, k in names.items() if k > 1)
-        raise ImgnetError(f"{src}: {shown(dup)} is a sample of two {split} shards (or twice in one); expected each image "
-                          "once (shards of two downloads mixed?)")
+        entries += list_shard(p, members, wnids, expected[0].get(p.name))
+    check_unique((e.name for e in entries), f"the {split} shards of {src}")
     return wnids, entries, skipped
 
 
@@ -196,6 +202,9 @@ class TimmShards(Layout):
                 part = f"wds-{split}"
                 listed = cached_parts(cache_dir, paths, [part],
                                       lambda: {part: _list_shards(src, split, paths, wnids, expected)})[part]
+                if expected[1] is not None:  # checked on a cached listing too: _info.json is not in its key
+                    check_count(f"{src} ({split} shards, per {INFO})", "samples", len(listed[1]), expected[1],
+                                "finish the download")
                 return listed[1], list(listed[2])
             where = f"{src}/imagenet1k-{'train' if split == 'train' else 'validation'}-*.tar ({len(paths)} shards)"
             splits[split] = ListedSplit(where, wnids, entries, "the shards' .cls", relabel=split == "val",
