@@ -429,7 +429,8 @@ def test_sharded_fingerprint_covers_which_shard_holds_each_image(tmp_path):
     cfg = PrepConfig(src=str(tmp_path), out=str(tmp_path / "out"))
 
     def fingerprint():
-        return _fingerprint(cfg, discover(tmp_path).splits["train"], "sha", "hf-parquet")["items_sha256"]
+        fp = _fingerprint(cfg, discover(tmp_path).splits["train"], "sha", "hf-parquet")
+        return fp["items_sha256"], fp["units_sha256"]
     before = fingerprint()
     a.rename(tmp_path / "x")
     b.rename(a)
@@ -439,7 +440,28 @@ def test_sharded_fingerprint_covers_which_shard_holds_each_image(tmp_path):
     from imagenet_prep.sources import registry
 
     assert registry.unit_key("archives", base.Item("a.JPEG", 0, "/x/t.tar", 512, 10)) == ""
-    assert registry.unit_key("hf-parquet", base.Item("a.JPEG", 0, "/x/t.parquet", 3, 10)) == "\tt.parquet:3"
+    assert registry.unit_key("hf-parquet", base.Item("a.JPEG", 0, "/x/t.parquet", 3, 10)) == "t.parquet:3"
+    assert "units_sha256" not in _fingerprint(cfg, [base.Item("a.JPEG", 0, "/x/t.tar", 512, 10)], "sha", "archives")
+
+
+def test_a_split_finished_before_units_were_recorded_stays_complete(tmp_path, monkeypatch, capsys):
+    """A sharded split finished by an earlier version has no units_sha256: it is complete as it stands (what
+    shard held what matters only to a resume); any other difference is still refused."""
+    from imagenet_prep.pack import run as pack_run
+    from imagenet_prep.prep import PrepConfig
+
+    cfg = PrepConfig(src=str(tmp_path), out=str(tmp_path / "out"))
+    fp = pack_run._fingerprint(cfg, [base.Item("a.JPEG", 0, "/x/t.parquet", 0, 10)], "sha", "hf-parquet")
+    old = {k: v for k, v in fp.items() if k != "units_sha256"}
+    monkeypatch.setattr(pack_run, "_complete_meta", lambda out, name: {"fingerprint": old, "count": 1})
+    monkeypatch.setattr(pack_run.store, "check_holds", lambda *a: None)
+    monkeypatch.setattr(pack_run.store, "split_path", lambda out, name: (out / f"{name}.lmdb", "lmdb"))
+    monkeypatch.setattr(pack_run, "_check_disk", lambda *a: None)
+    assert pack_run._plan(cfg, tmp_path / "out", ["train"], {"train": fp}) == {}
+    assert "already complete" in capsys.readouterr().err
+    old["items_sha256"] = "0" * 64
+    with pytest.raises(ImgnetError, match="complete with other settings: items_sha256"):
+        pack_run._plan(cfg, tmp_path / "out", ["train"], {"train": fp})
 
 
 def test_wds_shard_not_listed_in_info_is_an_error(images, tmp_path):
@@ -488,7 +510,7 @@ def test_resume_after_two_parquet_shards_swapped_names_is_one_line_then_force_co
     a.rename(tmp_path / "x")
     b.rename(a)
     (tmp_path / "x").rename(b)
-    with pytest.raises(ImgnetError, match=r"unfinished run with different settings \(items_sha256\)") as e:
+    with pytest.raises(ImgnetError, match=r"unfinished run with different settings \((items|units)_sha256") as e:
         run_prep(cfg)
     _one_line(e)
     from dataclasses import replace

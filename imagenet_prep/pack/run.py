@@ -86,8 +86,14 @@ def _fingerprint(cfg: PrepConfig, items, labels_sha: str, layout: str) -> dict:
     """What the content of a split depends on: a resumed run must match it exactly."""
     h = hashlib.sha256()
     for it in items:
-        h.update(f"{it.name}\t{it.label}\t{it.size}{registry.unit_key(layout, it)}\n".encode("utf-8", "surrogateescape"))
-    return {"layout": layout, "items_sha256": h.hexdigest(), "count": len(items), "encoding": cfg.encoding,
+        h.update(f"{it.name}\t{it.label}\t{it.size}\n".encode("utf-8", "surrogateescape"))
+    units = {}
+    if registry.is_sharded(layout):  # which shard and unit hold each image: a resume finds its work by those
+        u = hashlib.sha256()
+        for it in items:
+            u.update(f"{registry.unit_key(layout, it)}\n".encode("utf-8", "surrogateescape"))
+        units = {"units_sha256": u.hexdigest()}
+    return {"layout": layout, "items_sha256": h.hexdigest(), **units, "count": len(items), "encoding": cfg.encoding,
             "quality": cfg.quality if cfg.encoding == "jpeg" else None, "format": cfg.format,
             "labels_sha256": labels_sha, **({"size": cfg.size} if cfg.size != store.SIZE else {})}  # 256: as before
 
@@ -338,7 +344,9 @@ def _plan(cfg: PrepConfig, out: Path, names: list, fingerprints: dict) -> dict:
         if meta is not None and not cfg.force:
             store.check_holds(*store.split_path(out, name), meta, name)
             old = meta.get("fingerprint") or {}
-            diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]]
+            # a split finished before units were recorded is complete whatever shard held what
+            diff = [f"{k} {old.get(k)!r} (this run: {fp[k]!r})" for k in fp if old.get(k) != fp[k]
+                    and not (k == "units_sha256" and k not in old)]
             if diff:
                 raise ImgnetError(f"{store.split_path(out, name)[0]} is complete with other settings: "
                                   f"{'; '.join(diff)}; pass --force to redo it or use a new --out folder")

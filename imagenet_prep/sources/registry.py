@@ -37,13 +37,17 @@ def by_name(name: str) -> Layout:
     raise ImgnetError(f"layout {name!r} is not known; expected one of {', '.join(x.name for x in LAYOUTS)}")
 
 
+def is_sharded(layout: str) -> bool:
+    """Whether a split of `layout` is read shard by shard (a name not in LAYOUTS, imagenetv2: not)."""
+    return _SHARDED.get(layout, False)
+
+
 def unit_key(layout: str, item) -> str:
-    """What a split's fingerprint records of where an item is, beyond its name, label and size: for a sharded
-    layout, its shard's file name and unit ("\t<shard>:<unit>"), since a resumed run finds the units it has done
-    by those (two shards that swapped names between a kill and the rerun must not pass for the same source);
-    "" for any other layout (its fingerprint as before)."""
-    sharded = _SHARDED.get(layout, False)  # a name not in LAYOUTS (imagenetv2): not sharded
-    return f"\t{os.path.basename(item.path)}:{item.offset}" if sharded else ""
+    """Where an item of a sharded layout is, beyond its name, label and size: its shard's file name and unit
+    ("<shard>:<unit>"), which a split's fingerprint records (units_sha256), since a resumed run finds the units
+    it has done by those (two shards that swapped names between a kill and the rerun must not pass for the same
+    source); "" for any other layout."""
+    return f"{os.path.basename(item.path)}:{item.offset}" if is_sharded(layout) else ""
 
 
 def detect(src: Path) -> Layout:
