@@ -25,17 +25,8 @@ from trainer.export import export
 from trainer.models.alexnet_owt import AlexNetOWT
 from trainer.models.registry import build
 
-# torchvision.models.alexnet().state_dict(): the keys and shapes of alexnet-owt-7be5be79.pth (1000 classes)
-TORCHVISION_ALEXNET = {
-    "features.0.weight": (64, 3, 11, 11), "features.0.bias": (64,),
-    "features.3.weight": (192, 64, 5, 5), "features.3.bias": (192,),
-    "features.6.weight": (384, 192, 3, 3), "features.6.bias": (384,),
-    "features.8.weight": (256, 384, 3, 3), "features.8.bias": (256,),
-    "features.10.weight": (256, 256, 3, 3), "features.10.bias": (256,),
-    "classifier.1.weight": (4096, 9216), "classifier.1.bias": (4096,),
-    "classifier.4.weight": (4096, 4096), "classifier.4.bias": (4096,),
-    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
-}
+from test_arch import TORCHVISION_ALEXNET  # the keys and shapes of alexnet-owt-7be5be79.pth
+
 WNIDS = sorted_wnids()[:4]
 
 
