@@ -189,13 +189,11 @@ class LabelMap:
 
 
 def build_label_map(wnids_or_names, order: str = "sorted", classes: int | None = None,
-                    meta: ClassMeta | None = None, with_images=None) -> LabelMap:
+                    meta: ClassMeta | None = None) -> LabelMap:
     """Label map of the given class names (wnids or ImageFolder folder names; duplicates are ignored).
 
     order "sorted": names in sorted order; "devkit": by ILSVRC2012_ID (every name must be an ILSVRC2012
-    wnid). `classes=N` keeps the first N in label order, renumbered from 0, each with its `source_index` (its
-    index in the full map); `with_images` (a set of names, or None for all): the first N of those only (the
-    classes that have train images, where the names also hold classes without: a flat val's ground truth).
+    wnid). `classes=N` keeps the first N in label order, renumbered from 0, each with its `source_index`.
     Names that are ILSVRC2012 wnids get words, gloss and ID from `meta` (default: the shipped metadata);
     other names get words = name, gloss "", ilsvrc2012_id None."""
     if order not in ORDERS:
@@ -211,22 +209,18 @@ def build_label_map(wnids_or_names, order: str = "sorted", classes: int | None =
                               f"{len(unknown)} are not ({', '.join(map(repr, unknown[:5]))}); "
                               "expected names such as n01440764, or --label-order sorted")
         names.sort(key=lambda n: meta.by_wnid[n]["ilsvrc2012_id"])
-    kept = names
     if classes is not None:
-        pool = names if with_images is None else [n for n in names if n in with_images]
-        what = "in the source" if with_images is None else "with train images in the source"
-        if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= len(pool):
-            raise ImgnetError(f"classes={classes!r} is out of range; expected 1 to {len(pool)} "
-                              f"(the number of classes {what})")
-        kept = pool[:classes]
-    position = {n: i for i, n in enumerate(names)}
+        if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= len(names):
+            raise ImgnetError(f"classes={classes!r} is out of range; expected 1 to {len(names)} "
+                              "(the number of classes in the source)")
+    kept = names if classes is None else names[:classes]
     out = []
     for i, name in enumerate(kept):
         m = meta.by_wnid.get(name)
         c = {"index": i, "wnid": name, "words": m["words"] if m else name, "gloss": m["gloss"] if m else "",
              "ilsvrc2012_id": m["ilsvrc2012_id"] if m else None}
         if classes is not None:
-            c["source_index"] = position[name]  # its index in the full map
+            c["source_index"] = i  # the first N are kept, so the full-set index is the same number
         out.append(c)
     return LabelMap(order, tuple(out), _ancestry([n for n in kept if n in meta.by_wnid], meta.hierarchy),
                     tuple(names))

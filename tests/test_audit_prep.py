@@ -247,35 +247,20 @@ def _flat_val_src(root, wnids=("n01440764", "n02102040", "n02979186"), per_class
     return root
 
 
-def test_d_a_label_map_with_classes_without_train_images_is_said_in_one_line_and_reported(tmp_path, capsys):
+@pytest.mark.parametrize("classes", [None, 3])
+def test_d_a_label_map_with_classes_without_train_images_is_said_in_one_line_and_reported(tmp_path, capsys, classes):
     src = _flat_val_src(tmp_path / "src")
-    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "data"), workers=1))
+    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "data"), workers=1, classes=classes))
+    n, held = (1000, 3) if classes is None else (3, 1)  # --classes 3: the first 3 wnids; train holds only n01440764
     note = report["label_map"]
     assert {k: note[k] for k in ("classes", "with_train_images", "source_classes")} == {
-        "classes": 1000, "with_train_images": 3, "source_classes": 1000}
+        "classes": n, "with_train_images": held, "source_classes": 1000}
     assert json.loads((tmp_path / "data" / "prep-report.json").read_text())["label_map"] == note
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note: labels.json")]
-    assert len(lines) == 1 and "holds 1000 classes" in lines[0] and "997 of them without train images" in lines[0]
+    assert len(lines) == 1 and f"holds {n} classes" in lines[0] and f"{n - held} of them without train images" in lines[0]
+    assert ("--classes 3: the first 3 of the source's 1000" in lines[0]) == (classes == 3)
     assert "ground_truth" in lines[0]  # where the classes come from: the labels of the flat val
-    assert len({int(x) for x in open_split(tmp_path / "data", "train").labels}) == 3
-
-
-def test_d_classes_n_of_a_flat_val_source_keeps_n_classes_that_have_train_images(tmp_path, capsys):
-    """--classes N with a flat val (whose ground truth names all 1000 classes) and a train folder of a few:
-    the first N classes in label order that have train images, each with its index in the full map."""
-    from imagenet_prep.labels import read_labels_json, sorted_wnids
-
-    wnids = ("n01440764", "n02102040", "n02979186")
-    src = _flat_val_src(tmp_path / "src", wnids)
-    report = run_prep(PrepConfig(src=str(src), out=str(tmp_path / "data"), workers=1, classes=2))
-    assert "label_map" not in report and "note: labels.json" not in capsys.readouterr().err
-    classes = read_labels_json(tmp_path / "data")["classes"]
-    assert [c["wnid"] for c in classes] == list(wnids[:2])
-    assert [c["source_index"] for c in classes] == [sorted_wnids().index(w) for w in wnids[:2]]
-    assert sorted({int(x) for x in open_split(tmp_path / "data", "train").labels}) == [0, 1]
-    with pytest.raises(ImgnetError, match=r"classes=4 is out of range; expected 1 to 3 \(the number of classes "
-                                          r"with train images in the source\)"):
-        run_prep(PrepConfig(src=str(src), out=str(tmp_path / "data4"), workers=1, classes=4))
+    assert len({int(x) for x in open_split(tmp_path / "data", "train").labels}) == held
 
 
 def test_d_a_label_map_whose_classes_all_have_train_images_adds_nothing(tmp_path, capsys):

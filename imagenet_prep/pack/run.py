@@ -287,7 +287,7 @@ def _label_map_note(source) -> dict | None:
 
     The label map holds every class the source names, each at its standard index: the train class folders and
     the classes of the ground truth that labels a flat val (all 1000 of the devkit's, whatever train holds);
-    --classes N keeps the first N of those in label order that have train images."""
+    --classes N keeps the first N of those in label order, with or without train images."""
     train = source.splits.get("train")
     lm = source.label_map
     held = len({it.label for it in train}) if train else 0

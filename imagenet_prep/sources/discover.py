@@ -100,12 +100,9 @@ def _discover(src, label_order, classes, per_class, splits, cache_dir, val_label
     if flat or relabel:
         files = {**truth.label_files(src), **listing.files}
         labels = truth.find_truth(files, devkit, meta, layout.prefers_csv, val_labels, shipped)
-    with_images = None
     if flat:  # the ground truth's classes, so that a subset of class folders keeps the standard indices
-        train = found.get("train")
-        with_images = set(train.classes) if train is not None and train.classes is not None else None
         names = _truth_classes(names, labels, flat[0])
-    label_map = build_label_map(names, order=label_order, classes=classes, meta=meta, with_images=with_images)
+    label_map = build_label_map(names, order=label_order, classes=classes, meta=meta)
     items, skipped = {}, {}
     for s in wanted:
         relabelled = found[s].classes is None or (s == "val" and relabel)
