@@ -184,8 +184,8 @@ def test_ema_weights_are_a_checkpoint_of_their_own_for_test_and_predict(data, ru
     assert "optimizer" not in ema and ema["epoch"] == 3
     r = run_test(data, path, workers=0, device="cpu", progress=False, arch=ARCH)
     assert r["top1_err"] == pytest.approx(_log(runs["knobs"])[-1]["val_ema_top1_err"])  # the logged EMA figure
-    assert (path.parent / "test-center.json").is_file()  # its report beside it, not over best.pt's
-    assert not (runs["knobs"] / "checkpoints" / "test-center.json").exists()
+    assert (path.parent / "test-last-center.json").is_file()  # its report beside it, not over the raw last.pt's
+    assert not (runs["knobs"] / "checkpoints" / "test-last-center.json").exists()
 
 
 # -------------------------------------------------------------------------------------- resume

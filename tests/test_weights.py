@@ -4,6 +4,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_imgnet_test_with_a_torchvision_state_dict(owt):
     assert r.exit_code == 0, r.output
     line = json.loads(r.output.strip().splitlines()[-1])
     assert line["n"] == 4 and line["top1_err"] == 0.5  # records 0, 1 are right, 2, 3 the reference's last class
-    assert (owt["root"] / "test-center.json").is_file()  # beside the weights
+    assert (owt["root"] / f"test-{Path(owt['path']).stem}-center.json").is_file()  # beside the weights, named after them
     compute_stats(owt["data"], workers=1, progress=False)  # the paper input needs DATA's mean
     r = run_test(owt["data"], owt["path"], workers=0, device="cpu", progress=False,
                  weights=wt.load_weights(owt["path"], "alexnet-owt", "paper", owt["data"]))
