@@ -411,7 +411,8 @@ def test_stuck_workers_end_the_epoch_after_the_tuning_timeout(packed, monkeypatc
 def test_ctrl_c_stops_workers_and_leaves_no_shared_memory(packed, method):
     d, _, _, _ = packed
     script = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where launched in the background
         from imagenet_prep import open_split
         from imagenet_prep.stats import load_stats
         from trainer.data import InputTransform
