@@ -13,10 +13,10 @@ Measured, side by side in one run with the same torch threads (--threads, defaul
   validation), in a subprocess with OMP_NUM_THREADS=threads;
 - plain: the loop a user would write: the packed train split read once into a uint8 tensor, the mean image
   subtracted, SGD over shuffled batches of 100 of the same net (trainer.cuda_convnet.CifarQuick) with the same
-  per-layer groups, in this process with torch.set_num_threads(threads).
+  per-layer groups, in a process of its own with OMP_NUM_THREADS=threads, as the trainer's.
 The plain loop's input ends up NHWC in memory (the permute of HWC images), which oneDNN's CPU convolutions run
 about 1.7x faster than NCHW here, and the trainer's CPU default is the same layout (--channels-last). The two
-alternate for --rounds rounds (default 2) and each side's best round counts; "ratio" is trainer / plain: the
+alternate for --rounds rounds (default 3) and each side's best round counts; "ratio" is trainer / plain: the
 cost of the toolkit's loader and loop (goal >= 0.9). One more trainer epoch with --no-channels-last (NCHW) is
 reported beside it.
 The last line printed is one JSON object of all figures; where the CIFAR-10 copy is absent it says so and that
@@ -196,7 +196,8 @@ def parse_args(argv=None):
                    help="keep the outputs in a new folder under DIR [default: a temporary folder, removed]")
     p.add_argument("--threads", type=int, default=1, help="torch threads of both loops (the reference: 1)")
     p.add_argument("--trainer-workers", type=int, default=None, help="imgnet train --workers [default: its own]")
-    p.add_argument("--rounds", type=int, default=2, help="alternating epochs of each loop; the best counts")
+    p.add_argument("--rounds", type=int, default=3, help="alternating epochs of each loop; the best counts")
+    p.add_argument("--plain-data", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--full", action="store_true", help="also the quick recipe's 10 epochs and its test error")
     p.add_argument("--figure1", action="store_true", help="also the whole `imgnet figure1` run")
     p.add_argument("--figure1-jobs", type=int, default=1, choices=(1, 2))
@@ -204,8 +205,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def plain_process(data: Path, threads: int) -> dict:
+    """`plain_run` in a fresh process of its own, as the trainer's epoch runs (`imgnet train` in a subprocess):
+    both sides start alike, with OMP_NUM_THREADS=threads, and nothing of one stays in the other's memory."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, __file__, "--plain-data", str(data), "--threads", str(threads)], env=env,
+                       text=True, stdout=subprocess.PIPE, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.plain_data is not None:  # one side of the comparison, in its own process (plain_process)
+        r = plain_run(a.plain_data, a.threads)
+        print(json.dumps(r))
+        return r
     res = {"bench": "cifar", "load_average_start": list(os.getloadavg()), "threads": a.threads,
            "cpus": os.cpu_count(), "torch": torch.__version__}
     if a.official is None and not (a.cifar / "cifar10_jpg.tar.gz").is_file():
@@ -241,7 +256,7 @@ def _measure(a, work: Path) -> dict:
     rounds = {"trainer": [], "plain": []}
     for r in range(a.rounds):
         rounds["trainer"].append(trainer_epoch(data, work / f"run-epoch-{r}", a.threads, a.trainer_workers))
-        rounds["plain"].append(plain_run(data, a.threads))
+        rounds["plain"].append(plain_process(data, a.threads))
     for key, runs in rounds.items():
         res[key] = max(runs, key=lambda m: m["images_per_s"])
         res[key]["rounds_images_per_s"] = [m["images_per_s"] for m in runs]

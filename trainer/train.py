@@ -42,6 +42,7 @@ from imagenet_prep.inuse import hold_data
 from trainer import checkpoint as ck
 from trainer import runfolder, weights
 from trainer.config import RUNTIME_FIELDS, TrainConfig, check_config, config_for  # noqa: F401 - this module's interface
+from trainer.hostmem import keep_freed_memory
 from trainer.loop import EpochTotals, HostSync, LimitedLoader, StepKnobs, StopRequest, set_lr, train_epoch
 from trainer.models import registry
 from trainer.schedule import LrSchedule, parse_schedule  # noqa: F401 - part of this module's interface
@@ -311,6 +312,7 @@ def train(cfg: TrainConfig) -> dict:
     "finished", "main"} for a --resume of a run that has trained its --epochs ("finished": saying so). Raises
     ImgnetError for bad input (before any work where possible)."""
     check_config(cfg)
+    keep_freed_memory()  # every step's activations reused, not faulted in again (trainer/hostmem.py)
     d, device = init_distributed(cfg.device)
     if cfg.channels_last is None:  # NHWC where it is the faster layout: oneDNN's CPU convolutions
         cfg = replace(cfg, channels_last=device.type == "cpu")

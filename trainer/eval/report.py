@@ -135,6 +135,9 @@ def run_test(data_dir, ckpt_path, ten_crop: bool = False, split: str | None = No
     None: val where DATA holds it, else test (a CIFAR download's test batch). `weights`: plain weights as
     `trainer.weights.load_weights` reads them, scored in place of the checkpoint at `ckpt_path` (their file)."""
     from imagenet_prep.inuse import hold_data
+    from trainer.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # each batch's activations reused, not faulted in again
     from imagenet_prep.labels import read_labels_json
     from trainer.data import held_out_split
 
