@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from imagenet_prep.errors import ImgnetError
+from imagenet_prep.errors import ImgnetError, shown  # noqa: F401 - shown: part of this module's interface
 
 SPLITS = ("train", "val")  # ImageNet's splits
 # every split a layout may list: test is the held-out split of a download that has one (CIFAR), not ImageNet's val
@@ -132,13 +132,6 @@ class Layout:
 
 
 # ------------------------------------------------------------------------------------- helpers
-def shown(text) -> str:
-    """A name or path for a one-line message: as is, or repr() where it holds a newline, another control
-    character or undecodable bytes (surrogateescape), so that the message stays one printable line."""
-    text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
-    return text if text.isprintable() else repr(text)
-
-
 def os_failure(what: str, e: OSError, hint: str = "fix the source (drive, network share, permissions) and rerun "
                "the same command to continue") -> ImgnetError:
     """An I/O failure while reading the source, as a one-line error naming `what` and the errno: it stops
@@ -169,12 +162,12 @@ def too_large(size: int):
 def read_item(item: Item) -> bytes:
     """The bytes of an Item; safe in any process (opens the file itself, reads only the item's range). BadImage
     (a rejection) for a file or member over MAX_IMAGE_BYTES, which would only exhaust the memory."""
+    if item.size > MAX_IMAGE_BYTES:  # a zip member's: compressed
+        raise too_large(item.size)
     if item.method >= 0:
         from imagenet_prep.sources.zipscan import read_member
 
-        return read_member(item.path, item.name, item.offset, item.size, item.method, item.crc)
-    if item.size > MAX_IMAGE_BYTES:
-        raise too_large(item.size)
+        return read_member(item.path, item.name, item.offset, item.size, item.method, item.crc, MAX_IMAGE_BYTES)
     with open(item.path, "rb", buffering=0) as f:
         if item.size < 0:
             size = os.fstat(f.fileno()).st_size

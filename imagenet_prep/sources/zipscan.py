@@ -14,9 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from imagenet_prep.errors import ImgnetError
-from imagenet_prep.sources import base
-from imagenet_prep.sources.base import shown
+from imagenet_prep.errors import ImgnetError, shown
 
 STORED, DEFLATED = 0, 8
 _EOCD, _Z64_LOCATOR, _Z64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
@@ -144,16 +142,13 @@ def _check_local(head: bytes, name: str, size: int, method: int, crc: int):
     return None
 
 
-def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int) -> bytes:
-    """The uncompressed bytes of the member whose local header is at `offset`; BadImage when its local header is
-    not the one its central entry lists, or when the bytes fail to inflate or fail their CRC-32 (a damaged or
+def read_member(path: str, name: str, offset: int, size: int, method: int, crc: int, limit: int) -> bytes:
+    """The uncompressed bytes of the member whose local header is at `offset` (`size` bytes compressed, already
+    checked against `limit` by the caller, which inflating never passes either); BadImage when its local header
+    is not the one its central entry lists, or when the bytes fail to inflate or fail their CRC-32 (a damaged or
     crafted download: reported as a rejected image, with the reason)."""
     from imagenet_prep.resize import BadImage
 
-    limit = base.MAX_IMAGE_BYTES
-    if size > limit:  # a crafted central directory entry: reading it would exhaust the memory
-        raise BadImage(f"zip member is {size:,} bytes compressed, over the {limit:,} of the largest image the "
-                       "toolkit reads")
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
         head = f.read(30 + _LOCAL_SLACK + size)
