@@ -48,14 +48,6 @@ def test_failed_save_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_link_keeps_old_content_when_source_is_replaced(tmp_path):
-    last = ck.save_checkpoint(tmp_path / "last.pt", small_ckpt(epoch=1))
-    ck.link_checkpoint(last, tmp_path / "best.pt")
-    ck.save_checkpoint(last, small_ckpt(epoch=2))
-    assert ck.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
-    assert ck.load_checkpoint(last)["epoch"] == 2
-
-
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "not-a-checkpoint", "pickled-code", "future"])
 def test_refuses_bad_files_with_the_reason(tmp_path, damage):
     path = tmp_path / "last.pt"

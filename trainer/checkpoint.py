@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,24 +124,6 @@ def _epoch_of(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
     except Exception:  # missing, truncated, foreign: not the current best in any case
         return None
-
-
-def link_checkpoint(src, dst) -> Path:
-    """Make `dst` the same checkpoint as `src` atomically; a hard link costs no copy (a later
-    `save_checkpoint(src)` replaces src's name with a new file, so dst keeps the old content)."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:  # filesystems without hard links
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-    return dst
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
