@@ -323,10 +323,9 @@ def plot_figure(rec: dict, out) -> Path:
                  f"(ReLU {r['epochs']}{'' if r['reached'] else ' (not reached)'}, tanh {t['epochs']}"
                  f"{'' if t['reached'] else ' (not reached)'} epochs; paper: 6x)", fontsize=10)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, out)
-    return out
+    from trainer.plot import save_png
+
+    return save_png(fig, out)
 
 
 def run_figure1(fc: Figure1Config) -> dict:
