@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from imagenet_prep.errors import ImgnetError
-from imagenet_prep.sources.base import shown
+from imagenet_prep.errors import ImgnetError, shown
 
 
 def check_count(where: str, what: str, held: int, declared: int, fix: str = "re-download it") -> None:
